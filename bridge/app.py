@@ -1,0 +1,128 @@
+"""The web side: ``create_app(settings)`` wires the hooks endpoint, health, metrics and status.
+
+A thin IO layer over ``bridge.ingest``: it turns the Flask request into an ``InboundRequest``
+and the ``Reply`` back into a response. Every error is JSON naming the problem; no traceback,
+no secret, ever reaches a response.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, Response, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis import Redis
+from redis.exceptions import RedisError
+from werkzeug.exceptions import HTTPException
+
+from bridge.config import Settings
+from bridge.event import InboundRequest
+from bridge.ingest import Ingest
+from bridge.metrics import registry_for
+from bridge.queue import make_queue
+from bridge.storage import connect
+
+log = logging.getLogger(__name__)
+
+HTTP_ERRORS = {
+    404: ("not_found", "no such endpoint: webhooks go to POST /hooks/<route>"),
+    405: ("method_not_allowed", "this method is not accepted here"),
+    413: ("body_too_large", "the body is larger than this bridge accepts"),
+}
+
+
+def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
+    app = Flask("oliai-bridge")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    redis = redis if redis is not None else connect(settings.redis_url)
+    queue = make_queue(redis, settings.queue_name)
+    ingest = Ingest(settings, redis, queue)
+    store = ingest.store
+    metrics_registry = registry_for(redis, settings.queue_name)
+    app.extensions["oliai_bridge"] = {
+        "settings": settings,
+        "redis": redis,
+        "queue": queue,
+        "store": store,
+    }
+
+    @app.route("/hooks/<route>", methods=["GET", "HEAD", "POST", "PUT"])
+    def hook(route: str):
+        body = request.get_data(cache=True)  # raw bytes first: signatures cover them
+        inbound = InboundRequest(
+            method=request.method,
+            route=route,
+            body=body,
+            headers={k.lower(): v for k, v in request.headers.items()},
+            query={k: v for k, v in request.args.items()},
+            url=request.base_url,
+        )
+        reply = ingest.handle(inbound)
+        response = Response(
+            reply.body_bytes(), status=reply.status, content_type=reply.content_type
+        )
+        for name, value in reply.headers.items():
+            response.headers[name] = value
+        return response
+
+    @app.get("/healthz")
+    def healthz():
+        return jsonify(status="ok")
+
+    @app.get("/readyz")
+    def readyz():
+        try:
+            redis.ping()
+        except RedisError as exc:
+            body = {"status": "unavailable", "redis": f"unreachable: {type(exc).__name__}"}
+            return jsonify(body), 503, {"Retry-After": "5"}
+        return jsonify(status="ready", redis="ok")
+
+    @app.get("/metrics")
+    def metrics():
+        try:
+            data = generate_latest(metrics_registry)
+        except RedisError:
+            return _error(503, "storage_unavailable", "Redis is unreachable: no metrics now")
+        return Response(data, content_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/deliveries/<delivery_id>")
+    def delivery_status(delivery_id: str):
+        try:
+            delivery = store.get(delivery_id)
+            if delivery is None:
+                return _error(404, "unknown_delivery", f"no delivery {delivery_id[:64]!r}")
+            body = delivery.summary()
+            body["history"] = store.history(delivery_id)
+        except RedisError:
+            return _error(503, "storage_unavailable", "Redis is unreachable: retry later")
+        return jsonify(body)
+
+    from bridge.admin import admin_blueprint
+
+    app.register_blueprint(admin_blueprint(settings, redis, queue, store))
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        error, message = HTTP_ERRORS.get(exc.code or 500, ("error", exc.description or ""))
+        if exc.code == 413:
+            message = f"the body is larger than {settings.max_body_bytes} bytes"
+        return _error(exc.code or 500, error, message)
+
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception):
+        if isinstance(exc, RedisError):
+            return _error(
+                503,
+                "storage_unavailable",
+                "Redis is unreachable: retry later",
+                {"Retry-After": "30"},
+            )
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the bridge failed to handle this request")
+
+    return app
+
+
+def _error(status: int, error: str, message: str, headers: dict | None = None):
+    return jsonify(error=error, message=message), status, headers or {}

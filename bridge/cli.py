@@ -1,0 +1,371 @@
+"""The ``oliai-bridge`` command: dev, web, worker, sandbox, check-config, try, failed, replay."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import mimetypes
+import os
+import sys
+import time
+from pathlib import Path
+
+from bridge import defaults
+from bridge.config import Settings, build_settings, config_exists, demo_settings_data, load_settings
+from bridge.exceptions import ConfigError, IngestError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    logging.basicConfig(
+        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.func(args) or 0
+    except ConfigError as exc:
+        print(f"oliai-bridge: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oliai-bridge",
+        description="Webhooks from forms and CRMs in, OliAI contacts out.",
+    )
+    parser.add_argument("--config", help="config file (default: $BRIDGE_CONFIG or ./config.toml)")
+    sub = parser.add_subparsers(metavar="command")
+
+    p = sub.add_parser("dev", help="everything in one command: Redis, sandbox, web, worker")
+    p.add_argument("--port", type=int, default=None, help="web port (default $PORT or 8000)")
+    p.add_argument("--sandbox-port", type=int, default=8787)
+    p.add_argument("--data-dir", default=None, help="embedded Redis data folder")
+    p.set_defaults(func=cmd_dev)
+
+    p = sub.add_parser("web", help="the webhook receiver under gunicorn")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=None, help="default $PORT or 8000")
+    p.add_argument("--workers", type=int, default=None, help="default $WEB_CONCURRENCY or 2")
+    p.add_argument("--threads", type=int, default=4)
+    p.set_defaults(func=cmd_web)
+
+    p = sub.add_parser("worker", help="deliver queued leads to OliAI")
+    p.add_argument("--burst", action="store_true", help="exit when the queue is empty")
+    p.add_argument("--name", default=None)
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("sandbox", help="run the OliAI API simulator")
+    from sandbox.cli import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(func=cmd_sandbox)
+
+    p = sub.add_parser("check-config", help="validate the config: OK, or every problem")
+    p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("try", help="map a sample payload to a contact; sends nothing")
+    p.add_argument("route")
+    p.add_argument("file", help="the payload (a file; - for standard input)")
+    p.add_argument("--content-type", default=None, help="default: from the file's extension")
+    p.add_argument("-H", "--header", action="append", default=[], help="'Name: value'")
+    p.set_defaults(func=cmd_try)
+
+    p = sub.add_parser("failed", help="failed and skipped deliveries")
+    fsub = p.add_subparsers(metavar="action")
+    q = fsub.add_parser("list", help="list them, newest first")
+    q.add_argument("--route")
+    q.add_argument("--reason", help="reason code, e.g. invalid, unmappable, retries_exhausted")
+    q.add_argument("--since", help="15m, 2h, 7d or epoch seconds")
+    q.add_argument("--limit", type=int, default=50)
+    q.add_argument("--page", type=int, default=1)
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_failed_list)
+    q = fsub.add_parser("show", help="one delivery: raw payload, contact, every attempt")
+    q.add_argument("delivery_id")
+    q.set_defaults(func=cmd_failed_show)
+
+    p = sub.add_parser("replay", help="deliver failed/skipped deliveries again")
+    p.add_argument("ids", nargs="*")
+    p.add_argument("--route")
+    p.add_argument("--reason")
+    p.add_argument("--since")
+    p.add_argument("--all", action="store_true")
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument(
+        "--remap",
+        action="store_true",
+        help="map the stored raw payload again with the current config",
+    )
+    p.set_defaults(func=cmd_replay)
+    return parser
+
+
+# --- settings and Redis for the commands --------------------------------------------------
+
+
+def settings_for(args, *, demo_ok: bool = False) -> Settings:
+    env = dict(os.environ)
+    if args.config:
+        env["BRIDGE_CONFIG"] = args.config
+    if demo_ok and not config_exists(env):
+        return build_settings(demo_settings_data(), env=env, source_path="(built-in demo)")
+    return load_settings(env=env)
+
+
+def redis_for(settings: Settings):
+    from bridge.storage import connect
+
+    url = settings.redis_url or dev_redis_url(settings)
+    if not url:
+        raise SystemExit("oliai-bridge: REDIS_URL is not set (and no oliai-bridge dev is running)")
+    return connect(url)
+
+
+def dev_redis_url(settings: Settings) -> str | None:
+    """The embedded Redis a running ``oliai-bridge dev`` wrote down, for failed/replay/try."""
+    marker = Path(settings.data_dir) / "redis.url"
+    return marker.read_text().strip() if marker.is_file() else None
+
+
+# --- commands --------------------------------------------------------------------------------
+
+
+def cmd_dev(args) -> int:
+    from bridge.dev import run_dev
+
+    return run_dev(args)
+
+
+def cmd_web(args) -> int:
+    from bridge.web import run_web
+
+    settings = settings_for(args)
+    for warning in settings.warnings:
+        logging.getLogger("bridge").warning("config: %s", warning)
+    port = args.port or int(os.environ.get("PORT") or defaults.PORT)
+    workers = args.workers or int(os.environ.get("WEB_CONCURRENCY") or 2)
+    run_web(settings, host=args.host, port=port, workers=workers, threads=args.threads)
+    return 0
+
+
+def cmd_worker(args) -> int:
+    from jobs.worker import run_worker
+
+    settings = settings_for(args)
+    for warning in settings.warnings:
+        logging.getLogger("bridge").warning("config: %s", warning)
+    run_worker(settings, redis_for(settings), burst=args.burst, name=args.name)
+    return 0
+
+
+def cmd_sandbox(args) -> int:
+    from sandbox.cli import run
+
+    return run(args)
+
+
+def cmd_check_config(args) -> int:
+    try:
+        settings = settings_for(args)
+    except ConfigError as exc:
+        print("config has problems:")
+        for problem in exc.problems:
+            print(f"  - {problem}")
+        return 1
+    print(
+        f"OK: {settings.source_path}: {len(settings.routes)} route(s): "
+        + ", ".join(f"{r.name} ({r.source})" for r in settings.routes.values())
+    )
+    for warning in settings.warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
+def cmd_try(args) -> int:
+    from bridge.event import Event, InboundRequest, utcnow_iso
+    from bridge.mapping import map_event
+    from bridge.sources import get_source
+
+    settings = settings_for(args, demo_ok=True)
+    route = settings.routes.get(args.route)
+    if route is None:
+        print(f"no route {args.route!r}; routes: {', '.join(settings.routes)}", file=sys.stderr)
+        return 1
+    body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+    headers = {}
+    for item in args.header:
+        name, _, value = item.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    ctype = args.content_type or headers.get("content-type") or guess_type(args.file)
+    headers["content-type"] = ctype
+    req = InboundRequest(method="POST", route=route.name, body=body, headers=headers)
+    source = get_source(route.source)
+    out: dict = {
+        "route": route.name,
+        "source": source.name,
+        "note": "signature not checked; nothing sent",
+        "leads": [],
+    }
+    try:
+        leads = source.normalize(req, source.parse(req), route)
+    except IngestError as exc:
+        print(json.dumps({**out, "error": exc.to_dict()}, indent=2))
+        return 1
+    status = 0
+    for index, lead in enumerate(leads):
+        event = Event.from_lead(
+            lead,
+            route=route.name,
+            source=source.name,
+            event_id=lead.event_id or f"{req.body_hash}:{index}",
+            received_at=utcnow_iso(),
+        )
+        item: dict = {"event": event.to_dict()}
+        if event.fetch:
+            item["contact"] = None
+            item["note"] = "the worker fetches this lead from the provider's API first"
+        else:
+            try:
+                item["contact"] = map_event(event, route)
+            except IngestError as exc:
+                item["error"] = exc.to_dict()
+                status = 1
+        out["leads"].append(item)
+    print(json.dumps(out, indent=2, ensure_ascii=False))
+    return status
+
+
+def guess_type(path: str) -> str:
+    if path.endswith(".json") or path == "-":
+        return "application/json"
+    if path.endswith(".xml"):
+        return "text/xml"
+    guessed, _ = mimetypes.guess_type(path)
+    return guessed or "application/x-www-form-urlencoded"
+
+
+def cmd_failed_list(args) -> int:
+    from bridge.admin import parse_since
+    from bridge.deliveries import DeliveryStore
+
+    settings = settings_for(args, demo_ok=True)
+    store = DeliveryStore(redis_for(settings))
+    limit = max(1, min(args.limit, 1000))
+    offset = (max(1, args.page) - 1) * limit
+    ids, total = store.failed_ids(
+        route=args.route,
+        reason=args.reason,
+        since=parse_since(args.since),
+        offset=offset,
+        limit=limit,
+    )
+    items = [d.summary() for d in (store.get(i) for i in ids) if d is not None]
+    store.prune_indexes([i for i in ids if i not in {x["deliveryId"] for x in items}])
+    if args.json:
+        print(json.dumps({"total": total, "page": args.page, "items": items}, indent=2))
+        return 0
+    pages = max(1, -(-total // limit))
+    print(f"{total} failed/skipped deliveries (page {args.page} of {pages})")
+    if items:
+        print(
+            f"{'id':<30} {'route':<18} {'status':<8} {'reason':<18} {'tries':>5} "
+            f"{'age':>6}  last answer / reason"
+        )
+    now = time.time()
+    for item in items:
+        age = human_age(now - iso_to_epoch(item["updatedAt"]))
+        last = item["lastApiAnswer"]
+        said = f"{last['status']} {last['message']}" if last else (item["reason"] or "")
+        print(
+            f"{item['deliveryId']:<30} {item['route'][:18]:<18} {item['status']:<8} "
+            f"{(item['reasonCode'] or '')[:18]:<18} {item['attempts']:>5} {age:>6}  "
+            f"{said[:80]}"
+        )
+    return 0
+
+
+def cmd_failed_show(args) -> int:
+    from bridge.admin import delivery_detail
+    from bridge.deliveries import DeliveryStore
+
+    settings = settings_for(args, demo_ok=True)
+    store = DeliveryStore(redis_for(settings))
+    d = store.get(args.delivery_id)
+    if d is None:
+        print(f"no delivery {args.delivery_id!r}", file=sys.stderr)
+        return 1
+    print(json.dumps(delivery_detail(store, d), indent=2, ensure_ascii=False))
+    return 0
+
+
+def cmd_replay(args) -> int:
+    from bridge.admin import parse_since
+    from jobs.replay import Replayer
+
+    settings = settings_for(args, demo_ok=True)
+    replayer = Replayer(settings, redis_for(settings))
+    since = parse_since(args.since)
+    if args.ids:
+        ids = list(args.ids)
+        total = len(ids)
+    elif args.all or args.route or args.reason or since is not None:
+        _, total = replayer.store.failed_ids(
+            route=args.route, reason=args.reason, since=since, limit=1
+        )
+        ids = replayer.select(route=args.route, reason=args.reason, since=since)
+    else:
+        print("name delivery ids, or --route / --reason / --since, or --all", file=sys.stderr)
+        return 2
+    counts: dict[str, int] = {}
+    done = 0
+
+    def progress(result) -> None:
+        nonlocal done
+        done += 1
+        counts[result.outcome] = counts.get(result.outcome, 0) + 1
+        width = 30
+        filled = int(width * done / total) if total else width
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(
+            f"\r[{bar}] {done}/{total} " + " ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        )
+        sys.stderr.flush()
+        if result.outcome in ("unmappable", "missing"):
+            sys.stderr.write(f"\n  {result.delivery_id}: {result.outcome}: {result.detail}\n")
+
+    replayer.replay_many(ids, remap=args.remap, dry_run=args.dry_run, progress=progress)
+    if done:
+        sys.stderr.write("\n")
+    verb = "would requeue" if args.dry_run else "requeued"
+    print(
+        f"{verb} {counts.get('would_requeue', counts.get('requeued', 0))} of {done}; "
+        + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    )
+    return 0
+
+
+def human_age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(max(0, seconds))}s"
+
+
+def iso_to_epoch(value: str) -> float:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,446 @@
+"""One config path: TOML file + environment → validated ``Settings``, passed down everywhere.
+
+``${VAR}`` (or ``${VAR:-default}``) inside any TOML string reads the environment, so secrets need
+not be written into the file. ``OLIAI_API_KEY``, ``OLIAI_BASE_URL`` and ``REDIS_URL`` in the
+environment win over the file. Every problem is collected and reported at once, named by its
+place (``routes[typeform-leads].audience_id``); no secret value is ever part of a message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jmespath
+import phonenumbers
+from jmespath.exceptions import JMESPathError
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from bridge import defaults
+from bridge.exceptions import ConfigError
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LANGUAGE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
+# Contact fields a route may map; aliases are accepted and folded to the first name.
+CONTACT_FIELDS = {
+    "name": "name",
+    "phoneNumber": "phoneNumber",
+    "phone": "phoneNumber",
+    "language": "language",
+    "email": "email",
+    "firstName": "firstName",
+    "first_name": "firstName",
+    "lastName": "lastName",
+    "last_name": "lastName",
+    "country": "country",
+}
+SECRET_KEYS = ("api_key", "secret", "token", "basic_auth", "verify_token", "access_token")
+
+
+@dataclass(frozen=True)
+class OliAISettings:
+    base_url: str = defaults.OLIAI_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    default_region: str = defaults.DEFAULT_REGION
+    rate_window_seconds: float = defaults.RATE_WINDOW_SECONDS
+    general_per_minute: int = defaults.GENERAL_PER_MINUTE
+    bulk_per_minute: int = defaults.BULK_PER_MINUTE
+    timeout_seconds: float = defaults.OLIAI_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    retry_base_seconds: float = defaults.RETRY_BASE_SECONDS
+    retry_max_seconds: float = defaults.RETRY_MAX_SECONDS
+    job_timeout_seconds: int = defaults.JOB_TIMEOUT_SECONDS
+    keep_delivered_days: float = defaults.KEEP_DELIVERED_DAYS
+    keep_failed_days: float = defaults.KEEP_FAILED_DAYS
+    alert_webhook_url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ``[[routes]]`` entry. Secrets are kept out of ``repr``."""
+
+    name: str
+    source: str
+    audience_id: str | None = None
+    audience_name: str | None = None
+    on_duplicate: str = "update"
+    language: str | None = None
+    region: str = defaults.DEFAULT_REGION
+    fields: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    api_base_url: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    basic_auth: str | None = field(default=None, repr=False)
+    verify_token: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        return [v for v in (getattr(self, k) for k in SECRET_KEYS) if v]
+
+
+@dataclass(frozen=True)
+class Settings:
+    oliai: OliAISettings = field(default_factory=OliAISettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    redis_url: str | None = None
+    data_dir: str = defaults.DATA_DIR
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    dedup_ttl_seconds: int = defaults.DEDUP_TTL_SECONDS
+    queue_name: str = defaults.QUEUE_NAME
+    admin_token: str | None = field(default=None, repr=False)
+    source_path: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    def api_key_for(self, route: Route) -> str | None:
+        return route.api_key or self.oliai.api_key
+
+    def secrets(self) -> list[str]:
+        """Every secret value the settings hold (for redaction and for the leak tests)."""
+        out = [self.oliai.api_key, self.admin_token, self.delivery.alert_webhook_url]
+        for route in self.routes.values():
+            out.extend(route.secrets())
+        return [s for s in out if s]
+
+
+# --- schemas -------------------------------------------------------------------------------
+
+
+class OliAISchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    base_url = fields.Url(require_tld=False, schemes={"http", "https"})
+    api_key = fields.String(allow_none=True)
+    default_region = fields.String()
+    rate_window_seconds = fields.Float(validate=validate.Range(min=0.1, max=3600))
+    general_per_minute = fields.Integer(validate=validate.Range(min=1, max=100_000))
+    bulk_per_minute = fields.Integer(validate=validate.Range(min=1, max=100_000))
+    timeout_seconds = fields.Float(validate=validate.Range(min=0.1, max=120))
+
+    @validates_schema
+    def _region(self, data, **kwargs):
+        region = data.get("default_region")
+        if region is not None and not valid_region(region):
+            raise ValidationError(f"unknown region code {region!r}", "default_region")
+
+
+class BridgeSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    max_body_bytes = fields.Integer(validate=validate.Range(min=1024, max=64 * 1024 * 1024))
+    dedup_ttl_seconds = fields.Integer(validate=validate.Range(min=1))
+    data_dir = fields.String()
+    queue_name = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
+    admin_token = fields.String(allow_none=True)
+
+
+class DeliverySchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    max_attempts = fields.Integer(validate=validate.Range(min=1, max=100))
+    retry_base_seconds = fields.Float(validate=validate.Range(min=0.01, max=3600))
+    retry_max_seconds = fields.Float(validate=validate.Range(min=0.01, max=86400))
+    job_timeout_seconds = fields.Integer(validate=validate.Range(min=5, max=3600))
+    keep_delivered_days = fields.Float(validate=validate.Range(min=0.001))
+    keep_failed_days = fields.Float(validate=validate.Range(min=0.001))
+    alert_webhook_url = fields.Url(require_tld=False, allow_none=True)
+
+
+class RouteSchema(Schema):
+    class Meta:
+        unknown = INCLUDE  # source-specific options (e.g. organization_id) are passed through
+
+    name = fields.String(
+        required=True,
+        validate=validate.Regexp(ROUTE_NAME, error="use letters, digits, _ . - (at most 64)"),
+    )
+    source = fields.String(required=True)
+    audience_id = fields.String()
+    audience_name = fields.String(validate=validate.Length(min=1, max=200))
+    on_duplicate = fields.String(validate=validate.OneOf(["update", "skip"]))
+    language = fields.String(validate=validate.Regexp(LANGUAGE, error="must look like hi-IN"))
+    region = fields.String()
+    fields_ = fields.Dict(
+        data_key="fields", keys=fields.String(), values=fields.String(), load_default=dict
+    )
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
+    api_base_url = fields.Url(require_tld=False)
+    secret = fields.String()
+    token = fields.String()
+    basic_auth = fields.String()
+    verify_token = fields.String()
+    access_token = fields.String()
+    api_key = fields.String()
+
+    @validates_schema
+    def _checks(self, data, **kwargs):
+        errors: dict[str, list[str]] = {}
+        if data.get("audience_id") and data.get("audience_name"):
+            errors.setdefault("audience_id", []).append(
+                "set audience_id or audience_name, not both"
+            )
+        if not data.get("audience_id") and not data.get("audience_name"):
+            errors.setdefault("audience_id", []).append(
+                "set audience_id (an existing audience) or audience_name (created if missing)"
+            )
+        region = data.get("region")
+        if region is not None and not valid_region(region):
+            errors.setdefault("region", []).append(f"unknown region code {region!r}")
+        basic = data.get("basic_auth")
+        if basic is not None and ":" not in basic:
+            errors.setdefault("basic_auth", []).append('must be "user:password"')
+        for key, expr in data.get("fields_", {}).items():
+            if key not in CONTACT_FIELDS:
+                known = ", ".join(sorted(set(CONTACT_FIELDS.values())))
+                errors.setdefault("fields", []).append(f"unknown contact field {key!r} ({known})")
+            _check_jmespath(expr, f"fields.{key}", errors)
+        for key, expr in data.get("metadata", {}).items():
+            _check_jmespath(expr, f"metadata.{key}", errors)
+        if errors:
+            raise ValidationError(errors)
+
+
+def _check_jmespath(expr: str, where: str, errors: dict[str, list[str]]) -> None:
+    try:
+        jmespath.compile(expr)
+    except JMESPathError as exc:
+        message = str(exc).splitlines()[0]
+        errors.setdefault(where, []).append(f"invalid JMESPath {expr!r}: {message}")
+
+
+def valid_region(code: str) -> bool:
+    return code.upper() in phonenumbers.SUPPORTED_REGIONS
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def expand_env(value: Any, env: Mapping[str, str], where: str, problems: list[str]) -> Any:
+    """Replace ``${VAR}`` / ``${VAR:-default}`` in every string below ``value``."""
+    if isinstance(value, str):
+
+        def sub(match: re.Match) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in env and env[name] != "":
+                return env[name]
+            if default is not None:
+                return default
+            problems.append(f"{where}: environment variable {name} is not set")
+            return ""
+
+        return ENV_REF.sub(sub, value)
+    if isinstance(value, dict):
+        return {
+            k: expand_env(v, env, f"{where}.{k}" if where else k, problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [expand_env(v, env, f"{where}[{i}]", problems) for i, v in enumerate(value)]
+    return value
+
+
+def load_settings(
+    path: str | os.PathLike | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Read and validate the config; raise ``ConfigError`` listing every problem.
+
+    ``path`` None means ``$BRIDGE_CONFIG`` or ``./config.toml``; ``data`` skips the file (tests,
+    the built-in demo config of ``oliai-bridge dev``).
+    """
+    env = os.environ if env is None else env
+    source_path = None
+    if data is None:
+        source_path = str(path or env.get("BRIDGE_CONFIG") or defaults.CONFIG_PATH)
+        try:
+            with open(source_path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(
+                [f"{source_path}: no such file (set BRIDGE_CONFIG, or copy config.example.toml)"]
+            ) from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"{source_path}: not valid TOML: {exc}"]) from None
+    return build_settings(data, env=env, source_path=source_path)
+
+
+def build_settings(
+    data: Mapping[str, Any], *, env: Mapping[str, str], source_path: str | None = None
+) -> Settings:
+    from bridge.sources import get_source, source_names
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    known = {"oliai", "bridge", "delivery", "routes"}
+    for key in data:
+        if key not in known:
+            problems.append(f"{key}: unknown section (expected one of {', '.join(sorted(known))})")
+    raw = expand_env(dict(data), env, "", problems)
+
+    oliai_raw = dict(raw.get("oliai") or {})
+    for key, var in (("api_key", "OLIAI_API_KEY"), ("base_url", "OLIAI_BASE_URL")):
+        if env.get(var):
+            oliai_raw[key] = env[var]
+    if oliai_raw.get("api_key") == "":
+        oliai_raw["api_key"] = None
+    oliai_vals = _load(OliAISchema(), oliai_raw, "oliai", problems)
+    if "default_region" in oliai_vals:
+        oliai_vals["default_region"] = oliai_vals["default_region"].upper()
+    bridge_vals = _load(BridgeSchema(), raw.get("bridge") or {}, "bridge", problems)
+    delivery_vals = _load(DeliverySchema(), raw.get("delivery") or {}, "delivery", problems)
+
+    oliai = OliAISettings(**oliai_vals)
+    routes: dict[str, Route] = {}
+    routes_raw = raw.get("routes") or []
+    if not isinstance(routes_raw, list):
+        problems.append("routes: must be an array of tables ([[routes]])")
+        routes_raw = []
+    for index, item in enumerate(routes_raw):
+        label = (
+            f"routes[{item.get('name') or index}]" if isinstance(item, dict) else f"routes[{index}]"
+        )
+        if not isinstance(item, dict):
+            problems.append(f"{label}: must be a table")
+            continue
+        vals = _load(RouteSchema(), item, label, problems)
+        if not vals:
+            continue
+        name = vals["name"]
+        if name in routes:
+            problems.append(f"{label}.name: route {name!r} is defined twice")
+            continue
+        if vals["source"] not in source_names():
+            problems.append(
+                f"{label}.source: unknown source {vals['source']!r} "
+                f"(known: {', '.join(source_names())})"
+            )
+            continue
+        route = _route(vals, oliai.default_region)
+        for problem in get_source(route.source).check_route(route):
+            problems.append(f"{label}.{problem}")
+        if not route.secret and not route.token and not route.basic_auth:
+            if get_source(route.source).signs:
+                problems.append(
+                    f"{label}.secret: source {route.source!r} signs its requests: set secret "
+                    "(or token, if you cannot get the signing secret)"
+                )
+            else:
+                warnings.append(
+                    f"{label}: no token set: anyone who knows the URL can post leads to it"
+                )
+        routes[name] = route
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(
+        oliai=oliai,
+        delivery=DeliverySettings(**delivery_vals),
+        routes=routes,
+        redis_url=env.get("REDIS_URL") or None,
+        source_path=source_path,
+        warnings=tuple(warnings),
+        **bridge_vals,
+    )
+    if not settings.oliai.api_key and any(not r.api_key for r in routes.values()):
+        settings = _with_warning(
+            settings, "oliai.api_key: not set (OLIAI_API_KEY): deliveries will fail with 401"
+        )
+    return settings
+
+
+def _with_warning(settings: Settings, warning: str) -> Settings:
+    from dataclasses import replace
+
+    return replace(settings, warnings=settings.warnings + (warning,))
+
+
+def _route(vals: dict[str, Any], default_region: str) -> Route:
+    known = set(RouteSchema().fields) | {"fields"}
+    options = {k: v for k, v in vals.items() if k not in known}
+    mapped = {CONTACT_FIELDS[k]: v for k, v in vals.pop("fields_", {}).items()}
+    return Route(
+        name=vals["name"],
+        source=vals["source"],
+        audience_id=vals.get("audience_id"),
+        audience_name=vals.get("audience_name"),
+        on_duplicate=vals.get("on_duplicate", "update"),
+        language=vals.get("language"),
+        region=(vals.get("region") or default_region).upper(),
+        fields=mapped,
+        metadata=dict(vals.get("metadata") or {}),
+        options=options,
+        api_base_url=vals.get("api_base_url"),
+        secret=vals.get("secret"),
+        token=vals.get("token"),
+        basic_auth=vals.get("basic_auth"),
+        verify_token=vals.get("verify_token"),
+        access_token=vals.get("access_token"),
+        api_key=vals.get("api_key"),
+    )
+
+
+def _load(schema: Schema, data: Any, where: str, problems: list[str]) -> dict[str, Any]:
+    if not isinstance(data, Mapping):
+        problems.append(f"{where}: must be a table")
+        return {}
+    try:
+        return schema.load(dict(data))
+    except ValidationError as exc:
+        for line in _flatten_errors(exc.messages, where):
+            problems.append(line)
+        return {}
+
+
+def _flatten_errors(messages: Any, where: str) -> list[str]:
+    out: list[str] = []
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            key = "fields" if key == "fields_" else key
+            sub = where if key == "_schema" else f"{where}.{key}"
+            out.extend(_flatten_errors(value, sub))
+    elif isinstance(messages, list):
+        for value in messages:
+            out.extend(_flatten_errors(value, where))
+    else:
+        text = str(messages)
+        if text == "Unknown field.":
+            text = "unknown key"
+        out.append(f"{where}: {text}")
+    return out
+
+
+def demo_settings_data() -> dict[str, Any]:
+    """The built-in config ``oliai-bridge dev`` uses when no config file exists."""
+    return {
+        "oliai": {"default_region": "IN"},
+        "routes": [
+            {
+                "name": "demo",
+                "source": "generic",
+                "audience_name": "Bridge demo leads",
+                "on_duplicate": "update",
+            }
+        ],
+    }
+
+
+def config_exists(env: Mapping[str, str] | None = None) -> bool:
+    env = os.environ if env is None else env
+    return Path(env.get("BRIDGE_CONFIG") or defaults.CONFIG_PATH).is_file()

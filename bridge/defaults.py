@@ -1,0 +1,60 @@
+"""Defaults, each a named constant with the reason for its value."""
+
+#: Where the config is read when ``BRIDGE_CONFIG`` is unset.
+CONFIG_PATH = "config.toml"
+
+#: The production API (oliai-api.md §1).
+OLIAI_BASE_URL = "https://api.oliai.in/v1"
+
+#: Region for numbers written without a country code: OliAI's customers are mostly in India.
+DEFAULT_REGION = "IN"
+
+#: The API's published limits (oliai-api.md §4) and their window; tests shrink the window.
+RATE_WINDOW_SECONDS = 60.0
+GENERAL_PER_MINUTE = 60
+BULK_PER_MINUTE = 10
+
+#: Our limiter keeps this share of the published budget, leaving headroom for clocks that
+#: disagree and for other clients of the same key (unknowns #2 suggests ~50/60).
+RATE_HEADROOM = 0.85
+
+#: A 429 without a usable ``Retry-After`` pauses the key for a whole window (unknowns #3).
+DEFAULT_RETRY_AFTER_SECONDS = 60.0
+
+#: Read timeout for one OliAI call; connect timeout is short because a healthy API accepts fast.
+OLIAI_TIMEOUT_SECONDS = 10.0
+OLIAI_CONNECT_TIMEOUT_SECONDS = 3.05
+
+#: Largest webhook body accepted (413 above). Form builders send a few KB.
+MAX_BODY_BYTES = 1024 * 1024
+
+#: How long a seen event id (or body hash) answers "duplicate": longer than any sender's
+#: retry schedule (HubSpot retries for 3 days).
+DEDUP_TTL_SECONDS = 7 * 24 * 3600
+
+#: Transient failures (5xx, timeouts) are retried this many times in all, with exponential
+#: backoff from ``RETRY_BASE_SECONDS`` doubling up to ``RETRY_MAX_SECONDS`` plus jitter:
+#: 8 attempts span roughly an hour.
+MAX_ATTEMPTS = 8
+RETRY_BASE_SECONDS = 15.0
+RETRY_MAX_SECONDS = 1200.0
+
+#: RQ's default job timeout is 180 s; one delivery makes at most a handful of calls of at most
+#: ``OLIAI_TIMEOUT_SECONDS`` each, so 60 s is above the worst honest case and far below 180 s.
+JOB_TIMEOUT_SECONDS = 60
+
+#: How long delivery records (with the raw payload) are kept.
+KEEP_DELIVERED_DAYS = 7.0
+KEEP_FAILED_DAYS = 30.0
+
+#: The RQ queue every web process enqueues to and every worker listens on.
+QUEUE_NAME = "oliai-bridge"
+
+#: Prefix of every Redis key the bridge writes (RQ keeps its own ``rq:`` keys).
+KEY_PREFIX = "oliai-bridge:"
+
+#: Where ``oliai-bridge dev`` keeps the embedded Redis's data (append-only file on).
+DATA_DIR = ".bridge-data"
+
+#: Web port when ``PORT`` is unset.
+PORT = 8000

@@ -1,0 +1,223 @@
+"""``oliai-bridge dev``: the whole bridge in one command, for a first try and for development.
+
+Starts, as child processes of this one: an embedded Redis when ``REDIS_URL`` is unset, the OliAI
+sandbox when no API key is configured, the web app under gunicorn, and one worker with the
+scheduler. Ctrl-C (or SIGTERM) stops every one of them; they also die with this process.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bridge import defaults
+from bridge.config import Settings, config_exists
+from bridge.storage import EmbeddedRedis, die_with_parent, free_port
+
+DEMO_CONFIG = """\
+# Written by `oliai-bridge dev` because no config.toml was found. Copy config.example.toml to
+# config.toml to configure your own routes.
+[oliai]
+default_region = "IN"
+
+[[routes]]
+name = "demo"
+source = "generic"
+audience_name = "Bridge demo leads"
+on_duplicate = "update"
+"""
+
+
+def port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+class Dev:
+    def __init__(self, args):
+        self.args = args
+        self.children: list[tuple[str, subprocess.Popen]] = []
+        self.redis: EmbeddedRedis | None = None
+        self.env = dict(os.environ)
+        self.stopping = False
+
+    def settings(self) -> Settings:
+        if self.args.config:
+            self.env["BRIDGE_CONFIG"] = self.args.config
+        if not config_exists(self.env):
+            data_dir = Path(self.args.data_dir or defaults.DATA_DIR)
+            data_dir.mkdir(parents=True, exist_ok=True)
+            path = data_dir / "demo-config.toml"
+            path.write_text(DEMO_CONFIG)
+            self.env["BRIDGE_CONFIG"] = str(path.resolve())
+            print(f"no config.toml here: using the built-in demo route ({path})")
+        from bridge.config import load_settings
+
+        return load_settings(env=self.env)
+
+    def spawn(self, name: str, *argv: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, *argv],
+            env=self.env,
+            preexec_fn=die_with_parent,
+        )
+        self.children.append((name, proc))
+        return proc
+
+    def start_sandbox(self) -> str:
+        from sandbox import DEMO_KEY
+
+        port = self.args.sandbox_port if port_free(self.args.sandbox_port) else free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sandbox", "--port", str(port), "--keys", DEMO_KEY],
+            env=self.env,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent,
+        )
+        self.children.append(("sandbox", proc))
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
+            if ready:
+                line = proc.stdout.readline()
+                match = re.search(r"http://\S+/v1", line)
+                if match:
+                    # Keep draining its output so a full pipe never blocks it.
+                    import threading
+
+                    threading.Thread(
+                        target=lambda: [print(x, end="") for x in proc.stdout], daemon=True
+                    ).start()
+                    self.env["OLIAI_BASE_URL"] = match.group(0)
+                    self.env["OLIAI_API_KEY"] = DEMO_KEY
+                    return match.group(0)
+            if proc.poll() is not None:
+                break
+        raise RuntimeError("the OliAI sandbox did not start")
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, lambda *_: self.stop_signal())
+        try:
+            settings = self.settings()
+            data_dir = Path(self.args.data_dir or settings.data_dir)
+            if not self.env.get("REDIS_URL"):
+                self.redis = EmbeddedRedis(data_dir / "redis")
+                url = self.redis.start()
+                self.env["REDIS_URL"] = url
+                (data_dir / "redis.url").write_text(url)
+                print(f"embedded Redis: {url} (data in {self.redis.data_dir})")
+            sandbox_url = None
+            if not settings.oliai.api_key:
+                sandbox_url = self.start_sandbox()
+                print(f"OliAI sandbox: {sandbox_url} (no OLIAI_API_KEY configured)")
+            port = self.args.port or int(self.env.get("PORT") or defaults.PORT)
+            self.spawn(
+                "web",
+                "-m",
+                "bridge",
+                "web",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            )
+            self.spawn("worker", "-m", "bridge", "worker")
+            self.wait_for_web(port)
+            self.banner(settings, port, sandbox_url)
+            return self.supervise()
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            self.stop()
+
+    def wait_for_web(self, port: int, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode} at start")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"the web process did not listen on port {port}")
+
+    def banner(self, settings: Settings, port: int, sandbox_url: str | None) -> None:
+        base = f"http://127.0.0.1:{port}"
+        route = next(iter(settings.routes.values()), None)
+        lines = ["", "oliai-bridge is running. Ctrl-C stops everything.", ""]
+        for r in settings.routes.values():
+            lines.append(f"  hook: {base}/hooks/{r.name}   (source {r.source})")
+        if route is not None:
+            token = " -H 'X-Bridge-Token: <your token>'" if route.token else ""
+            lines += [
+                "",
+                "Post a sample lead:",
+                f"  curl -sS -X POST {base}/hooks/{route.name}{token} \\",
+                "       -H 'Content-Type: application/json' \\",
+                '       -d \'{"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}\'',
+                "The answer has a deliveryId; follow it with:",
+                f"  curl -sS {base}/deliveries/<deliveryId>",
+            ]
+        if sandbox_url:
+            from sandbox import DEMO_KEY
+
+            lines += [
+                "",
+                "See the contact in the sandbox:",
+                f"  curl -sS -H 'x-api-key: {DEMO_KEY}' '{sandbox_url}/contacts?search=%2B91'",
+            ]
+        lines += ["", f"Health: {base}/healthz   Metrics: {base}/metrics", ""]
+        print("\n".join(lines), flush=True)
+
+    def supervise(self) -> int:
+        while not self.stopping:
+            for name, proc in self.children:
+                if proc.poll() is not None:
+                    print(
+                        f"oliai-bridge dev: {name} exited with {proc.returncode}; stopping",
+                        file=sys.stderr,
+                    )
+                    return 1
+            time.sleep(0.3)
+        return 0
+
+    def stop_signal(self) -> None:
+        self.stopping = True
+        raise KeyboardInterrupt
+
+    def stop(self) -> None:
+        self.stopping = True
+        for _, proc in reversed(self.children):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for _, proc in self.children:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self.redis is not None:
+            self.redis.stop()
+            marker = self.redis.data_dir.parent / "redis.url"
+            marker.unlink(missing_ok=True)
+
+
+def run_dev(args) -> int:
+    return Dev(args).run()

@@ -1,0 +1,270 @@
+"""Event → OliAI contact: the route's JMESPath expressions first, then the adapter's typed
+hints, then guesses by key name; phone to E.164; the rest of what the user filled in becomes
+metadata. Pure: ``oliai-bridge try``, replay ``--remap`` and the tests call it directly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+import jmespath
+from jmespath.exceptions import JMESPathError
+
+from bridge.config import LANGUAGE, Route
+from bridge.event import Event
+from bridge.exceptions import Unmappable
+from bridge.phone import InvalidPhone, to_e164
+
+MAX_NAME_CHARS = 100
+MAX_METADATA_KEYS = 50
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 1000
+MAX_FLATTEN_DEPTH = 4
+
+# Key names, squashed to lower-case letters and digits, in order of preference.
+NAME_KEYS = (
+    "name",
+    "fullname",
+    "yourname",
+    "contactname",
+    "customername",
+    "leadname",
+    "sendername",
+    "buyername",
+    "clientname",
+    "nome",
+    "naam",
+)
+FIRST_KEYS = ("firstname", "fname", "givenname", "first")
+LAST_KEYS = ("lastname", "lname", "surname", "familyname", "last")
+PHONE_KEYS = (
+    "phone",
+    "phonenumber",
+    "mobile",
+    "mobilenumber",
+    "mobilephone",
+    "whatsapp",
+    "whatsappnumber",
+    "contactnumber",
+    "cell",
+    "cellphone",
+    "tel",
+    "telephone",
+    "phoneno",
+    "mobileno",
+    "number",
+    "contact",
+    "sendermobile",
+    "senderphone",
+)
+PHONE_PARTS = ("phone", "mobile", "whatsapp", "contactnumber", "cell", "tel")
+EMAIL_KEYS = ("email", "emailaddress", "mail", "youremail", "senderemail")
+NAME_EXCLUDE = (
+    "company",
+    "business",
+    "org",
+    "user",
+    "file",
+    "first",
+    "last",
+    "form",
+    "page",
+    "product",
+    "city",
+    "event",
+    "campaign",
+    "ad",
+    "utm",
+    "host",
+)
+COUNTRY_KEYS = ("country", "countrycode", "countryiso", "phonecountry", "countryiso2")
+
+
+def map_event(event: Event, route: Route) -> dict[str, Any]:
+    """The contact for ``event``: ``{name, phoneNumber, language?, metadata}``.
+
+    Raises ``Unmappable`` naming the field when there is no usable phone number or a route
+    expression fails.
+    """
+    doc = event.to_dict()
+    flat = flatten(event.fields)
+    used: set[str] = set()
+
+    def mapped(field: str) -> Any:
+        expr = route.fields.get(field)
+        if expr is None:
+            return None
+        return search(expr, doc, field)
+
+    # Phone
+    phone_raw = mapped("phoneNumber")
+    if phone_raw is None:
+        phone_raw = event.hints.get("phone")
+    if phone_raw is None:
+        phone_raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS, value_ok=_phoneish)
+    if _blank(phone_raw):
+        where = (
+            f"the expression {route.fields['phoneNumber']!r} found nothing"
+            if "phoneNumber" in route.fields
+            else "no field looks like a phone number (map one with [routes.fields] phoneNumber)"
+        )
+        raise Unmappable(f"no phone number: {where}", field="phoneNumber")
+    if isinstance(phone_raw, list) and phone_raw:
+        phone_raw = phone_raw[0]
+    country = mapped("country") or event.hints.get("country") or guess(flat, COUNTRY_KEYS, set())
+    hint = country if isinstance(country, str) and len(country.strip()) == 2 else None
+    try:
+        phone = to_e164(phone_raw, region=route.region, country_hint=hint)
+    except InvalidPhone as exc:
+        raise Unmappable(f"phone number: {exc}", field="phoneNumber") from None
+
+    # Name
+    name = text(mapped("name")) or text(event.hints.get("name"))
+    if not name:
+        first = text(mapped("firstName")) or text(event.hints.get("first_name"))
+        last = text(mapped("lastName")) or text(event.hints.get("last_name"))
+        if not first and not last and "firstName" not in route.fields:
+            first = text(guess(flat, FIRST_KEYS, used))
+            last = text(guess(flat, LAST_KEYS, used))
+        name = " ".join(p for p in (first, last) if p)
+    if not name and "name" not in route.fields:
+        name = text(guess(flat, NAME_KEYS, used, parts=("name",), exclude=NAME_EXCLUDE))
+    name = (name or phone)[:MAX_NAME_CHARS].strip()
+
+    # Email (OliAI contacts have no email field: it goes to metadata)
+    email = mapped("email") or event.hints.get("email")
+    if email is None:
+        email = guess(flat, EMAIL_KEYS, used, parts=("email",), value_ok=lambda v: "@" in str(v))
+    email = text(email)
+
+    contact: dict[str, Any] = {"name": name, "phoneNumber": phone}
+    language = text(mapped("language")) or route.language
+    if language and LANGUAGE.match(language):
+        contact["language"] = language
+
+    if route.metadata:
+        metadata = {}
+        for key, expr in route.metadata.items():
+            value = scalar(search(expr, doc, f"metadata.{key}"))
+            if value is not None:
+                metadata[key] = value
+    else:
+        metadata = default_metadata(flat, used)
+    if email and "email" not in metadata:
+        metadata["email"] = email
+    contact["metadata"] = metadata
+    return contact
+
+
+def default_metadata(flat: dict[str, Any], used: set[str]) -> dict[str, Any]:
+    """Everything the user filled in that did not become name / phone / email."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if key in used or len(out) >= MAX_METADATA_KEYS:
+            continue
+        value = scalar(value)
+        if value is None:
+            continue
+        out[key[:MAX_METADATA_KEY_CHARS]] = value
+    return out
+
+
+@lru_cache(maxsize=1024)
+def _compiled(expr: str):
+    return jmespath.compile(expr)
+
+
+def search(expr: str, doc: dict[str, Any], where: str) -> Any:
+    try:
+        return _compiled(expr).search(doc)
+    except JMESPathError as exc:
+        raise Unmappable(f"{where}: expression {expr!r} failed: {exc}", field=where) from None
+
+
+def flatten(fields: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
+    """Nested dicts → dotted keys (``contact.phone``); lists and scalars kept as values."""
+    out: dict[str, Any] = {}
+    if not isinstance(fields, dict):
+        return out
+    for key, value in fields.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and depth < MAX_FLATTEN_DEPTH:
+            out.update(flatten(value, f"{name}.", depth + 1))
+        else:
+            out[name] = value
+    return out
+
+
+def squash(key: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", key.rsplit(".", 1)[-1].lower())
+
+
+def guess(
+    flat: dict[str, Any],
+    exact: tuple[str, ...],
+    used: set[str],
+    *,
+    parts: tuple[str, ...] = (),
+    exclude: tuple[str, ...] = (),
+    value_ok=None,
+) -> Any:
+    """The value of the best-named key: exact names in order, then names containing a part."""
+    squashed = {key: squash(key) for key in flat}
+
+    def ok(key: str) -> bool:
+        value = flat[key]
+        return key not in used and not _blank(value) and (value_ok is None or value_ok(value))
+
+    for want in exact:
+        for key, sq in squashed.items():
+            if sq == want and ok(key):
+                used.add(key)
+                return flat[key]
+    for part in parts:
+        for key, sq in squashed.items():
+            if part in sq and not any(x in sq for x in exclude) and ok(key):
+                used.add(key)
+                return flat[key]
+    return None
+
+
+def _phoneish(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    return isinstance(value, str) and sum(c.isdigit() for c in value) >= 6
+
+
+def _blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip()) or value in ([], {})
+
+
+def text(value: Any) -> str:
+    if value is None or isinstance(value, (dict, bool)):
+        return ""
+    if isinstance(value, list):
+        return " ".join(text(v) for v in value if text(v)).strip()
+    return " ".join(str(value).split())
+
+
+def scalar(value: Any) -> str | int | float | bool | None:
+    """A metadata value OliAI accepts: flat string / number / boolean, length-capped."""
+    if value is None:
+        return None
+    if isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, list):
+        parts = [str(scalar(v)) for v in value if scalar(v) is not None]
+        value = ", ".join(parts)
+    elif isinstance(value, dict):
+        value = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    value = str(value).strip()
+    if not value:
+        return None
+    return value[:MAX_METADATA_VALUE_CHARS]

@@ -1,0 +1,96 @@
+"""Counters every process shares, kept in Redis and exposed at ``/metrics`` for Prometheus.
+
+Web processes and workers run on several machines; a per-process ``prometheus_client`` registry
+would show one process's view. So counts are ``HINCRBY`` on one Redis hash and a custom
+collector turns them (and live gauges: queue depth, active and failed deliveries) into metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+from redis import Redis
+from redis.client import Pipeline
+from redis.exceptions import RedisError
+
+from bridge import defaults
+
+log = logging.getLogger(__name__)
+
+STATS_KEY = f"{defaults.KEY_PREFIX}stats"
+SEP = "|"
+
+# counter name → (help, label names)
+COUNTERS = {
+    "queued": ("Leads accepted and queued for delivery", ("route",)),
+    "skipped": (
+        "Leads accepted but not deliverable (e.g. no valid phone), kept for replay",
+        ("route",),
+    ),
+    "duplicate": ("Repeated webhooks answered as duplicates", ("route",)),
+    "rejected": ("Webhook requests refused, by reason", ("route", "reason")),
+    "delivered": ("Deliveries that reached OliAI", ("route",)),
+    "failed": ("Deliveries that failed for good, by reason", ("route", "reason")),
+    "retried": ("Delivery attempts rescheduled, by cause", ("route", "cause")),
+}
+
+
+def field_name(name: str, *labels: str) -> str:
+    return SEP.join((name, *(str(label).replace(SEP, "/") for label in labels)))
+
+
+def count(redis: Redis, name: str, *labels: str, amount: int = 1) -> None:
+    """Best effort: a metric must never turn an accepted webhook into an error."""
+    try:
+        redis.hincrby(STATS_KEY, field_name(name, *labels), amount)
+    except RedisError as exc:
+        log.debug("metric %s not counted: %s", name, exc)
+
+
+def count_on(pipe: Pipeline, name: str, *labels: str, amount: int = 1) -> None:
+    pipe.hincrby(STATS_KEY, field_name(name, *labels), amount)
+
+
+def read_counters(redis: Redis) -> dict[str, int]:
+    return {k.decode(): int(v) for k, v in redis.hgetall(STATS_KEY).items()}
+
+
+class RedisCollector(Collector):
+    def __init__(self, redis: Redis, queue_name: str):
+        self.redis = redis
+        self.queue_name = queue_name
+
+    def collect(self):
+        from rq import Queue
+
+        from bridge.deliveries import DeliveryStore
+
+        counters = read_counters(self.redis)
+        for name, (help_text, labels) in COUNTERS.items():
+            family = CounterMetricFamily(f"oliai_bridge_{name}", help_text, labels=list(labels))
+            for key, value in counters.items():
+                parts = key.split(SEP)
+                if parts[0] == name and len(parts) == len(labels) + 1:
+                    family.add_metric(parts[1:], value)
+            yield family
+        queue = Queue(self.queue_name, connection=self.redis)
+        depth = GaugeMetricFamily("oliai_bridge_queue_depth", "Jobs waiting", labels=["state"])
+        depth.add_metric(["queued"], queue.count)
+        depth.add_metric(["scheduled"], queue.scheduled_job_registry.count)
+        depth.add_metric(["started"], queue.started_job_registry.count)
+        yield depth
+        counts = DeliveryStore(self.redis).counts()
+        gauge = GaugeMetricFamily(
+            "oliai_bridge_deliveries", "Deliveries by state", labels=["state"]
+        )
+        gauge.add_metric(["active"], counts["active"])
+        gauge.add_metric(["failed_or_skipped"], counts["failed"])
+        yield gauge
+
+
+def registry_for(redis: Redis, queue_name: str) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RedisCollector(redis, queue_name))
+    return registry

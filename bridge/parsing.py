@@ -1,0 +1,143 @@
+"""Turn a webhook body into Python data by its content type: JSON, forms, multipart, XML.
+
+Pure functions of the raw bytes; every failure is a ``MalformedBody`` that names the problem.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+from xml.etree.ElementTree import Element
+
+from defusedxml import ElementTree as SafeET
+from defusedxml.common import DefusedXmlException
+from werkzeug.datastructures import MultiDict
+from werkzeug.formparser import FormDataParser
+
+from bridge.event import InboundRequest
+from bridge.exceptions import MalformedBody, UnsupportedMediaType
+
+JSON_TYPES = ("application/json", "text/json")
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+XML_TYPES = ("text/xml", "application/xml", "application/soap+xml")
+
+
+def parse_body(req: InboundRequest) -> Any:
+    """Parse by ``Content-Type`` (sniffing when it is missing or ``text/plain``)."""
+    kind = media_kind(req)
+    if kind == "json":
+        return parse_json(req.body)
+    if kind == "form":
+        return parse_form(req)
+    if kind == "xml":
+        return parse_xml(req.body)
+    raise UnsupportedMediaType(
+        f"cannot read a body of type {req.content_type!r}: send JSON, a form or XML"
+    )
+
+
+def media_kind(req: InboundRequest) -> str:
+    ctype = req.content_type
+    if ctype in JSON_TYPES or ctype.endswith("+json"):
+        return "json"
+    if ctype in FORM_TYPES:
+        return "form"
+    if ctype in XML_TYPES or ctype.endswith("+xml"):
+        return "xml"
+    if ctype in ("", "text/plain", "application/octet-stream"):
+        head = req.body.lstrip()[:1]
+        if head in (b"{", b"["):
+            return "json"
+        if head == b"<":
+            return "xml"
+        if b"=" in req.body[:2048]:
+            return "form"
+        if not req.body.strip():
+            return "json"
+    return "unknown"
+
+
+def decode_text(body: bytes) -> str:
+    try:
+        return body.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def parse_json(body: bytes) -> Any:
+    text = decode_text(body)
+    if not text.strip():
+        raise MalformedBody("body is empty: expected a JSON document")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise MalformedBody(
+            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise MalformedBody("body is not valid JSON: nested too deeply") from None
+
+
+def parse_form(req: InboundRequest) -> dict[str, Any]:
+    """Form-encoded or multipart body → dict; a repeated key becomes a list, files are ignored."""
+    header = req.header("content-type") or "application/x-www-form-urlencoded"
+    mimetype, _, params = header.partition(";")
+    options = {}
+    for part in params.split(";"):
+        key, _, value = part.strip().partition("=")
+        if key:
+            options[key.lower()] = value.strip('"')
+    mimetype = mimetype.strip().lower() or "application/x-www-form-urlencoded"
+    if mimetype not in FORM_TYPES:
+        mimetype = "application/x-www-form-urlencoded"
+    if mimetype == "multipart/form-data" and not options.get("boundary"):
+        raise MalformedBody("multipart body without a boundary in its Content-Type")
+    parser = FormDataParser(max_form_parts=10_000)
+    try:
+        _, form, _files = parser.parse(io.BytesIO(req.body), mimetype, len(req.body), options)
+    except ValueError as exc:
+        raise MalformedBody(f"form body could not be read: {exc}") from None
+    return multidict_to_dict(form)
+
+
+def multidict_to_dict(form: MultiDict) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in form.keys():
+        values = form.getlist(key)
+        out[key] = values[0] if len(values) == 1 else values
+    return out
+
+
+def parse_xml(body: bytes) -> Element:
+    if not body.strip():
+        raise MalformedBody("body is empty: expected an XML document")
+    try:
+        return SafeET.fromstring(body)
+    except DefusedXmlException:
+        raise MalformedBody("XML body uses entities or a DTD, which are not accepted") from None
+    except SafeET.ParseError as exc:
+        raise MalformedBody(f"body is not valid XML: {exc}") from None
+
+
+def local_name(tag: str) -> str:
+    """``{urn:namespace}Name`` → ``Name``."""
+    return tag.rsplit("}", 1)[-1]
+
+
+def xml_to_data(elem: Element) -> Any:
+    """A namespace-free dict view of an element: text for leaves, lists for repeated children."""
+    children = list(elem)
+    if not children:
+        return (elem.text or "").strip()
+    out: dict[str, Any] = {}
+    for child in children:
+        key = local_name(child.tag)
+        value = xml_to_data(child)
+        if key in out:
+            if not isinstance(out[key], list):
+                out[key] = [out[key]]
+            out[key].append(value)
+        else:
+            out[key] = value
+    return out

@@ -1,0 +1,57 @@
+"""``oliai-bridge web``: the Flask app under gunicorn, started in-process (no ``gunicorn`` on PATH
+needed), binding ``$PORT`` with ``$WEB_CONCURRENCY`` worker processes."""
+
+from __future__ import annotations
+
+from gunicorn.app.base import BaseApplication
+
+from bridge.config import Settings
+
+#: The access log shows the path without its query string: ``?token=`` must never be logged.
+ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+
+
+class BridgeWeb(BaseApplication):
+    def __init__(self, settings: Settings, options: dict):
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            if key in self.cfg.settings and value is not None:
+                self.cfg.set(key, value)
+
+    def load(self):
+        from bridge.app import create_app
+
+        # Runs in each gunicorn worker after the fork: each gets its own Redis connections.
+        return create_app(self.settings)
+
+
+def run_web(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    threads: int = 4,
+    access_log: bool = True,
+) -> None:
+    options = {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "worker_class": "gthread",
+        "threads": threads,
+        # A request never waits on OliAI, only on Redis: 30 s is generous.
+        "timeout": 30,
+        "graceful_timeout": 20,
+        "keepalive": 5,
+        "accesslog": "-" if access_log else None,
+        "access_log_format": ACCESS_LOG_FORMAT,
+        "errorlog": "-",
+        "loglevel": "warning",
+        "proc_name": "oliai-bridge-web",
+        "forwarded_allow_ips": "*",
+    }
+    BridgeWeb(settings, options).run()

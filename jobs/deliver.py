@@ -1,0 +1,394 @@
+"""The delivery job: one stored lead → one OliAI contact in its audience, exactly once.
+
+Each finished step (contact created/updated, audience membership) is recorded on the delivery
+before the next begins, so a retry resumes at the step that failed. Outcomes, each decided here
+and only here:
+
+- 429 (or our limiter says wait): the key is paused for every worker and the job is put in RQ's
+  scheduled registry for the moment it may go; no worker sleeps.
+- 5xx, timeouts, dropped connections, failed provider fetches: retried with exponential backoff
+  and jitter, at most ``delivery.max_attempts`` attempts, then failed.
+- any other 4xx: failed at once, keeping the API's message.
+- a submission that cannot become a contact (after a fetch): skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import requests
+from redis import Redis
+from rq import Queue, get_current_job
+
+from bridge import defaults, metrics
+from bridge.config import Route, Settings, load_settings
+from bridge.deliveries import Delivery, DeliveryStore
+from bridge.event import Event
+from bridge.exceptions import (
+    ApiError,
+    ApiForbidden,
+    Conflict,
+    Deferred,
+    NotFound,
+    PermanentApiError,
+    ProviderFetchError,
+    RateLimited,
+    ServerError,
+    TransientApiError,
+    Unauthorized,
+    Unmappable,
+    ValidationFailed,
+)
+from bridge.mapping import map_event
+from bridge.queue import enqueue, make_queue, transaction
+from bridge.sources import get_source
+from jobs.audiences import forget_audience, resolve_audience
+from jobs.oliai import OliAIClient
+from jobs.ratelimit import RateLimiter, key_id
+
+log = logging.getLogger(__name__)
+
+P = defaults.KEY_PREFIX
+#: A running delivery holds a lease refreshed every LEASE_REFRESH seconds; when its worker dies
+#: the lease lapses and the reaper (``jobs.reaper``) hands the delivery to another worker.
+LEASE_SECONDS = 15.0
+LEASE_REFRESH = 5.0
+
+
+def lease_key(delivery_id: str) -> str:
+    return f"{P}lease:{delivery_id}"
+
+
+@dataclass
+class Context:
+    """What a worker process needs to deliver: built once per process."""
+
+    settings: Settings
+    redis: Redis
+    queue: Queue = None  # type: ignore[assignment]
+    store: DeliveryStore = None  # type: ignore[assignment]
+    http: requests.Session = field(default_factory=requests.Session)
+    clients: dict[tuple[str, str], OliAIClient] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.queue is None:
+            self.queue = make_queue(self.redis, self.settings.queue_name)
+        if self.store is None:
+            self.store = DeliveryStore(
+                self.redis,
+                keep_delivered_days=self.settings.delivery.keep_delivered_days,
+                keep_failed_days=self.settings.delivery.keep_failed_days,
+            )
+
+    def client_for(self, api_key: str) -> OliAIClient:
+        base_url = self.settings.oliai.base_url
+        cached = self.clients.get((base_url, api_key))
+        if cached is None:
+            o = self.settings.oliai
+            limiter = RateLimiter(
+                self.redis,
+                api_key,
+                window_seconds=o.rate_window_seconds,
+                general_per_window=o.general_per_minute,
+                bulk_per_window=o.bulk_per_minute,
+            )
+            cached = OliAIClient(
+                base_url,
+                api_key,
+                limiter=limiter,
+                timeout=(defaults.OLIAI_CONNECT_TIMEOUT_SECONDS, o.timeout_seconds),
+            )
+            self.clients[(base_url, api_key)] = cached
+        return cached
+
+
+_context: Context | None = None
+
+
+def configure(settings: Settings, redis: Redis) -> Context:
+    """Called once by the worker at start (and by tests) with the settings to deliver with."""
+    global _context
+    _context = Context(settings=settings, redis=redis)
+    return _context
+
+
+def context() -> Context:
+    global _context
+    if _context is None:
+        # Started by a plain ``rq worker``: read the same config the bridge would.
+        from bridge.storage import connect
+
+        settings = load_settings()
+        _context = Context(settings=settings, redis=connect(settings.redis_url))
+    return _context
+
+
+def deliver(delivery_id: str) -> str:
+    """The RQ job. Returns the delivery's status after this attempt."""
+    return Deliverer(context()).run(delivery_id)
+
+
+class Deliverer:
+    def __init__(self, ctx: Context):
+        self.ctx = ctx
+        self.settings = ctx.settings
+        self.store = ctx.store
+        self.redis = ctx.redis
+
+    def run(self, delivery_id: str) -> str:
+        d = self.store.get(delivery_id)
+        if d is None:
+            log.warning("delivery %s: not found (expired?), nothing to do", delivery_id)
+            return "missing"
+        if d.terminal:
+            return d.status
+        job = get_current_job()
+        if job is not None and d.job_id and job.id != d.job_id:
+            log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
+            return "stale"
+        route = self.settings.routes.get(d.route)
+        if route is None:
+            return self.fail(d, "route_removed", f"route {d.route!r} is no longer configured")
+        api_key = self.settings.api_key_for(route)
+        if not api_key:
+            return self.fail(d, "no_api_key", "no OliAI API key is configured for this route")
+        client = self.ctx.client_for(api_key)
+        kid = key_id(api_key)
+
+        d.status = "delivering"
+        d.attempts += 1
+        self.store.update(d, "attempt", f"attempt {d.attempts}", recheck_in=LEASE_SECONDS)
+        with self.lease(d.id):
+            try:
+                self.work(d, route, client, kid)
+            except RateLimited as exc:
+                self.note_api(d, exc)
+                delay = exc.retry_after + random.uniform(0.05, 0.5)
+                metrics.count(self.redis, "retried", d.route, "rate_limited")
+                return self.reschedule(
+                    d, delay, "rate_limited", f"{exc.message}: next try in {delay:.1f} s"
+                )
+            except Deferred as exc:
+                return self.reschedule(
+                    d, exc.retry_after + random.uniform(0, 0.3), "deferred", exc.message
+                )
+            except TransientApiError as exc:
+                self.note_api(d, exc)
+                return self.transient(d, str(exc))
+            except ProviderFetchError as exc:
+                if exc.transient:
+                    return self.transient(d, f"fetching the lead: {exc.message}")
+                return self.fail(d, "fetch_failed", f"fetching the lead: {exc.message}")
+            except PermanentApiError as exc:
+                self.note_api(d, exc)
+                return self.fail(d, reason_code(exc), str(exc))
+            except Unmappable as exc:
+                return self.skip(d, exc.message)
+            except Exception as exc:  # a bug must not strand the lead: retry, then fail visibly
+                log.exception("delivery %s: unexpected error", d.id)
+                return self.transient(d, f"internal error: {type(exc).__name__}: {exc}")
+        d.status = "delivered"
+        d.reason_code = d.reason = None
+        self.store.update(d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}")
+        metrics.count(self.redis, "delivered", d.route)
+        return d.status
+
+    # --- the steps -----------------------------------------------------------------------
+
+    def work(self, d: Delivery, route: Route, client: OliAIClient, kid: str) -> None:
+        if d.contact is None:
+            if d.event.fetch:
+                source = get_source(d.source)
+                lead = source.fetch(
+                    d.event, route, self.ctx.http, self.settings.oliai.timeout_seconds
+                )
+                d.event = Event.from_lead(
+                    lead,
+                    route=d.route,
+                    source=d.source,
+                    event_id=d.event.event_id,
+                    received_at=d.event.received_at,
+                )
+                d.event.fetch = None
+                self.store.update(
+                    d,
+                    "fetched",
+                    f"lead fields: {', '.join(sorted(d.event.fields))}",
+                    recheck_in=LEASE_SECONDS,
+                )
+            d.contact = map_event(d.event, route)
+            self.store.update(d, "mapped", d.contact["phoneNumber"], recheck_in=LEASE_SECONDS)
+        if not d.contact_id:
+            d.contact_id, what = self.upsert(d.contact, route, client)
+            self.store.update(d, what, d.contact_id, recheck_in=LEASE_SECONDS)
+        if not d.audience_added:
+            audience_id = resolve_audience(client, self.redis, route, kid)
+            try:
+                client.add_audience_contacts(audience_id, [d.contact_id])
+            except NotFound as exc:
+                if route.audience_name:
+                    # Deleted in OliAI since we cached it: look it up (or create it) again.
+                    forget_audience(self.redis, route, kid)
+                    raise ServerError(
+                        f"audience {audience_id} is gone; will resolve it again",
+                        status=404,
+                        method=exc.method,
+                        path=exc.path,
+                    ) from None
+                raise
+            d.audience_id = audience_id
+            d.audience_added = True
+            self.store.update(d, "audience_added", audience_id, recheck_in=LEASE_SECONDS)
+
+    def upsert(self, contact: dict, route: Route, client: OliAIClient) -> tuple[str, str]:
+        """Create the contact; on 409 find it by phone and update it (or leave it)."""
+        try:
+            created = client.create_contact(
+                contact["name"],
+                contact["phoneNumber"],
+                language=contact.get("language"),
+                metadata=contact.get("metadata") or None,
+            )
+            return created["id"], "contact_created"
+        except Conflict:
+            existing = client.find_contact_by_phone(contact["phoneNumber"])
+        if existing is None:
+            raise ServerError("409 on create, but no contact with this phone number was found")
+        if route.on_duplicate == "skip":
+            return existing["id"], "contact_exists"
+        changes: dict = {}
+        if contact["name"] != existing.get("name"):
+            changes["name"] = contact["name"]
+        if contact.get("language") and contact["language"] != existing.get("language"):
+            changes["language"] = contact["language"]
+        # PATCH replaces metadata as a whole (unknowns #13): read, merge, write.
+        merged = {**(existing.get("metadata") or {}), **(contact.get("metadata") or {})}
+        if merged != (existing.get("metadata") or {}):
+            changes["metadata"] = merged
+        if not changes:
+            return existing["id"], "contact_unchanged"
+        client.update_contact(existing["id"], **changes)
+        return existing["id"], "contact_updated"
+
+    # --- outcomes --------------------------------------------------------------------------
+
+    def reschedule(self, d: Delivery, delay: float, what: str, detail: str) -> str:
+        pipe = transaction(self.redis)
+        d.status = "retrying"
+        enqueue(
+            self.ctx.queue,
+            d,
+            pipe=pipe,
+            delay=delay,
+            job_timeout=self.settings.delivery.job_timeout_seconds,
+        )
+        self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 60)
+        pipe.execute()
+        return d.status
+
+    def transient(self, d: Delivery, message: str) -> str:
+        cfg = self.settings.delivery
+        d.failures += 1
+        if d.failures >= cfg.max_attempts:
+            return self.fail(
+                d,
+                "retries_exhausted",
+                f"gave up after {d.failures} failed attempts; last: {message}",
+            )
+        delay = backoff(d.failures, cfg.retry_base_seconds, cfg.retry_max_seconds)
+        metrics.count(self.redis, "retried", d.route, "transient")
+        return self.reschedule(
+            d,
+            delay,
+            "retry_scheduled",
+            f"{message} (attempt {d.failures} of {cfg.max_attempts}; next in {delay:.1f} s)",
+        )
+
+    def fail(self, d: Delivery, code: str, message: str) -> str:
+        d.status = "failed"
+        d.reason_code = code
+        d.reason = message
+        self.store.update(d, "failed", message)
+        metrics.count(self.redis, "failed", d.route, code)
+        log.warning("delivery %s (route %s) failed: %s: %s", d.id, d.route, code, message)
+        alert(self.ctx, d)
+        return d.status
+
+    def skip(self, d: Delivery, message: str) -> str:
+        d.status = "skipped"
+        d.reason_code = "unmappable"
+        d.reason = message
+        self.store.update(d, "skipped", message)
+        metrics.count(self.redis, "skipped", d.route)
+        log.warning("delivery %s (route %s) skipped: %s", d.id, d.route, message)
+        return d.status
+
+    def note_api(self, d: Delivery, exc: ApiError) -> None:
+        d.last_api = {
+            "status": exc.status,
+            "message": exc.message,
+            "call": f"{exc.method} {exc.path}" if exc.method else None,
+        }
+
+    @contextmanager
+    def lease(self, delivery_id: str) -> Iterator[None]:
+        """Hold ``lease:<id>`` while working, refreshed by a thread, so the reaper can tell a
+        running delivery from one whose worker died."""
+        key = lease_key(delivery_id)
+        ms = int(LEASE_SECONDS * 1000)
+        self.redis.set(key, "1", px=ms)
+        stop = threading.Event()
+
+        def refresh() -> None:
+            while not stop.wait(LEASE_REFRESH):
+                try:
+                    self.redis.set(key, "1", px=ms)
+                except Exception:  # noqa: BLE001 - the reaper copes with a lapsed lease
+                    pass
+
+        thread = threading.Thread(target=refresh, name=f"lease-{delivery_id}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=1)
+            try:
+                self.redis.delete(key)
+            except Exception:  # noqa: BLE001
+                pass
+
+
+def backoff(failures: int, base: float, cap: float) -> float:
+    """Exponential backoff with ±25 % jitter, so retries of many leads do not move in step."""
+    delay = min(cap, base * (2 ** (failures - 1)))
+    return delay * random.uniform(0.75, 1.25)
+
+
+def reason_code(exc: PermanentApiError) -> str:
+    for cls, code in (
+        (Unauthorized, "unauthorized"),
+        (ApiForbidden, "forbidden"),
+        (NotFound, "not_found"),
+        (Conflict, "conflict"),
+        (ValidationFailed, "invalid"),
+    ):
+        if isinstance(exc, cls):
+            return code
+    return f"http_{exc.status}" if exc.status else "api_error"
+
+
+def alert(ctx: Context, d: Delivery) -> None:
+    """POST a short notice (no payload, no secret) to ``delivery.alert_webhook_url``."""
+    url = ctx.settings.delivery.alert_webhook_url
+    if not url:
+        return
+    try:
+        ctx.http.post(url, json={"event": "delivery.failed", **d.summary()}, timeout=(2, 5))
+    except requests.RequestException as exc:
+        log.warning("alert webhook for %s not sent: %s", d.id, type(exc).__name__)

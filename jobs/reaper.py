@@ -1,0 +1,118 @@
+"""Finds deliveries nobody is working on any more and hands them back to the queue.
+
+RQ notices a job whose worker was SIGKILLed only after its timeout plus maintenance intervals
+(minutes). We do not wait for that: every unfinished delivery sits in an index with the time it
+should next be looked at, a running delivery holds a short lease its worker keeps refreshing,
+and the reaper (run every few seconds by one worker at a time) re-enqueues a delivery whose
+lease lapsed, or whose job vanished, under a new job id (the old job, if it ever runs, sees it
+is stale). Most deliveries are done long before they are due, so this costs little.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+
+from redis.exceptions import RedisError
+from rq.exceptions import NoSuchJobError
+from rq.job import Job, JobStatus
+
+from bridge import defaults
+from bridge.deliveries import IDX_ACTIVE
+from bridge.queue import enqueue, transaction
+from jobs.deliver import LEASE_SECONDS, Context, lease_key
+
+log = logging.getLogger(__name__)
+
+LOCK_KEY = f"{defaults.KEY_PREFIX}reaper:lock"
+INTERVAL_SECONDS = 5.0
+#: How long a delivery may stay queued before we check that its job still exists.
+QUEUED_RECHECK_SECONDS = 60.0
+
+LIVE_JOB_STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
+
+
+def reap_once(ctx: Context, now: float | None = None) -> list[str]:
+    """One pass; returns the ids re-enqueued."""
+    store, redis = ctx.store, ctx.redis
+    revived = []
+    now = time.time() if now is None else now
+    for delivery_id in store.due_active(now):
+        d = store.get(delivery_id)
+        if d is None or d.terminal:
+            redis.zrem(IDX_ACTIVE, delivery_id)
+            continue
+        if redis.exists(lease_key(d.id)):
+            redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
+            continue
+        status = job_status(ctx, d.job_id)
+        if d.status != "delivering" and status in LIVE_JOB_STATES:
+            redis.zadd(IDX_ACTIVE, {d.id: now + QUEUED_RECHECK_SECONDS})
+            continue
+        if status == JobStatus.STARTED and d.status != "delivering":
+            # Picked up a moment ago; its lease is about to be taken.
+            redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
+            continue
+        why = (
+            "its worker stopped mid-delivery"
+            if d.status == "delivering"
+            else f"its job {d.job_id} is {status or 'gone'}"
+        )
+        pipe = transaction(redis)
+        d.status = "queued"
+        enqueue(ctx.queue, d, pipe=pipe, job_timeout=ctx.settings.delivery.job_timeout_seconds)
+        store.update(
+            d,
+            "recovered",
+            f"{why}; re-queued as {d.job_id}",
+            pipe=pipe,
+            recheck_in=QUEUED_RECHECK_SECONDS,
+        )
+        pipe.execute()
+        log.warning("delivery %s: %s; re-queued", d.id, why)
+        revived.append(d.id)
+    return revived
+
+
+def job_status(ctx: Context, job_id: str | None) -> str | None:
+    if not job_id:
+        return None
+    try:
+        return Job.fetch(job_id, connection=ctx.redis).get_status(refresh=False)
+    except NoSuchJobError:
+        return None
+
+
+class ReaperThread(threading.Thread):
+    """Runs ``reap_once`` every few seconds while no other worker's reaper holds the lock."""
+
+    def __init__(self, ctx: Context, interval: float = INTERVAL_SECONDS):
+        super().__init__(name="oliai-bridge-reaper", daemon=True)
+        self.ctx = ctx
+        self.interval = interval
+        self.stopped = threading.Event()
+        self.token = secrets.token_hex(8)
+
+    def run(self) -> None:
+        while not self.stopped.wait(self.interval):
+            try:
+                if self.ctx.redis.set(LOCK_KEY, self.token, nx=True, px=int(self.interval * 2000)):
+                    try:
+                        reap_once(self.ctx)
+                    finally:
+                        self.ctx.redis.eval(
+                            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
+                            "return redis.call('DEL', KEYS[1]) end return 0",
+                            1,
+                            LOCK_KEY,
+                            self.token,
+                        )
+            except RedisError as exc:
+                log.warning("reaper: Redis unavailable (%s); will try again", exc)
+            except Exception:  # noqa: BLE001 - the reaper must outlive one bad record
+                log.exception("reaper pass failed")
+
+    def stop(self) -> None:
+        self.stopped.set()

