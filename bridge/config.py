@@ -40,6 +40,8 @@ CONTACT_FIELDS = {
     "last_name": "lastName",
     "country": "country",
 }
+# Settings that may stay empty when their ${VAR} is unset (dev runs the sandbox without a key).
+OPTIONAL_ENV = {"oliai.api_key", "bridge.admin_token", "delivery.alert_webhook_url"}
 SECRET_KEYS = ("api_key", "secret", "token", "basic_auth", "verify_token", "access_token")
 
 
@@ -188,7 +190,7 @@ class RouteSchema(Schema):
     access_token = fields.String()
     api_key = fields.String()
 
-    @validates_schema
+    @validates_schema(skip_on_field_errors=False)
     def _checks(self, data, **kwargs):
         errors: dict[str, list[str]] = {}
         if data.get("audience_id") and data.get("audience_name"):
@@ -241,7 +243,8 @@ def expand_env(value: Any, env: Mapping[str, str], where: str, problems: list[st
                 return env[name]
             if default is not None:
                 return default
-            problems.append(f"{where}: environment variable {name} is not set")
+            if where not in OPTIONAL_ENV:
+                problems.append(f"{where}: environment variable {name} is not set")
             return ""
 
         return ENV_REF.sub(sub, value)
@@ -293,14 +296,27 @@ def build_settings(
     for key in data:
         if key not in known:
             problems.append(f"{key}: unknown section (expected one of {', '.join(sorted(known))})")
-    raw = expand_env(dict(data), env, "", problems)
+    raw = expand_env({k: v for k, v in data.items() if k != "routes"}, env, "", problems)
+    routes_in = data.get("routes") or []
+    if isinstance(routes_in, list):
+        raw["routes"] = [
+            expand_env(item, env, f"routes[{item.get('name') or i}]", problems)
+            if isinstance(item, dict)
+            else item
+            for i, item in enumerate(routes_in)
+        ]
+    else:
+        raw["routes"] = routes_in
 
     oliai_raw = dict(raw.get("oliai") or {})
     for key, var in (("api_key", "OLIAI_API_KEY"), ("base_url", "OLIAI_BASE_URL")):
         if env.get(var):
             oliai_raw[key] = env[var]
-    if oliai_raw.get("api_key") == "":
-        oliai_raw["api_key"] = None
+    for path in OPTIONAL_ENV:
+        section, key = path.split(".")
+        table = oliai_raw if section == "oliai" else raw.get(section)
+        if isinstance(table, dict) and table.get(key) == "":
+            table[key] = None
     oliai_vals = _load(OliAISchema(), oliai_raw, "oliai", problems)
     if "default_region" in oliai_vals:
         oliai_vals["default_region"] = oliai_vals["default_region"].upper()

@@ -91,7 +91,9 @@ def map_event(event: Event, route: Route) -> dict[str, Any]:
     """
     doc = event.to_dict()
     flat = flatten(event.fields)
-    used: set[str] = set()
+    # Fields an adapter typed as name / phone / email are not metadata as well.
+    typed = {text(v) for k, v in event.hints.items() if k != "country" and text(v)}
+    used: set[str] = {k for k, v in flat.items() if not isinstance(v, list) and text(v) in typed}
 
     def mapped(field: str) -> Any:
         expr = route.fields.get(field)
@@ -101,10 +103,12 @@ def map_event(event: Event, route: Route) -> dict[str, Any]:
 
     # Phone
     phone_raw = mapped("phoneNumber")
-    if phone_raw is None:
+    if "phoneNumber" not in route.fields:
         phone_raw = event.hints.get("phone")
-    if phone_raw is None:
-        phone_raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS, value_ok=_phoneish)
+        if phone_raw is None:
+            phone_raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS, value_ok=_phoneish)
+        if phone_raw is None:  # a phone-named field with a bad value: say what is wrong with it
+            phone_raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS)
     if _blank(phone_raw):
         where = (
             f"the expression {route.fields['phoneNumber']!r} found nothing"

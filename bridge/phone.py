@@ -40,6 +40,15 @@ def to_e164(value: Any, *, region: str, country_hint: str | None = None) -> str:
             e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
             if E164.match(e164):
                 return e164
+    digits = text.lstrip("+")
+    if digits.isdigit() and len(digits) >= 10 and not text.startswith("+"):
+        # A country code written without its + (Webflow sends 15550000000 as a JSON number).
+        try:
+            number = phonenumbers.parse("+" + digits, None)
+            if phonenumbers.is_valid_number(number):
+                return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        except phonenumbers.NumberParseException:
+            pass
     where = f" (tried {', '.join(regions)})" if text and not text.startswith("+") else ""
     raise InvalidPhone(f"{text!r} is not a valid phone number{where}")
 

@@ -7,7 +7,9 @@ job a crashed worker left behind) sees that it is no longer current and does not
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import math
+import time
+from datetime import UTC, datetime
 
 from redis import Redis
 from redis.client import Pipeline
@@ -48,7 +50,8 @@ def enqueue(
         pipeline=pipe,
     )
     if delay > 0:
-        when = datetime.now(UTC) + timedelta(seconds=delay)
+        # RQ's scheduled registry keeps whole seconds: round up, never run before ``delay``.
+        when = datetime.fromtimestamp(math.ceil(time.time() + delay), UTC)
         queue.enqueue_at(when, JOB_FUNC, delivery.id, **options)
     else:
         queue.enqueue(JOB_FUNC, delivery.id, **options)

@@ -52,9 +52,10 @@ def redis(redis_server) -> Redis:
 
 
 def route_dict(**overrides: Any) -> dict[str, Any]:
+    """A generic route; an override of None removes that key."""
     route = {"name": "leads", "source": "generic", "audience_name": "Test leads"}
     route.update(overrides)
-    return route
+    return {k: v for k, v in route.items() if v is not None}
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -228,6 +229,8 @@ def check_timestamp(
         raise SignatureInvalid(
             f"unreadable timestamp {str(timestamp)[:40]!r}", reason="bad_timestamp"
         ) from None
+    if not math.isfinite(value):
+        raise SignatureInvalid("unreadable timestamp", reason="bad_timestamp")
     if value > 1e11:  # milliseconds
         value /= 1000.0
     now = time.time() if now is None else now

@@ -1,0 +1,96 @@
+"""Webflow ``form_submission`` webhooks, answered with exactly ``200``.
+
+Webflow counts any status but 200 as a failed delivery (three retries, then the webhook is
+deactivated), so every accepted request — queued, duplicate, ignored, or unmappable and recorded
+as skipped — gets 200. Webhooks created through the API are signed: ``x-webflow-signature`` is
+the hex HMAC-SHA256 of ``"<x-webflow-timestamp>:<raw body>"`` (timestamp in milliseconds);
+dashboard-created webhooks are not, and use the route's ``token`` in the URL instead.
+The form's ``data`` are the fields, keyed by the field names set in the Designer; the form's name
+is kept as ``form_name`` (one site-wide webhook serves every form); ``payload.id`` is the event id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bridge.config import Route
+from bridge.event import InboundRequest, Lead
+from bridge.exceptions import MalformedBody, SignatureInvalid
+from bridge.mapping import text
+from bridge.sources.base import (
+    Outcome,
+    Reply,
+    Source,
+    check_shared_credentials,
+    check_timestamp,
+    default_reply,
+    equal,
+    hmac_digest,
+    require_header,
+    require_secret,
+)
+
+SIGNATURE_HEADER = "x-webflow-signature"
+TIMESTAMP_HEADER = "x-webflow-timestamp"
+MAX_EVENT_ID_CHARS = 200
+
+
+class WebflowSource(Source):
+    name = "webflow"
+    signs = True
+    # A non-200 counts as a failure and failures deactivate the webhook.
+    unmappable = "accept"
+    # Webflow's documented replay window.
+    timestamp_tolerance = 300
+
+    def verify(self, req: InboundRequest, route: Route) -> None:
+        if route.secret or not (route.token or route.basic_auth):
+            secret = require_secret(route)
+            given = require_header(req, SIGNATURE_HEADER)
+            timestamp = require_header(req, TIMESTAMP_HEADER)
+            if not timestamp.isdigit():
+                raise SignatureInvalid(
+                    f"{TIMESTAMP_HEADER} is not a Unix time in milliseconds",
+                    reason="bad_timestamp",
+                )
+            check_timestamp(timestamp, self.timestamp_tolerance)
+            expected = hmac_digest(secret, timestamp.encode() + b":" + req.body).hex()
+            if not equal(given.lower(), expected):
+                raise SignatureInvalid(
+                    "x-webflow-signature does not match the timestamp and body signed with this "
+                    "route's secret",
+                    reason="bad_signature",
+                )
+        check_shared_credentials(req, route)
+
+    def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
+        if not isinstance(payload, dict):
+            raise MalformedBody("expected a Webflow webhook object")
+        if "triggerType" in payload:
+            if payload["triggerType"] != "form_submission":
+                return []  # site_publish, ecomm_*, collection_item_*: no lead
+            submission = payload.get("payload")
+            if not isinstance(submission, dict):
+                raise MalformedBody("payload is missing or not an object")
+            event_id = text(submission.get("id"))
+        else:
+            submission = payload  # the deprecated v1 shape: {name, site, data, d, _id}
+            event_id = text(submission.get("_id"))
+        data = submission.get("data")
+        if not isinstance(data, dict):
+            raise MalformedBody("payload.data (the submitted fields) is missing or not an object")
+
+        fields = {str(k): v for k, v in data.items()}
+        form_name = text(submission.get("name"))
+        if form_name:
+            fields.setdefault("form_name", form_name)
+        return [Lead(fields=fields, event_id=event_id[:MAX_EVENT_ID_CHARS] or None)]
+
+    def reply(self, outcome: Outcome) -> Reply:
+        reply = default_reply(outcome)
+        if 200 <= reply.status < 300:
+            reply.status = 200
+        return reply
+
+
+SOURCE = WebflowSource()

@@ -1,0 +1,170 @@
+"""Freshsales adapter: Basic auth / token header, JSON, XML and form bodies."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import urlencode
+
+import pytest
+
+from bridge.config import build_settings
+from bridge.event import Event, InboundRequest, Lead
+from bridge.exceptions import MalformedBody, SignatureInvalid, Unmappable
+from bridge.mapping import map_event
+from bridge.sources.freshsales import SOURCE
+
+BASIC = "freshsales:hook-pass-9"
+RECEIVED_AT = "2026-01-01T00:00:00.000Z"
+
+
+def make_route(**keys):
+    data = {"name": "fs", "source": "freshsales", "audience_id": "aud_1", "basic_auth": BASIC}
+    data.update(keys)
+    data = {k: v for k, v in data.items() if v is not None}
+    return build_settings({"routes": [data]}, env={}).routes["fs"]
+
+
+def delivered(contact, *, encoding: str = "json", credentials: str | None = BASIC, headers=None):
+    """A "Trigger Webhook" request with the advanced body and the webhook's username/password."""
+    h: dict[str, str] = {}
+    if encoding == "json":
+        body = json.dumps({"contact": contact}).encode()
+        h["content-type"] = "application/json"
+    elif encoding == "xml":
+        inner = "".join(f"<{k}>{v}</{k}>" for k, v in contact.items())
+        body = f"<contact>{inner}</contact>".encode()
+        h["content-type"] = "application/xml"
+    else:
+        body = urlencode({f"contact[{k}]": v for k, v in contact.items()}).encode()
+        h["content-type"] = "application/x-www-form-urlencoded"
+    if credentials is not None:
+        h["authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    h.update(headers or {})
+    return InboundRequest(method="POST", route="fs", body=body, headers=h, query={})
+
+
+def leads_of(req: InboundRequest, route=None):
+    route = route or make_route()
+    SOURCE.verify(req, route)
+    return SOURCE.normalize(req, SOURCE.parse(req), route)
+
+
+def contact_of(lead: Lead, route=None):
+    event = Event.from_lead(
+        lead,
+        route="fs",
+        source="freshsales",
+        event_id=lead.event_id or "e",
+        received_at=RECEIVED_AT,
+    )
+    return map_event(event, route or make_route())
+
+
+CONTACT = {
+    "id": "16003127891",
+    "first_name": "Asha",
+    "last_name": "Rao",
+    "mobile_number": "+91 98765 43210",
+    "work_number": "022 2345 6789",
+    "email": "asha@example.in",
+    "lead_source": "Web Form",
+    "utm_campaign": "diwali-2025",
+    "language": "",
+}
+
+
+# --- verification --------------------------------------------------------------------------------
+
+
+def test_basic_credentials_are_accepted():
+    SOURCE.verify(delivered(CONTACT), make_route())
+
+
+def test_missing_credentials_are_rejected():
+    with pytest.raises(SignatureInvalid) as exc:
+        SOURCE.verify(delivered(CONTACT, credentials=None), make_route())
+    assert exc.value.reason == "missing_header"
+
+
+def test_wrong_credentials_are_rejected():
+    with pytest.raises(SignatureInvalid) as exc:
+        SOURCE.verify(delivered(CONTACT, credentials="freshsales:guess"), make_route())
+    assert exc.value.reason == "bad_token"
+
+
+def test_token_header_route():
+    route = make_route(basic_auth=None, token="fs-token-3")
+    SOURCE.verify(
+        delivered(CONTACT, credentials=None, headers={"x-bridge-token": "fs-token-3"}), route
+    )
+    with pytest.raises(SignatureInvalid) as exc:
+        SOURCE.verify(delivered(CONTACT, credentials=None, headers={"x-bridge-token": "x"}), route)
+    assert exc.value.reason == "bad_token"
+
+
+# --- normalization -------------------------------------------------------------------------------
+
+
+def test_advanced_json_body():
+    [lead] = leads_of(delivered(CONTACT))
+    assert lead.fields["utm_campaign"] == "diwali-2025"
+    assert "language" not in lead.fields  # empty placeholders are dropped
+    assert lead.event_id is None  # no event id from Freshsales: the body hash de-duplicates
+    contact = contact_of(lead)
+    assert contact["name"] == "Asha Rao"
+    assert contact["phoneNumber"] == "+919876543210"  # mobile before work number
+    meta = contact["metadata"]
+    assert meta["email"] == "asha@example.in"
+    assert meta["lead_source"] == "Web Form"
+    assert meta["utm_campaign"] == "diwali-2025"
+    assert meta["work_number"] == "022 2345 6789"
+
+
+def test_xml_body_with_trunk_zero_number():
+    [lead] = leads_of(
+        delivered({"first_name": "Ravi", "mobile_number": "098200 11223"}, encoding="xml")
+    )
+    assert lead.fields == {"first_name": "Ravi", "mobile_number": "098200 11223"}
+    assert contact_of(lead)["phoneNumber"] == "+919820011223"
+
+
+def test_form_body_with_bracketed_keys_and_country_hint():
+    fields = {"first_name": "John", "work_number": "(415) 555-0132", "country_code": "us"}
+    [lead] = leads_of(delivered(fields, encoding="form"))
+    assert lead.fields == fields
+    assert lead.country == "US"
+    assert contact_of(lead)["phoneNumber"] == "+14155550132"
+
+
+def test_lead_record_and_extra_top_level_keys():
+    body = json.dumps({"lead": {"mobile_number": "+65 8123 4567"}, "campaign": "expo"}).encode()
+    req = InboundRequest(
+        "POST",
+        "fs",
+        body,
+        {
+            "content-type": "application/json",
+            "authorization": "Basic " + base64.b64encode(BASIC.encode()).decode(),
+            "idempotency-key": "wf-77",
+        },
+        {},
+    )
+    [lead] = leads_of(req)
+    assert lead.fields == {"mobile_number": "+65 8123 4567", "campaign": "expo"}
+    assert lead.event_id == "wf-77"
+    assert contact_of(lead)["phoneNumber"] == "+6581234567"
+
+
+def test_contact_without_phone_is_unmappable():
+    [lead] = leads_of(delivered({"first_name": "No", "email": "no@x.in"}))
+    with pytest.raises(Unmappable):
+        contact_of(lead)
+    assert SOURCE.unmappable == "reject"
+
+
+@pytest.mark.parametrize("body", [b'"x"', b"[1, 2]", b"{oops"])
+def test_malformed_bodies(body):
+    req = delivered(CONTACT)
+    with pytest.raises(MalformedBody):
+        leads_of(InboundRequest("POST", "fs", body, req.headers, {}))

@@ -1,0 +1,276 @@
+"""Jotform adapter: multipart deliveries with ``rawRequest``; the URL token is the only guard."""
+
+from __future__ import annotations
+
+import copy
+import json
+from urllib.parse import urlencode
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.config import Route, build_settings
+from bridge.event import Event, InboundRequest
+from bridge.exceptions import MalformedBody, SignatureInvalid, Unmappable
+from bridge.mapping import map_event
+from bridge.sources.jotform import SOURCE
+
+TOKEN = "jf-url-token-5d4c3b2a"
+BOUNDARY = "----JotformBoundary7MA4YWxkTrZu0gW"
+
+RAW = {
+    "slug": "submit/221144600480140/",
+    "jsExecutionTracker": "build-date-1650897326645",
+    "submitSource": "form",
+    "q3_name": {"first": "Asha", "middle": "", "last": "Rao"},
+    "q4_email": "asha@example.com",
+    "q5_phoneNumber": {"full": "(987) 654-3210"},
+    "q6_address": {
+        "addr_line1": "12 MG Road",
+        "city": "Bengaluru",
+        "state": "KA",
+        "postal": "560001",
+        "country": "India",
+    },
+    "q7_utmSource": "google",
+    "q8_interests": ["Calls", "CRM"],
+    "q9_preferredLanguage": "Hindi",
+    "event_id": "1650897326645_221144600480140_aGu8qm7",
+    "path": "/submit/221144600480140",
+}
+SUBMISSION_ID = "5650897326641893456"
+
+
+def multipart(parts: dict[str, str]) -> bytes:
+    out = []
+    for name, value in parts.items():
+        out.append(
+            f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        )
+    out.append(f"--{BOUNDARY}--\r\n")
+    return "".join(out).encode()
+
+
+def make_route(**extra) -> Route:
+    data = {"name": "r", "source": "jotform", "audience_name": "Demo", "token": TOKEN}
+    data.update(extra)
+    data = {k: v for k, v in data.items() if v is not None}
+    return build_settings({"routes": [data]}, env={}).routes["r"]
+
+
+ROUTE = make_route()
+
+
+def delivery(raw=RAW, *, token=TOKEN, body=None, **parts) -> InboundRequest:
+    """The one valid builder: Jotform's multipart post to a URL carrying the route's token."""
+    form = {
+        "formID": "221144600480140",
+        "submissionID": SUBMISSION_ID,
+        "webhookURL": f"https://bridge.example/hooks/r?token={token}",
+        "ip": "203.0.113.7",
+        "formTitle": "Callback request",
+        "pretty": "Name:Asha Rao, E-mail:asha@example.com, Phone Number:(987) 654-3210",
+        "username": "acme",
+        "type": "WEB",
+        "rawRequest": json.dumps(raw),
+    }
+    form.update(parts)
+    form = {k: v for k, v in form.items() if v is not None}
+    query = {"token": token} if token is not None else {}
+    return InboundRequest(
+        method="POST",
+        route="r",
+        body=multipart(form) if body is None else body,
+        headers={
+            "content-type": f"multipart/form-data; boundary={BOUNDARY}",
+            "user-agent": "JotForm Servers",
+        },
+        query=query,
+    )
+
+
+def leads_of(req, route=ROUTE):
+    SOURCE.verify(req, route)
+    return SOURCE.normalize(req, SOURCE.parse(req), route)
+
+
+def contact_of(lead, route=ROUTE):
+    event = Event.from_lead(
+        lead,
+        route=route.name,
+        source="jotform",
+        event_id=lead.event_id or "hash",
+        received_at="2026-01-01T00:00:00.000Z",
+    )
+    return map_event(event, route)
+
+
+def raw(**changes):
+    data = copy.deepcopy(RAW)
+    for key, value in changes.items():
+        if value is None:
+            data.pop(key, None)
+        else:
+            data[key] = value
+    return data
+
+
+# --- normalization and mapping -------------------------------------------------------------
+
+
+def test_answers_are_keyed_by_unique_name_and_typed_parts_become_hints():
+    [lead] = leads_of(delivery())
+    assert lead.fields == {
+        "name": {"first": "Asha", "middle": "", "last": "Rao"},
+        "email": "asha@example.com",
+        "phoneNumber": "(987) 654-3210",
+        "address": {
+            "addr_line1": "12 MG Road",
+            "city": "Bengaluru",
+            "state": "KA",
+            "postal": "560001",
+            "country": "India",
+        },
+        "utmSource": "google",
+        "interests": ["Calls", "CRM"],
+        "preferredLanguage": "Hindi",
+    }
+    assert (lead.first_name, lead.last_name, lead.phone) == ("Asha", "Rao", "(987) 654-3210")
+    assert lead.event_id == SUBMISSION_ID
+
+    contact = contact_of(lead)
+    # The default US-style input mask around an Indian mobile number.
+    assert contact["name"] == "Asha Rao"
+    assert contact["phoneNumber"] == "+919876543210"
+    assert contact["metadata"]["email"] == "asha@example.com"
+    assert contact["metadata"]["utmSource"] == "google"
+    assert contact["metadata"]["address.city"] == "Bengaluru"
+    assert contact["metadata"]["interests"] == "Calls, CRM"
+
+
+def test_older_area_and_phone_parts_are_joined():
+    [lead] = leads_of(delivery(raw(q5_phoneNumber={"area": "98765", "phone": "43210"})))
+    assert lead.fields["phoneNumber"] == "98765 43210"
+    assert contact_of(lead)["phoneNumber"] == "+919876543210"
+
+
+def test_foreign_number_with_country_code():
+    [lead] = leads_of(delivery(raw(q5_phoneNumber={"full": "+44 7911 123456"})))
+    assert contact_of(lead)["phoneNumber"] == "+447911123456"
+
+
+def test_two_letter_country_in_an_address_is_the_phone_hint():
+    changed = raw(
+        q5_phoneNumber={"full": "(415) 555-0132"},
+        q6_address={"city": "San Francisco", "postal": "94105", "country": "US"},
+    )
+    [lead] = leads_of(delivery(changed))
+    assert lead.country == "US"
+    assert contact_of(lead)["phoneNumber"] == "+14155550132"
+
+
+def test_missing_phone_is_unmappable_and_accepted():
+    [lead] = leads_of(delivery(raw(q5_phoneNumber=None)))
+    with pytest.raises(Unmappable):
+        contact_of(lead)
+    assert SOURCE.unmappable == "accept"
+
+
+def test_answers_posted_as_plain_form_fields():
+    body = urlencode(
+        {"submissionID": "77", "q3_fullName": "Ravi Kumar", "q4_mobile": "+91-9876543210"}
+    ).encode()
+    req = InboundRequest(
+        method="POST",
+        route="r",
+        body=body,
+        query={"token": TOKEN},
+        headers={"content-type": "application/x-www-form-urlencoded"},
+    )
+    [lead] = leads_of(req)
+    assert lead.fields == {"fullName": "Ravi Kumar", "mobile": "+91-9876543210"}
+    contact = contact_of(lead)
+    assert (contact["name"], contact["phoneNumber"]) == ("Ravi Kumar", "+919876543210")
+    assert lead.event_id == "77"
+
+
+# --- malformed bodies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parts", "message"),
+    [
+        ({"rawRequest": "{not json"}, "rawRequest is not valid JSON"),
+        ({"rawRequest": "[1, 2]"}, "rawRequest is not a JSON object"),
+        ({"rawRequest": None}, "rawRequest is missing"),
+    ],
+)
+def test_malformed_bodies_are_refused_with_the_reason(parts, message):
+    with pytest.raises(MalformedBody, match=message):
+        leads_of(delivery(**parts))
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["q1_name", "q2_phone", "q3_x", "rawRequest", "submissionID", "slug"]),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+            lambda c: (
+                st.lists(c, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(["first", "last", "full", "area", "phone", "country"]),
+                    c,
+                    max_size=3,
+                )
+            ),
+            max_leaves=8,
+        ),
+        max_size=4,
+    )
+)
+def test_any_form_either_normalizes_or_is_malformed(form):
+    req = InboundRequest(method="POST", route="r", body=b"")
+    for payload in (form, {"rawRequest": json.dumps(form)}):
+        try:
+            leads = SOURCE.normalize(req, payload, ROUTE)
+        except MalformedBody:
+            continue
+        assert isinstance(leads, list)
+
+
+# --- authentication --------------------------------------------------------------------------
+
+
+def test_url_token_passes():
+    SOURCE.verify(delivery(), ROUTE)
+
+
+def test_missing_token():
+    with pytest.raises(SignatureInvalid) as exc:
+        SOURCE.verify(delivery(token=None), ROUTE)
+    assert exc.value.reason == "missing_token"
+
+
+def test_wrong_token():
+    with pytest.raises(SignatureInvalid) as exc:
+        SOURCE.verify(delivery(token="guessed"), ROUTE)
+    assert exc.value.reason == "bad_token"
+    assert TOKEN not in exc.value.message
+
+
+# --- through the real Flask app and Redis -------------------------------------------------------
+
+
+def test_through_the_app(make_client):
+    route = {"name": "r", "source": "jotform", "audience_name": "Demo", "token": TOKEN}
+    client = make_client(routes=[route])
+    req = delivery()
+    url = f"/hooks/r?token={TOKEN}"
+    resp = client.post(url, data=req.body, headers=dict(req.headers))
+    assert resp.status_code == 202, resp.get_json()
+    again = client.post(url, data=req.body, headers=dict(req.headers))
+    assert again.status_code == 200
+    assert again.get_json()["duplicate"] is True
+    assert client.post("/hooks/r", data=req.body, headers=dict(req.headers)).status_code == 401

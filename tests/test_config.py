@@ -1,0 +1,104 @@
+"""Config: TOML + environment → validated settings; every problem named by route and key."""
+
+import subprocess
+import sys
+
+import pytest
+
+from bridge.config import build_settings, load_settings
+from bridge.exceptions import ConfigError
+
+ROUTE = {"name": "r", "source": "generic", "audience_name": "A"}
+
+
+def problems(data, env=None):
+    with pytest.raises(ConfigError) as err:
+        build_settings(data, env=env or {})
+    return err.value.problems
+
+
+def test_env_references_are_expanded_and_secrets_stay_out_of_repr():
+    s = build_settings(
+        {"oliai": {"api_key": "${KEY}"}, "routes": [{**ROUTE, "token": "${TOK:-fallback}"}]},
+        env={"KEY": "sk_live_secret_value"},
+    )
+    assert s.oliai.api_key == "sk_live_secret_value"
+    assert s.routes["r"].token == "fallback"
+    assert "sk_live_secret_value" not in repr(s)
+    assert "fallback" not in repr(s.routes["r"])
+
+
+def test_environment_wins_over_the_file_for_key_url_and_redis():
+    s = build_settings(
+        {"oliai": {"api_key": "from-file", "base_url": "https://api.oliai.in/v1"},
+         "routes": [ROUTE]},
+        env={"OLIAI_API_KEY": "from-env", "OLIAI_BASE_URL": "http://127.0.0.1:9/v1",
+             "REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
+    assert s.oliai.api_key == "from-env"
+    assert s.oliai.base_url == "http://127.0.0.1:9/v1"
+    assert s.redis_url == "redis://127.0.0.1:1/0"
+
+
+def test_unset_api_key_is_a_warning_not_an_error():
+    s = build_settings({"oliai": {"api_key": "${OLIAI_API_KEY}"}, "routes": [ROUTE]}, env={})
+    assert s.oliai.api_key is None
+    assert any("api_key" in w for w in s.warnings)
+
+
+def test_every_problem_is_reported_with_its_place():
+    found = problems({
+        "oliai": {"default_region": "XX"},
+        "colour": "blue",
+        "routes": [
+            {"name": "a", "source": "nope", "audience_id": "x"},
+            {"name": "b", "source": "generic"},
+            {"name": "c", "source": "generic", "audience_id": "x", "on_duplicate": "merge",
+             "fields": {"phone": "fields.[", "shoe_size": "fields.s"}},
+            {"name": "d", "source": "generic", "audience_id": "x", "secret": "${MISSING}"},
+            {"name": "d", "source": "generic", "audience_id": "y"},
+        ],
+    })
+    text = "\n".join(found)
+    assert "colour: unknown section" in text
+    assert "oliai.default_region: unknown region code 'XX'" in text
+    assert "routes[a].source: unknown source 'nope'" in text
+    assert "routes[b].audience_id: set audience_id" in text
+    assert "routes[c].on_duplicate" in text
+    assert "routes[c].fields.phone: invalid JMESPath 'fields.['" in text
+    assert "routes[c].fields: unknown contact field 'shoe_size'" in text
+    assert "routes[d].secret: environment variable MISSING is not set" in text
+    assert "routes[d].name: route 'd' is defined twice" in text
+
+
+def test_route_region_defaults_to_the_oliai_default_region():
+    s = build_settings({"oliai": {"default_region": "us"}, "routes": [ROUTE]}, env={})
+    assert s.routes["r"].region == "US"
+
+
+def test_missing_file_and_bad_toml(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "nope.toml", env={})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[oliai\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings(bad, env={})
+
+
+def test_check_config_command(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[[routes]]\nname = "r"\nsource = "generic"\naudience_name = "A"\n'
+                    'token = "${T}"\n')
+    run = [sys.executable, "-m", "bridge", "--config", str(good), "check-config"]
+    ok = subprocess.run(run, capture_output=True, text=True, env={"T": "x", "PATH": ""})
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("OK: ") and "r (generic)" in ok.stdout
+    bad = subprocess.run(run, capture_output=True, text=True, env={"PATH": ""})
+    assert bad.returncode == 1
+    assert "routes[r].token: environment variable T is not set" in bad.stdout
+
+
+def test_example_config_is_valid():
+    s = load_settings("config.example.toml", env={"WEBSITE_FORM_TOKEN": "t",
+                                                 "TYPEFORM_SECRET": "s"})
+    assert set(s.routes) == {"website-form", "typeform-leads"}

@@ -1,0 +1,297 @@
+"""The delivery job against the sandbox over HTTP, with a real RQ worker and real Redis."""
+
+import time
+from dataclasses import replace
+from datetime import UTC
+
+import pytest
+from rq import Queue
+
+from bridge.deliveries import DeliveryStore
+from jobs.ratelimit import RateLimiter
+from jobs.replay import Replayer
+from tests.bridge_fixtures import route_dict
+
+LEAD = {"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}
+
+
+def post(client, body, route="leads", **kw):
+    r = client.post(f"/hooks/{route}", json=body, **kw)
+    assert r.status_code == 202, r.json
+    return r.json["deliveryId"]
+
+
+def contacts(sandbox, key=None):
+    return sandbox.org_state(key)["contacts"]
+
+
+def audiences(sandbox, key=None):
+    return sandbox.org_state(key)["audiences"]
+
+
+def history(client, delivery_id):
+    return [h["what"] for h in client.store.history(delivery_id)]
+
+
+def scheduled_at(client, delivery_id) -> float:
+    d = client.store.get(delivery_id)
+    queue = Queue(client.settings.queue_name, connection=client.redis)
+    when = queue.scheduled_job_registry.get_scheduled_time(d.job_id)
+    return when.replace(tzinfo=UTC).timestamp() if when.tzinfo is None else when.timestamp()
+
+
+def test_lead_becomes_one_contact_in_its_audience(make_client, run_jobs, sandbox):
+    client = make_client()
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "delivered"
+    [contact] = contacts(sandbox)
+    assert contact["phoneNumber"] == "+919876543210"
+    assert contact["name"] == "Priya Sharma"
+    assert contact["metadata"] == {"city": "Mumbai"}
+    [audience] = audiences(sandbox)
+    assert audience["name"] == "Test leads"
+    assert audience["contactIds"] == [contact["id"]]
+    assert d.contact_id == contact["id"] and d.audience_id == audience["id"]
+    assert history(client, delivery_id)[-3:] == ["contact_created", "audience_added",
+                                                 "delivered"]
+
+
+def test_audience_by_name_is_created_once_for_many_leads(make_client, run_jobs, sandbox):
+    client = make_client()
+    ids = [post(client, {"name": f"Lead {i}", "phone": f"98765432{i:02d}"}) for i in range(6)]
+    run_jobs(client.settings)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    [audience] = audiences(sandbox)
+    assert audience["contactCount"] == 6
+
+
+def test_existing_audience_by_name_is_reused(make_client, run_jobs, sandbox):
+    existing = sandbox.client().create_audience("Test leads")
+    client = make_client()
+    post(client, LEAD)
+    run_jobs(client.settings)
+    [audience] = audiences(sandbox)
+    assert audience["id"] == existing["id"] and audience["contactCount"] == 1
+
+
+def test_409_update_patches_and_merges_metadata(make_client, run_jobs, sandbox):
+    sandbox.client().create_contact("Old Name", "+919876543210", metadata={"tier": "gold"})
+    client = make_client()
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    [contact] = contacts(sandbox)
+    assert contact["name"] == "Priya Sharma"
+    assert contact["metadata"] == {"tier": "gold", "city": "Mumbai"}
+    assert "contact_updated" in history(client, delivery_id)
+    assert client.store.get(delivery_id).status == "delivered"
+
+
+def test_409_skip_leaves_the_contact_but_adds_it_to_the_audience(make_client, run_jobs,
+                                                                   sandbox):
+    old = sandbox.client().create_contact("Old Name", "+919876543210")
+    client = make_client(routes=[route_dict(on_duplicate="skip")])
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    [contact] = contacts(sandbox)
+    assert contact["name"] == "Old Name" and contact["metadata"] == {}
+    assert "contact_exists" in history(client, delivery_id)
+    [audience] = audiences(sandbox)
+    assert audience["contactCount"] == 1
+    assert client.store.get(delivery_id).contact_id == old["id"]
+
+
+def test_429_reschedules_at_retry_after_and_pauses_the_key(make_client, run_jobs, sandbox):
+    # The API allows fewer calls than our limiter believes: the API's 429 must take over.
+    sandbox.configure(general_limit=4)
+    client = make_client()
+    ids = [post(client, {"name": f"L{i}", "phone": f"98765432{i:02d}"}) for i in range(4)]
+    started = time.time()
+    run_jobs(client.settings)
+    statuses = {i: client.store.get(i).status for i in ids}
+    waiting = [i for i, s in statuses.items() if s == "retrying"]
+    assert waiting, statuses
+    log = sandbox.requests(since=started)
+    first_429 = min(e["ts"] for e in log if e["status"] == 429)
+    limiter = RateLimiter(client.redis, sandbox.keys[0])
+    pause = limiter.paused_for()
+    assert pause > 0
+    pause_end = time.time() + pause
+    for delivery_id in waiting:
+        assert "rate_limited" in history(client, delivery_id)
+        # rescheduled no earlier than the pause, never slept through in the worker
+        assert scheduled_at(client, delivery_id) >= pause_end - 0.1
+    # nothing was sent for this key after the 429 (all other jobs saw the pause)
+    assert [e for e in log if e["ts"] > first_429] == []
+    # once the pause is over the scheduled jobs deliver
+    time.sleep(pause + 0.6)
+    for _ in range(10):
+        run_jobs(client.settings, promote_scheduled=True)
+        if all(client.store.get(i).status == "delivered" for i in ids):
+            break
+        time.sleep(1.0)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    assert len(contacts(sandbox)) == 4
+    after = [e for e in sandbox.requests(since=started) if e["ts"] > first_429]
+    assert min(e["ts"] for e in after) >= first_429 + 1.0  # Retry-After is at least 1 s
+
+
+def test_our_limiter_keeps_under_the_published_limit(make_client, run_jobs, sandbox):
+    sandbox.configure(general_limit=10)
+    client = make_client(oliai={"general_per_minute": 10})
+    ids = [post(client, {"name": f"L{i}", "phone": f"98765432{i:02d}"}) for i in range(5)]
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        run_jobs(client.settings, promote_scheduled=True)
+        if all(client.store.get(i).status == "delivered" for i in ids):
+            break
+        time.sleep(0.3)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    assert all(e["status"] != 429 for e in sandbox.requests())
+
+
+def test_5xx_is_retried_with_backoff_then_delivered(make_client, run_jobs, sandbox):
+    sandbox.configure(fail_rate=1.0)
+    client = make_client()
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "retrying" and d.failures == 1
+    assert d.last_api["status"] == 500
+    failed_at = max(e["ts"] for e in sandbox.requests() if e["status"] == 500)
+    assert scheduled_at(client, delivery_id) >= failed_at + 0.75 * 0.2  # backoff, not at once
+    assert contacts(sandbox) == []
+    sandbox.configure(fail_rate=0.0)
+    run_jobs(client.settings, promote_scheduled=True)
+    assert client.store.get(delivery_id).status == "delivered"
+    assert len(contacts(sandbox)) == 1
+
+
+def test_retries_are_bounded_then_failed_with_the_reason(make_client, run_jobs, sandbox):
+    sandbox.configure(fail_rate=1.0)
+    client = make_client(delivery={"max_attempts": 3})
+    delivery_id = post(client, LEAD)
+    for _ in range(3):
+        run_jobs(client.settings, promote_scheduled=True)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed"
+    assert d.reason_code == "retries_exhausted"
+    assert "gave up after 3 failed attempts" in d.reason and "500" in d.reason
+    ids, total = client.store.failed_ids()
+    assert ids == [delivery_id] and total == 1
+
+
+def test_backoff_grows_exponentially_with_jitter():
+    from jobs.deliver import backoff
+
+    for n, base in ((1, 30), (2, 60), (3, 120), (4, 240)):
+        assert 0.75 * base <= backoff(n, 30, 1200) <= 1.25 * base
+    assert backoff(20, 30, 1200) <= 1.25 * 1200
+
+
+def test_permanent_400_fails_at_once_with_the_api_message(make_client, run_jobs, sandbox):
+    client = make_client(routes=[route_dict(fields={"phoneNumber": "fields.phone",
+                                                    "language": "fields.lang"})])
+    # a language the mapping accepts but the API rejects is a permanent 400
+    sandbox.configure(fail_rate=0.0)
+    delivery_id = post(client, {**LEAD, "lang": "hi-IN"})
+    d = client.store.get(delivery_id)
+    d.contact["metadata"] = "not an object"  # what an API-side validation failure looks like
+    client.store.update(d)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "invalid"
+    assert d.attempts == 1
+    assert d.last_api["status"] == 400 and "metadata" in d.last_api["message"]
+    assert contacts(sandbox) == []
+
+
+def test_revoked_key_is_a_permanent_401(make_client, run_jobs, sandbox):
+    client = make_client(oliai={"api_key": sandbox.revoked_key})
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "unauthorized"
+    assert d.last_api["message"] == "API key has been revoked"
+    assert sandbox.revoked_key not in d.reason
+
+
+def test_unknown_audience_id_is_a_permanent_404(make_client, run_jobs, sandbox):
+    client = make_client(routes=[route_dict(audience_name=None, audience_id="aud_missing")])
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "not_found"
+    assert d.contact_id  # the contact step finished and stays recorded for a replay
+
+
+def test_route_api_key_override_delivers_to_another_org(make_client, run_jobs, sandbox):
+    client = make_client(routes=[route_dict(api_key=sandbox.keys[1])])
+    post(client, LEAD)
+    run_jobs(client.settings)
+    assert contacts(sandbox, sandbox.keys[0]) == []
+    assert len(contacts(sandbox, sandbox.keys[1])) == 1
+
+
+def test_resume_after_partial_failure_makes_no_second_contact(make_client, run_jobs,
+                                                               sandbox):
+    client = make_client(routes=[route_dict(audience_name=None, audience_id="aud_later")])
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)  # contact created, audience add 404s: failed
+    assert client.store.get(delivery_id).status == "failed"
+    # the operator creates the audience and points the route at it, then replays
+    aud = sandbox.client().create_audience("Later")
+    settings = client.settings
+    fixed = replace(settings, routes={
+        "leads": replace(settings.routes["leads"], audience_id=aud["id"])})
+    started = time.time()
+    assert Replayer(fixed, client.redis).replay(delivery_id).outcome == "requeued"
+    run_jobs(fixed)
+    d = client.store.get(delivery_id)
+    assert d.status == "delivered"
+    posts = [e for e in sandbox.requests(since=started)
+             if e["method"] == "POST" and e["path"].endswith("/contacts")
+             and "audiences" not in e["path"]]
+    assert posts == []  # resumed at the audience step: no second create
+    assert len(contacts(sandbox)) == 1
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_fail_after_commit_never_duplicates(make_client, run_jobs, sandbox, mode):
+    sandbox.configure(fail_after_commit_rate=1.0, fail_after_commit_mode=mode)
+    client = make_client()
+    ids = [post(client, {"name": f"L{i}", "phone": f"98765432{i:02d}"}) for i in range(3)]
+    run_jobs(client.settings)
+    sandbox.configure(fail_after_commit_rate=0.0)
+    for _ in range(6):
+        run_jobs(client.settings, promote_scheduled=True)
+        if all(client.store.get(i).status == "delivered" for i in ids):
+            break
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    phones = [c["phoneNumber"] for c in contacts(sandbox)]
+    assert sorted(phones) == sorted(set(phones)) and len(phones) == 3
+    [audience] = audiences(sandbox)
+    assert audience["contactCount"] == 3
+
+
+def test_stale_job_does_nothing(make_client, run_jobs, sandbox, redis):
+    from jobs.deliver import Deliverer, configure
+
+    client = make_client()
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    ctx = configure(client.settings, redis)
+    # a delivered delivery run again (a duplicate trigger) makes no call
+    started = time.time()
+    assert Deliverer(ctx).run(delivery_id) == "delivered"
+    assert sandbox.requests(since=started) == []
+
+
+def test_store_keeps_deliveries_for_the_configured_time(make_client, run_jobs, sandbox):
+    client = make_client(delivery={"keep_delivered_days": 1})
+    delivery_id = post(client, LEAD)
+    run_jobs(client.settings)
+    ttl = client.redis.ttl(f"oliai-bridge:d:{delivery_id}")
+    assert 86000 < ttl <= 86400
+    assert DeliveryStore(client.redis).get(delivery_id).status == "delivered"
