@@ -228,6 +228,7 @@ def _after(response: Response) -> Response:
         "status": None if drop else response.status_code,
         "rate_class": g.rate_class,
         "fault": g.fault,
+        "retry_after": response.headers.get("Retry-After"),
     }
     with sb.log_lock:
         sb.request_log.append(entry)

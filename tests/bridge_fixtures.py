@@ -35,7 +35,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory):
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), fsync="everysec")
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"))  # fsync always, as in production
     server.start()
     yield server
     server.stop()
@@ -241,9 +241,9 @@ def make_stack(redis, redis_server, sandbox, tmp_path):
         deadline = time.monotonic() + 20
         while True:
             try:
-                if requests.get(f"{stack.url}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{stack.url}/readyz", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or workers still booting
                 pass
             if time.monotonic() > deadline or stack.processes["web"].poll() is not None:
                 raise AssertionError(f"web did not start:\n{stack.log_text()}")
