@@ -55,7 +55,9 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
             body=body,
             headers={k.lower(): v for k, v in request.headers.items()},
             query={k: v for k, v in request.args.items()},
-            url=request.base_url,
+            # Signatures that cover the URL (HubSpot) need the query exactly as sent.
+            url=request.base_url
+            + ("?" + request.query_string.decode("latin-1") if request.query_string else ""),
         )
         reply = ingest.handle(inbound)
         response = Response(

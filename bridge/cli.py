@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import logging
 import mimetypes
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -156,13 +158,29 @@ def cmd_web(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    from redis.exceptions import ConnectionError, TimeoutError
+
     from jobs.worker import run_worker
 
     settings = settings_for(args)
+    log = logging.getLogger("bridge.worker")
     for warning in settings.warnings:
-        logging.getLogger("bridge").warning("config: %s", warning)
-    run_worker(settings, redis_for(settings), burst=args.burst, name=args.name)
-    return 0
+        log.warning("config: %s", warning)
+    wait = 1.0
+    for start in itertools.count():
+        # A worker that lost Redis may still be registered under its old name: use a new one.
+        name = f"{args.name}-{start}" if args.name and start else args.name
+        if not args.name and start:
+            name = f"bridge-{socket.gethostname()}-{os.getpid()}-{start}"
+        try:
+            run_worker(settings, redis_for(settings), burst=args.burst, name=name)
+            return 0
+        except (ConnectionError, TimeoutError) as exc:
+            # Redis restarting: start again when it is back instead of exiting (the reaper
+            # hands back whatever this worker was in the middle of).
+            log.warning("Redis unavailable (%s); starting again in %.0f s", exc, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 30.0)
 
 
 def cmd_sandbox(args) -> int:

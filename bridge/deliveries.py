@@ -14,6 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from redis import Redis
 from redis.client import Pipeline
@@ -164,8 +165,48 @@ class Delivery:
         }
 
 
-def raw_record(req: InboundRequest, kept_headers: tuple[str, ...]) -> dict[str, Any]:
-    """The request as stored for replay --remap: body, content type, safe headers, query."""
+#: Shorter "secrets" are not searched for in payloads: they would match ordinary text.
+MIN_REDACTED_CHARS = 6
+REDACTED = "[redacted]"
+
+
+def redact(value: Any, secrets: list[str]) -> Any:
+    """``value`` with every secret (and its URL-encoded form) replaced, at any depth."""
+    secrets = [s for s in secrets if s and len(s) >= MIN_REDACTED_CHARS]
+    if not secrets:
+        return value
+    if isinstance(value, str):
+        for secret in secrets:
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                value = value.replace(form, REDACTED)
+        return value
+    if isinstance(value, bytes):
+        for secret in secrets:
+            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
+                value = value.replace(form.encode(), REDACTED.encode())
+        return value
+    if isinstance(value, dict):
+        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact(v, secrets) for v in value]
+    return value
+
+
+def raw_record(
+    req: InboundRequest, kept_headers: tuple[str, ...], secrets: list[str] | None = None
+) -> dict[str, Any]:
+    """The request as stored for replay --remap: body, content type, safe headers, query.
+
+    Route secrets are redacted even from the body: some senders echo the hook URL, token and
+    all, inside the payload (Jotform's ``webhookURL``).
+    """
+    req = InboundRequest(
+        method=req.method,
+        route=req.route,
+        body=redact(req.body, secrets or []),
+        headers=req.headers,
+        query=req.query,
+    )
     headers = {"content-type": req.header("content-type") or ""}
     for name in kept_headers:
         value = req.header(name)
@@ -250,7 +291,14 @@ class DeliveryStore:
         delivery.updated_at = utcnow_iso()
         key = delivery_key(delivery.id)
         pipe.hset(key, mapping=delivery.to_hash())
-        for optional in ("reason_code", "reason", "contact", "last_api"):
+        for optional in (
+            "reason_code",
+            "reason",
+            "contact",
+            "last_api",
+            "contact_id",
+            "audience_id",
+        ):
             if getattr(delivery, optional) is None:
                 pipe.hdel(key, optional)
         if what:

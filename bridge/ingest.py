@@ -22,6 +22,7 @@ from bridge.deliveries import (
     dedup_key,
     new_delivery_id,
     raw_record,
+    redact,
 )
 from bridge.event import Event, InboundRequest, Lead, utcnow_iso
 from bridge.exceptions import (
@@ -165,8 +166,12 @@ class Ingest:
             if fresh:
                 pipe = transaction(self.redis)
                 raw_id = f"r{secrets.token_hex(8)}"
-                self.store.add_raw(pipe, raw_id, raw_record(req, source.kept_headers))
+                hidden = self.settings.secrets()
+                self.store.add_raw(pipe, raw_id, raw_record(req, source.kept_headers, hidden))
                 for delivery in fresh:
+                    delivery.event.fields = redact(delivery.event.fields, hidden)
+                    if delivery.contact is not None:
+                        delivery.contact = redact(delivery.contact, hidden)
                     delivery.raw_id = raw_id
                     if delivery.status == "queued":
                         enqueue(

@@ -149,6 +149,9 @@ def map_event(event: Event, route: Route) -> dict[str, Any]:
     if language and LANGUAGE.match(language):
         contact["language"] = language
 
+    # Whatever became the name, phone or email is not metadata too (mapped or typed fields).
+    taken = {text(phone_raw), email, *name.split(" ")} - {""}
+    used |= {k for k, v in flat.items() if not isinstance(v, list) and text(v) in taken}
     if route.metadata:
         metadata = {}
         for key, expr in route.metadata.items():

@@ -287,7 +287,8 @@ class Deliverer:
             delay=delay,
             job_timeout=self.settings.delivery.job_timeout_seconds,
         )
-        self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 60)
+        # The reaper looks just after the due time, in case no scheduler promotes it.
+        self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 5)
         pipe.execute()
         return d.status
 

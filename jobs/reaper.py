@@ -30,6 +30,8 @@ LOCK_KEY = f"{defaults.KEY_PREFIX}reaper:lock"
 INTERVAL_SECONDS = 5.0
 #: How long a delivery may stay queued before we check that its job still exists.
 QUEUED_RECHECK_SECONDS = 60.0
+#: A scheduled retry this late means no scheduler is running: we enqueue it ourselves.
+OVERDUE = 3.0
 
 LIVE_JOB_STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
 
@@ -48,18 +50,21 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
             redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
             continue
         status = job_status(ctx, d.job_id)
-        if d.status != "delivering" and status in LIVE_JOB_STATES:
+        overdue = status == JobStatus.SCHEDULED and scheduled_for(ctx, d.job_id) < now - OVERDUE
+        if d.status != "delivering" and status in LIVE_JOB_STATES and not overdue:
             redis.zadd(IDX_ACTIVE, {d.id: now + QUEUED_RECHECK_SECONDS})
             continue
         if status == JobStatus.STARTED and d.status != "delivering":
             # Picked up a moment ago; its lease is about to be taken.
             redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
             continue
-        why = (
-            "its worker stopped mid-delivery"
-            if d.status == "delivering"
-            else f"its job {d.job_id} is {status or 'gone'}"
-        )
+        if d.status == "delivering":
+            why = "its worker stopped mid-delivery"
+        elif overdue:
+            # The scheduler lock is held by a dead worker (RQ frees it only after minutes).
+            why = f"its retry {d.job_id} is overdue"
+        else:
+            why = f"its job {d.job_id} is {status or 'gone'}"
         pipe = transaction(redis)
         d.status = "queued"
         enqueue(ctx.queue, d, pipe=pipe, job_timeout=ctx.settings.delivery.job_timeout_seconds)
@@ -74,6 +79,12 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
         log.warning("delivery %s: %s; re-queued", d.id, why)
         revived.append(d.id)
     return revived
+
+
+def scheduled_for(ctx: Context, job_id: str | None) -> float:
+    """When a scheduled job is due (epoch seconds); +inf when it is not scheduled."""
+    score = ctx.redis.zscore(ctx.queue.scheduled_job_registry.key, job_id or "")
+    return float("inf") if score is None else float(score)
 
 
 def job_status(ctx: Context, job_id: str | None) -> str | None:

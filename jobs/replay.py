@@ -112,9 +112,10 @@ class Replayer:
         if dry_run:
             phone = contact["phoneNumber"] if contact else "(fetched by the job)"
             return ReplayResult(d.id, "would_requeue", phone)
-        if contact and d.contact and contact["phoneNumber"] != d.contact.get("phoneNumber"):
-            d.contact_id = None  # a different person now: redo every step
-            d.audience_added = False
+        if contact and d.contact and contact != d.contact:
+            d.contact_id = None  # new data for the contact: create or update it again
+            if contact["phoneNumber"] != d.contact.get("phoneNumber"):
+                d.audience_added = False  # a different person: a new membership too
         d.contact = contact
         d.event = event
         d.status = "queued"

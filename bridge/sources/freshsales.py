@@ -33,7 +33,6 @@ class FreshsalesSource(Source):
     # Retries are not documented and nothing says a 4xx disables the workflow action: a 422
     # naming the missing phone is the clearest answer for whoever reads the workflow's log.
     unmappable = "reject"
-    kept_headers = ("idempotency-key",)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if isinstance(payload, Element):
@@ -43,8 +42,8 @@ class FreshsalesSource(Source):
                 f"expected the record as a JSON object, XML or a form, got {type(payload).__name__}"
             )
         fields = record_fields(payload)
-        key = (req.header("idempotency-key") or "").strip()[:200] or None
-        return [with_hints(Lead(fields=fields, event_id=key), fields)]
+        # No event id: Freshsales headers are static, so only the body tells two sends apart.
+        return [with_hints(Lead(fields=fields), fields)]
 
 
 def record_fields(payload: dict[str, Any]) -> dict[str, Any]:

@@ -42,6 +42,8 @@ class JotformSource(Source):
                 raise MalformedBody("rawRequest is not valid JSON") from None
             if not isinstance(answers, dict):
                 raise MalformedBody("rawRequest is not a JSON object")
+        elif isinstance(raw, dict):
+            answers = raw  # a relay that re-posted the webhook as JSON
         elif raw is None and any(ANSWER_KEY.match(str(k)) for k in payload):
             answers = payload  # answers posted as plain form fields
         else:

@@ -79,9 +79,9 @@ class TypeformSource(Source):
         response = payload.get("form_response")
         if not isinstance(response, dict):
             raise MalformedBody("form_response is missing or not an object")
-        answers = response.get("answers", [])
+        answers = response.get("answers")
         if answers is None:
-            answers = []
+            answers = []  # a response where nothing was answered
         if not isinstance(answers, list):
             raise MalformedBody("form_response.answers is not a list")
 
@@ -96,7 +96,7 @@ class TypeformSource(Source):
             ref = text(field.get("ref")) or text(question.get("ref"))
             title = text(question.get("title"))
             key = title if (not ref or GENERATED_REF.match(ref)) and title else ref
-            key = key or text(field.get("id")) or "answer"
+            key = key or text(field_id) or "answer"
             value = answer_value(answer)
             put_field(lead.fields, key, value)
             _hint(lead, answer.get("type"), field.get("type"), (ref, title), value)

@@ -70,8 +70,9 @@ class ZohoCrmSource(Source):
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         records = records_of(payload)
         secrets = set(route.secrets())
-        if route.basic_auth:
-            secrets.add(route.basic_auth.partition(":")[2])
+        password = (route.basic_auth or "").partition(":")[2]
+        if password:
+            secrets.add(password)
         leads = []
         for record in records:
             fields = {

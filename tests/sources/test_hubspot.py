@@ -355,6 +355,24 @@ def test_workflow_all_properties():
     assert meta["hs_analytics_source"] == "PAID_SOCIAL"
 
 
+def test_route_mapping_over_the_event():
+    route = make_route(
+        fields={"language": "fields.hs_language == 'hi' && 'hi-IN' || 'en-IN'"},
+        metadata={
+            "form_page": 'fields.form_submission."page-url"',
+            "campaign": "fields.utm_campaign",
+        },
+    )
+    [lead] = leads_of(signed(WORKFLOW_ALL_PROPERTIES), route)
+    contact = contact_of(lead, route)
+    assert contact["language"] == "hi-IN"
+    assert contact["metadata"] == {
+        "form_page": "https://acme.in/demo?utm_source=fb",
+        "campaign": "diwali-2025",
+        "email": "asha.rao@example.in",
+    }
+
+
 def test_workflow_custom_body_with_trunk_zero_number():
     [lead] = leads_of(signed(WORKFLOW_CUSTOM_BODY, versions=("v2",)))
     assert lead.fields == WORKFLOW_CUSTOM_BODY
@@ -489,6 +507,10 @@ CONTACT_123 = {
 
 API_ANSWERS = {
     "/crm/v3/objects/contacts/123": (200, CONTACT_123),
+    "/crm/v3/objects/contacts/456": (
+        200,
+        {"id": "456", "properties": {"firstname": "Kiran", "phone": "+91 98200 11223"}},
+    ),
     "/crm/v3/objects/contacts/404": (
         404,
         {"status": "error", "message": "Object not found.", "category": "OBJECT_NOT_FOUND"},
@@ -626,3 +648,40 @@ def test_fetch_without_access_token_fails_permanently():
         SOURCE.fetch(fetch_event("123"), make_route(), http, 1.0)
     assert exc.value.transient is False
     assert "access_token" in exc.value.message
+
+
+def test_url_without_query_string_is_rebuilt_from_the_arguments():
+    req = signed(WORKFLOW_CUSTOM_BODY, versions=("v3",), url=URL + "?token=abc")
+    base_only = InboundRequest("POST", "hs", req.body, req.headers, {"token": "abc"}, URL)
+    SOURCE.verify(base_only, make_route())
+
+
+# --- through the real Flask app and Redis ---------------------------------------------------------
+
+
+def test_through_the_app_batch_redelivery_and_fetch(make_client, run_jobs, hubspot_api):
+    base, _ = hubspot_api
+    route = {
+        "name": "hs",
+        "source": "hubspot",
+        "secret": SECRET,
+        "access_token": ACCESS_TOKEN,
+        "api_base_url": base,
+        "audience_name": "HubSpot leads",
+    }
+    client = make_client(routes=[route])
+    req = signed(WEBHOOKS_BATCH, url="http://localhost/hooks/hs")
+    resp = client.post("/hooks/hs", data=req.body, headers=dict(req.headers))
+    assert resp.status_code == 202, resp.get_json()
+    body = resp.get_json()
+    assert [d["status"] for d in body["deliveries"]] == ["queued", "queued"]
+    again = client.post("/hooks/hs", data=req.body, headers=dict(req.headers))
+    assert again.status_code == 200
+    assert again.get_json()["duplicate"] is True
+
+    assert run_jobs(client.settings) == 2
+    delivered = [client.store.get(d["deliveryId"]) for d in body["deliveries"]]
+    assert [(d.status, d.contact["name"], d.contact["phoneNumber"]) for d in delivered] == [
+        ("delivered", "Priya Sharma", "+919820011223"),
+        ("delivered", "Kiran", "+919820011223"),
+    ]

@@ -215,3 +215,23 @@ def test_storage_outage_stays_503():
     reply = SOURCE.reply(Outcome(error=StorageUnavailable("Redis is unreachable")))
     assert reply.status == 503
     assert reply.headers["Retry-After"] == "30"
+
+
+# --- through the real Flask app and Redis ---------------------------------------------------------
+
+
+def test_through_the_app_head_and_redelivery(make_client):
+    route = {"name": "lsq", "source": "leadsquared", "token": TOKEN, "audience_name": "LSQ"}
+    client = make_client(routes=[route])
+    assert client.head("/hooks/lsq").status_code == 200
+    req = delivered(LEAD_CREATED)
+    resp = client.post("/hooks/lsq", data=req.body, headers=dict(req.headers))
+    assert resp.status_code == 200
+    assert resp.get_json()["Status"] == "Success"
+    assert resp.get_json()["status"] == "queued"
+    again = client.post("/hooks/lsq", data=req.body, headers=dict(req.headers))
+    assert again.status_code == 200
+    assert again.get_json()["duplicate"] is True
+    refused = client.post("/hooks/lsq", data=req.body, headers={"content-type": "application/json"})
+    assert refused.status_code == 200
+    assert refused.get_json()["Status"] == "Error"

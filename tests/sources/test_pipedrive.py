@@ -212,6 +212,25 @@ def test_v2_person_created():
     assert meta["owner"] == 77
 
 
+def test_route_mapping_reads_custom_fields_and_the_event_id():
+    route = make_route(
+        metadata={
+            "utm": 'fields.custom_fields."0123456789abcdef0123456789abcdef01234567"',
+            "pipedrive_event": "event_id",
+        }
+    )
+    [lead] = leads_of(delivered(V2_PERSON), route)
+    event = Event.from_lead(
+        lead, route="pd", source="pipedrive", event_id=lead.event_id, received_at=RECEIVED_AT
+    )
+    contact = map_event(event, route)
+    assert contact["metadata"] == {
+        "utm": "diwali",
+        "pipedrive_event": "6c1c0b1c-9f0e-4d5c-8d7a-2b1e6f0c9a11",
+        "email": "asha@example.in",
+    }
+
+
 def test_v2_person_changes_are_ignored_by_default():
     changed = copy.deepcopy(V2_PERSON)
     changed["meta"]["action"] = "change"
@@ -445,3 +464,24 @@ def test_fetch_without_access_token_fails_permanently():
         SOURCE.fetch(fetch_event("123"), make_route(), http, 1.0)
     assert exc.value.transient is False
     assert "access_token" in exc.value.message
+
+
+# --- through the real Flask app and Redis ---------------------------------------------------------
+
+
+def test_through_the_app_and_redelivery(make_client):
+    route = {"name": "pd", "source": "pipedrive", "basic_auth": BASIC, "audience_name": "PD"}
+    client = make_client(routes=[route])
+    req = delivered(V2_PERSON)
+    resp = client.post("/hooks/pd", data=req.body, headers=dict(req.headers))
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["status"] == "queued"
+    again = client.post("/hooks/pd", data=req.body, headers=dict(req.headers))
+    assert again.status_code == 200
+    assert again.get_json() == {
+        "deliveryId": resp.get_json()["deliveryId"],
+        "status": "duplicate",
+        "duplicate": True,
+    }
+    wrong = client.post("/hooks/pd", data=req.body, headers={"content-type": "application/json"})
+    assert wrong.status_code == 401

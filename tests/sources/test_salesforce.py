@@ -301,7 +301,9 @@ def reply_after(req: InboundRequest, outcome: Outcome, route=None):
 
 
 def ack_of(reply) -> str | None:
-    root = SafeET.fromstring(reply.body_bytes())
+    """The Ack of a ``Reply`` or of a Flask response."""
+    data = reply.body_bytes() if hasattr(reply, "body_bytes") else reply.data
+    root = SafeET.fromstring(data)
     ack = root.find(f".//{{{OUTBOUND_NS}}}Ack")
     return None if ack is None else ack.text
 
@@ -357,3 +359,37 @@ def test_reply_kind_does_not_leak_into_the_next_request():
     SOURCE.reply(Outcome(accepted=[Accepted("d1", "queued")]))
     reply = SOURCE.reply(Outcome(accepted=[Accepted("d2", "queued")]))
     assert reply.content_type == "application/json"
+
+
+# --- through the real Flask app and Redis ---------------------------------------------------------
+
+
+def test_through_the_app_ack_and_redelivery(make_client):
+    route = {
+        "name": "sf",
+        "source": "salesforce",
+        "token": TOKEN,
+        "organization_id": ORG_18,
+        "audience_name": "Salesforce leads",
+    }
+    client = make_client(routes=[route])
+    body = outbound_message(ASHA, NO_PHONE)
+    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": '""'}
+    url = f"/hooks/sf?token={TOKEN}"
+    resp = client.post(url, data=body, headers=headers)
+    assert resp.status_code == 200
+    assert resp.mimetype == "text/xml"
+    assert ack_of(resp) == "true"
+    received = client.store.counts()["received"]
+    assert received == 2  # one queued, one skipped (no phone)
+    again = client.post(url, data=body, headers=headers)
+    assert again.status_code == 200
+    assert ack_of(again) == "true"
+    assert client.store.counts()["received"] == received  # the repeat stored nothing
+
+    flow = json.dumps({"LastName": "Kumar", "MobilePhone": "9820011223"}).encode()
+    first = client.post(url, data=flow, content_type="application/json")
+    assert first.status_code == 202
+    repeat = client.post(url, data=flow, content_type="application/json")
+    assert repeat.status_code == 200
+    assert repeat.get_json()["duplicate"] is True

@@ -352,35 +352,16 @@ def test_a_body_that_is_not_json_is_malformed():
         leads_of(signed(body=b"{not json"))
 
 
+TYPEFORM_KEYS = (
+    "type text field ref id choice choices labels answers definition fields hidden token "
+    "form_response event_type variables key title other label"
+).split()
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=8),
     lambda children: (
         st.lists(children, max_size=4)
         | st.dictionaries(
-            st.sampled_from(
-                [
-                    "type",
-                    "text",
-                    "field",
-                    "ref",
-                    "id",
-                    "choice",
-                    "choices",
-                    "labels",
-                    "answers",
-                    "definition",
-                    "fields",
-                    "hidden",
-                    "token",
-                    "form_response",
-                    "event_type",
-                    "variables",
-                    "key",
-                    "title",
-                    "other",
-                    "label",
-                ]
-            ),
+            st.sampled_from(TYPEFORM_KEYS),
             children,
             max_size=5,
         )

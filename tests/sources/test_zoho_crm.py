@@ -188,3 +188,22 @@ def test_malformed_bodies(body, ctype, words):
     with pytest.raises(MalformedBody) as exc:
         leads_of(req)
     assert words in exc.value.message
+
+
+# --- through the real Flask app and Redis ---------------------------------------------------------
+
+
+def test_through_the_app_and_redelivery(make_client):
+    route = {"name": "zoho", "source": "zoho_crm", "token": TOKEN, "audience_name": "Zoho"}
+    client = make_client(routes=[route])
+    req = delivered(LEAD)
+    resp = client.post("/hooks/zoho", data=req.body, headers=dict(req.headers))
+    assert resp.status_code == 202, resp.get_json()
+    assert resp.get_json()["status"] == "queued"
+    again = client.post("/hooks/zoho", data=req.body, headers=dict(req.headers))
+    assert again.status_code == 200
+    assert again.get_json()["duplicate"] is True
+    no_phone = delivered({"First_Name": "No"})
+    refused = client.post("/hooks/zoho", data=no_phone.body, headers=dict(no_phone.headers))
+    assert refused.status_code == 422
+    assert refused.get_json()["field"] == "phoneNumber"

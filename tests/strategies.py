@@ -1,0 +1,592 @@
+"""Hypothesis strategies for hostile webhook input: bodies, headers, JSON garbage, mutations of
+each source's own sample payloads, and the routes the adapters are run under.
+
+Used by ``tests/test_properties.py``. Sample payloads are read from ``tests/sources/test_<source>.py``
+when that module imports (it is edited independently); a small seed per source below keeps the
+mutation tests meaningful when it does not.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import importlib
+import json
+from typing import Any
+from urllib.parse import urlencode
+from xml.etree import ElementTree as ET
+
+from hypothesis import strategies as st
+
+from bridge.config import Route, build_settings
+from bridge.sources import get_source, source_names
+
+SOURCES = source_names()
+TOKEN = "prop-token-5e1f"
+SECRET = "prop-secret-9c2d"
+WHSEC = "whsec_" + base64.b64encode(b"property-test-signing-key-32b!!!").decode()
+VERIFY_TOKEN = "prop-verify-77"
+ACCESS_TOKEN = "prop-access-88"
+BASIC = "prop:basic-pass"
+ORG_ID = "00D5g000004XyZa"
+BOUNDARY = "PropBoundary7MA4YWxk"
+
+# --- routes ----------------------------------------------------------------------------------
+
+#: Route options that send an adapter down its other branches.
+OPTIONS = {
+    "hubspot": {
+        "subscription_types": ["contact.creation", "contact.propertyChange"],
+        "properties": ["x"],
+        "public_url": "https://bridge.example.com/hooks/hubspot",
+    },
+    "pipedrive": {"actions": ["create", "change"]},
+    "salesforce": {"organization_id": ORG_ID, "respect_do_not_call": False},
+    "leadsquared": {"respect_do_not_call": False},
+    "shopify": {"require_sms_consent": True},
+    "standard_webhooks": {"event_types": ["lead.created"]},
+    "meta_lead_ads": {"lead_fields": "field_data,ad_id"},
+}
+
+
+def route_data(source: str, *, name: str | None = None, signed: bool = True, **extra) -> dict:
+    """A valid route for ``source`` with every key it may need."""
+    data: dict[str, Any] = {
+        "name": name or source,
+        "source": source,
+        "audience_name": "Property leads",
+        "token": TOKEN,
+    }
+    if signed and get_source(source).signs:
+        data["secret"] = WHSEC if source == "standard_webhooks" else SECRET
+    if source == "meta_lead_ads":
+        data["verify_token"] = VERIFY_TOKEN
+        data["access_token"] = ACCESS_TOKEN
+    data.update(extra)
+    return data
+
+
+def build_route(data: dict) -> Route:
+    return build_settings({"routes": [data]}, env={}).routes[data["name"]]
+
+
+def adapter_routes(source: str) -> list[Route]:
+    """The routes an adapter is exercised under: plain, with options, with basic auth."""
+    routes = [
+        build_route(route_data(source)),
+        build_route(route_data(source, region="US", **OPTIONS.get(source, {}))),
+        build_route(route_data(source, signed=False, basic_auth=BASIC)),
+    ]
+    return routes
+
+
+# --- text and JSON garbage ---------------------------------------------------------------------
+
+#: Keys the adapters look for, so that garbage reaches past the first ``isinstance`` check.
+VOCAB = (
+    # generic / mapping
+    "name", "full_name", "first_name", "last_name", "phone", "phone_number", "mobile", "Mobile",
+    "Phone", "whatsapp", "email", "Email", "country", "country_code", "language", "contact",
+    "lead", "data", "id", "type", "value", "values", "event_id", "token", "Idempotency-Key",
+    # typeform / tally
+    "event_type", "form_response", "answers", "definition", "fields", "field", "ref", "title",
+    "hidden", "calculated", "variables", "key", "label", "options", "rows", "columns", "text",
+    "eventType", "responseId", "submissionId", "eventId", "choice", "choices", "labels", "other",
+    "phone_number", "INPUT_PHONE_NUMBER", "MULTIPLE_CHOICE", "CHECKBOXES", "MATRIX", "FILE_UPLOAD",
+    # jotform / google forms
+    "rawRequest", "submissionID", "q3_name", "q5_phoneNumber", "full", "area", "first", "last",
+    "namedValues", "respondentEmail", "formId",
+    # hubspot / pipedrive
+    "properties", "vid", "canonical-vid", "objectId", "form-submissions", "timestamp",
+    "subscriptionType", "objectTypeId", "portalId", "subscriptionId", "meta", "action",
+    "entity", "object", "version", "current", "event", "phones", "emails", "primary", "org_id",
+    "org_name", "owner_id", "custom_fields", "person_id", "timestamp_micro", "webhook_id",
+    # meta / calendly / indiamart / leadsquared / salesforce
+    "entry", "changes", "leadgen_id", "page_id", "form_id", "payload", "uri",
+    "questions_and_answers", "question", "answer", "tracking", "scheduled_event", "location",
+    "text_reminder_number", "old_invitee", "RESPONSE", "UNIQUE_QUERY_ID", "SENDER_MOBILE",
+    "SENDER_NAME", "SENDER_COUNTRY_ISO", "QUERY_MESSAGE", "SENDER_EMAIL", "DoNotCall",
+    "ProspectActivityId", "FirstName", "LastName", "MobilePhone", "EmailAddress", "CountryCode",
+    # webflow / wordpress / shopify / zoho / freshsales / standard webhooks
+    "triggerType", "_id", "source_url", "1", "1.3", "1.6", "2", "3", "_wpcf7", "your-name",
+    "your-tel", "addresses", "default_address", "sms_marketing_consent", "state", "ids",
+    "channel_id", "operation", "contact[mobile_number]", "mobile_number", "work_number",
+)  # fmt: skip
+
+ODD_STRINGS = (
+    "", " ", "\t\r\n", "\x00", "\x7f", "\u200b", "\ufeff", "\u202e", "\u0301", "\uffff",
+    "\U0010ffff", "🙂" * 3, "١٢٣٤٥٦٧٨٩٠", "٠٩٨٧٦٥٤٣٢١٠", "０９８７６５４３２１０", "²³⁴⁵⁶⁷⁸⁹¹⁰",
+    "NaN", "Infinity", "-0", "1e400", "null", "true", "[]", "{}", "None", "0" * 70, "+", "+0",
+    "+91 98765 43210", "098765 43210", "+1 (555) 010-0000", "15550000000", "+44 20 7946 0958",
+    "a@b.c", "x@", "@", "<b>x</b><br/>", "&amp;&#0;", "%00%ff", "${Leads.Mobile}",
+    "{{contact.mobile_number}}", "sha256=", "v1,", "whsec_", "t=1,v1=00", "page", "leadgen",
+    "form_response", "FORM_RESPONSE", "invitee.created", "contact.creation", "object.creation",
+    "0-1", "create", "person", "deal", "form_submission", "customers/create", "lead.created",
+    "IN", "US", "in", "ÉÉ", "ZZ", "1", "true", "SUBSCRIBED", "subscribed", "outbound_call",
+)  # fmt: skip
+
+PHONES = st.sampled_from(
+    ["+919876543210", "098765 43210", "9876543210", "+1 555 010 0000", "+15550000000", "+0"]
+) | st.from_regex(r"\+?[0-9 ()\-.]{4,24}", fullmatch=True)
+
+#: Text without surrogates (which UTF-8 cannot carry), biased towards the odd.
+ODD_TEXT = st.text(max_size=24) | st.sampled_from(ODD_STRINGS) | PHONES
+#: Long text: over every cap the bridge has (names 100, metadata 1000, phone 64, ids 200).
+HUGE_TEXT = st.builds(
+    lambda chunk, n: chunk * n,
+    st.sampled_from(["a", "9", "é", "🙂", " ", "@", "+9", "x@y.z ", "\u200b"]),
+    st.integers(100, 20_000),
+)
+KEYS = st.sampled_from(VOCAB) | st.text(max_size=12)
+NUMBERS = (
+    st.integers(-(2**63), 2**63)
+    | st.integers(-(10**300), 10**300)
+    | st.floats(allow_nan=True, allow_infinity=True)
+)
+LEAVES = st.none() | st.booleans() | NUMBERS | ODD_TEXT | HUGE_TEXT
+
+
+def json_values(max_leaves: int = 30) -> st.SearchStrategy[Any]:
+    """Nested garbage: dicts keyed by adapter vocabulary, lists, odd scalars."""
+    return st.recursive(
+        LEAVES,
+        lambda children: st.lists(children, max_size=5)
+        | st.dictionaries(KEYS, children, max_size=6),
+        max_leaves=max_leaves,
+    )
+
+
+JSON_VALUES = json_values()
+JSON_OBJECTS = st.dictionaries(KEYS, JSON_VALUES, max_size=8)
+
+
+def dumps(value: Any, ascii_only: bool = False) -> bytes:
+    """JSON as a sender would write it (NaN / Infinity included: Python's parser accepts them)."""
+    return json.dumps(value, ensure_ascii=ascii_only).encode()
+
+
+# --- bodies and requests ---------------------------------------------------------------------
+
+CONTENT_TYPES = st.sampled_from(
+    [
+        None,
+        "",
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/json; charset=utf-16",
+        "text/json",
+        "application/vnd.api+json",
+        "application/x-www-form-urlencoded",
+        f"multipart/form-data; boundary={BOUNDARY}",
+        f'multipart/form-data; boundary="{BOUNDARY}"',
+        "multipart/form-data",
+        "multipart/form-data; boundary=",
+        "text/xml; charset=utf-8",
+        "application/xml",
+        "application/soap+xml",
+        "application/atom+xml",
+        "text/plain",
+        "application/octet-stream",
+        "text/html",
+        "image/png",
+        ";",
+        "APPLICATION/JSON",
+        "application/json;;;=",
+    ]
+) | st.text(st.characters(min_codepoint=32, max_codepoint=255), max_size=40)
+
+
+def multipart(parts: list[tuple[str, str]], boundary: str = BOUNDARY) -> bytes:
+    chunks = []
+    for name, value in parts:
+        chunks.append(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'
+        )
+    chunks.append(f"--{boundary}--\r\n")
+    return "".join(chunks).encode("utf-8", "surrogatepass")
+
+
+FORM_PAIRS = st.lists(st.tuples(KEYS, ODD_TEXT | HUGE_TEXT), max_size=8)
+
+
+def xml_trees(max_leaves: int = 20) -> st.SearchStrategy[ET.Element]:
+    """Well-formed (mostly) XML trees with Salesforce's and the generic adapters' tags."""
+    tags = st.sampled_from(
+        [
+            "notifications",
+            "Notification",
+            "sObject",
+            "Id",
+            "OrganizationId",
+            "MobilePhone",
+            "Phone",
+            "FirstName",
+            "LastName",
+            "Name",
+            "Email",
+            "DoNotCall",
+            "CountryCode",
+            "lead",
+            "phone",
+            "name",
+            "{http://soap.sforce.com/2005/09/outbound}notifications",
+            "{urn:x}Phone",
+        ]
+    ) | st.from_regex(r"[A-Za-z_][A-Za-z0-9_.-]{0,8}", fullmatch=True)
+    xml_text = st.none() | ODD_TEXT.filter(_xml_ok) | HUGE_TEXT
+
+    def leaf(tag_text):
+        tag, text, nil = tag_text
+        elem = ET.Element(tag)
+        elem.text = text
+        if nil:
+            elem.set("{http://www.w3.org/2001/XMLSchema-instance}nil", "true")
+        return elem
+
+    def node(children_tag):
+        children, tag = children_tag
+        elem = ET.Element(tag)
+        elem.extend(children)
+        return elem
+
+    leaves = st.tuples(tags, xml_text, st.booleans()).map(leaf)
+    return st.recursive(
+        leaves,
+        lambda kids: st.tuples(st.lists(kids, max_size=5), tags).map(node),
+        max_leaves=max_leaves,
+    )
+
+
+def _xml_ok(text: str) -> bool:
+    return all(c in "\t\n\r" or 0x20 <= ord(c) <= 0xD7FF or 0xE000 <= ord(c) <= 0xFFFD for c in text)
+
+
+XML_BODIES = xml_trees().map(lambda e: ET.tostring(e, encoding="utf-8"))
+
+
+@st.composite
+def bodies(draw) -> tuple[bytes, str | None]:
+    """(body, content type): bytes of every kind, with a fitting or a lying content type."""
+    kind = draw(st.sampled_from(["bytes", "json", "form", "multipart", "xml", "prefixed", "codec"]))
+    if kind == "bytes":
+        body = draw(st.binary(max_size=600))
+    elif kind == "json":
+        body = dumps(draw(JSON_VALUES), draw(st.booleans()))
+    elif kind == "form":
+        body = urlencode(draw(FORM_PAIRS)).encode()
+    elif kind == "multipart":
+        body = multipart(draw(FORM_PAIRS))
+        if draw(st.booleans()):
+            body = body[: draw(st.integers(0, len(body)))]  # cut short
+    elif kind == "xml":
+        body = draw(XML_BODIES)
+    elif kind == "prefixed":
+        head = draw(st.sampled_from([b"{", b"[", b"<", b"<?xml", b"a=", b"\xef\xbb\xbf{", b" \n"]))
+        body = head + draw(st.binary(max_size=200))
+    else:  # the same JSON in an encoding the bridge does not read, or a broken one
+        text = json.dumps(draw(JSON_OBJECTS), ensure_ascii=False)
+        codec = draw(st.sampled_from(["utf-16", "utf-16-le", "utf-32", "latin-1", "cp1252"]))
+        body = text.encode(codec, "replace")
+    ctype = draw(CONTENT_TYPES)
+    return body, ctype
+
+
+#: Headers the adapters read, with garbage values (latin-1 only: HTTP carries no other).
+HEADER_NAMES = st.sampled_from(
+    [
+        "x-bridge-token",
+        "x-api-key",
+        "authorization",
+        "idempotency-key",
+        "typeform-signature",
+        "tally-signature",
+        "x-hubspot-signature",
+        "x-hubspot-signature-v3",
+        "x-hubspot-signature-version",
+        "x-hubspot-request-timestamp",
+        "x-hub-signature",
+        "x-hub-signature-256",
+        "calendly-webhook-signature",
+        "x-webflow-signature",
+        "x-webflow-timestamp",
+        "x-shopify-hmac-sha256",
+        "x-shopify-topic",
+        "x-shopify-test",
+        "x-shopify-webhook-id",
+        "x-shopify-shop-domain",
+        "webhook-id",
+        "webhook-timestamp",
+        "webhook-signature",
+        "svix-id",
+        "svix-timestamp",
+        "svix-signature",
+        "soapaction",
+    ]
+)
+HEADER_TEXT = st.text(
+    st.characters(min_codepoint=32, max_codepoint=255, blacklist_characters="\x7f"), max_size=60
+)
+HEADER_VALUES = (
+    HEADER_TEXT
+    | st.sampled_from(
+        [
+            TOKEN,
+            "Basic " + base64.b64encode(BASIC.encode()).decode(),
+            "Basic ÿÿÿ",
+            "Basic =",
+            "sha256=",
+            "sha256=AAAA",
+            "sha1=00",
+            "t=,v1=",
+            "t=1e400,v1=ab",
+            "t=nan,v1=ab",
+            "v1,AAAA v1a,BBBB",
+            "v1,@@@",
+            "9" * 5000,
+            "١٢٣",
+            "²",
+            "customers/create",
+            "true",
+        ]
+    )
+    | st.integers(0, 2**80).map(str)
+)
+HEADERS = st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=6)
+QUERY = st.dictionaries(
+    st.sampled_from(["token", "hub.mode", "hub.challenge", "hub.verify_token", "x"]),
+    HEADER_TEXT | st.sampled_from([TOKEN, "subscribe", VERIFY_TOKEN]),
+    max_size=4,
+)
+
+
+# --- sample payloads and their mutations -------------------------------------------------------
+
+
+def _sample_module(source: str):
+    try:
+        return importlib.import_module(f"tests.sources.test_{source}")
+    except Exception:  # noqa: BLE001 - edited elsewhere: fall back to the seeds below
+        return None
+
+
+#: A minimal valid payload per source, used besides the test modules' samples.
+SEEDS: dict[str, list[Any]] = {
+    "generic": [{"name": "Asha Rao", "phone": "098765 43210", "utm": {"source": "x"}}],
+    "typeform": [
+        {
+            "event_type": "form_response",
+            "form_response": {
+                "token": "t1",
+                "definition": {"fields": [{"id": "f1", "ref": "name", "title": "Your name"}]},
+                "answers": [
+                    {"type": "text", "text": "Asha", "field": {"id": "f1", "type": "short_text"}},
+                    {"type": "phone_number", "phone_number": "+919876543210", "field": {"id": "f2"}},
+                ],
+                "hidden": {"utm": "x"},
+            },
+        }
+    ],
+    "tally": [
+        {
+            "eventType": "FORM_RESPONSE",
+            "data": {
+                "responseId": "r1",
+                "fields": [
+                    {"key": "k1", "label": "Phone", "type": "INPUT_PHONE_NUMBER", "value": "+9198"},
+                    {
+                        "key": "k2",
+                        "label": "Pick",
+                        "type": "MULTIPLE_CHOICE",
+                        "value": ["o1"],
+                        "options": [{"id": "o1", "text": "One"}],
+                    },
+                ],
+            },
+        }
+    ],
+    "jotform": [{"q3_name": {"first": "A", "last": "R"}, "q4_phone": {"full": "9876543210"}}],
+    "google_forms": [{"responseId": "g1", "answers": {"Phone": "9876543210", "Name": "A"}}],
+    "zapier": [{"name": "A", "phone": "+919876543210", "event_id": "z1", "country": "IN"}],
+    "hubspot": [
+        {"vid": 1, "properties": {"phone": {"value": "+919876543210"}}},
+        [{"subscriptionType": "contact.creation", "objectId": 1, "eventId": 2, "portalId": 3}],
+    ],
+    "pipedrive": [
+        {
+            "meta": {"action": "create", "entity": "person", "id": "m1", "version": "2.0"},
+            "data": {"id": 1, "name": "A", "phones": [{"value": "+919876543210", "primary": True}]},
+        }
+    ],
+    "zoho_crm": [{"First_Name": "A", "Mobile": "9876543210", "token": TOKEN}],
+    "salesforce": [{"FirstName": "A", "MobilePhone": "9876543210", "DoNotCall": "false"}],
+    "meta_lead_ads": [
+        {
+            "object": "page",
+            "entry": [{"changes": [{"field": "leadgen", "value": {"leadgen_id": "123"}}]}],
+        }
+    ],
+    "calendly": [
+        {
+            "event": "invitee.created",
+            "payload": {
+                "uri": "u1",
+                "name": "A",
+                "text_reminder_number": "+919876543210",
+                "questions_and_answers": [{"question": "Phone", "answer": "9876543210"}],
+                "scheduled_event": {"location": {"type": "outbound_call", "location": "+9198"}},
+            },
+        }
+    ],
+    "indiamart": [
+        {"CODE": 200, "RESPONSE": {"UNIQUE_QUERY_ID": "1", "SENDER_MOBILE": "+91-9876543210"}}
+    ],
+    "leadsquared": [{"FirstName": "A", "Mobile": "+91-9876543210", "ProspectActivityId": "p"}],
+    "freshsales": [{"contact": {"first_name": "A", "mobile_number": "9876543210"}}],
+    "webflow": [
+        {
+            "triggerType": "form_submission",
+            "payload": {"id": "w1", "name": "F", "data": {"Phone": 15550000000}},
+        }
+    ],
+    "wordpress": [{"id": "1", "form_id": "2", "1.3": "A", "1.6": "R", "2": "9876543210"}],
+    "shopify": [
+        {
+            "id": 1,
+            "phone": "+919876543210",
+            "default_address": {"country_code": "IN", "phone": "98765"},
+            "addresses": [{"phone": "9876543210", "country_code": "IN"}],
+            "sms_marketing_consent": {"state": "subscribed"},
+        }
+    ],
+    "standard_webhooks": [{"type": "lead.created", "data": {"phone": "+919876543210"}}],
+}
+
+#: Module-level samples of ``tests/sources/test_<source>.py`` that are webhook payloads.
+SAMPLE_NAMES: dict[str, tuple[str, ...]] = {
+    "typeform": ("RESPONSE",),
+    "tally": ("SUBMISSION",),
+    "jotform": ("RAW",),
+    "google_forms": ("SCRIPT_BODY",),
+    "zapier": ("RECORD",),
+    "hubspot": ("WORKFLOW_ALL_PROPERTIES", "WORKFLOW_CUSTOM_BODY", "WEBHOOKS_BATCH"),
+    "pipedrive": ("V2_PERSON", "V1_PERSON", "V2_LEAD"),
+    "zoho_crm": ("LEAD",),
+    "meta_lead_ads": ("NOTIFICATION",),
+    "calendly": ("BOOKING",),
+    "indiamart": ("RECORD",),
+    "leadsquared": ("LEAD_CREATED",),
+    "freshsales": ("CONTACT",),
+    "webflow": ("SUBMISSION",),
+    "wordpress": ("GRAVITY_ENTRY", "CF7_POSTED", "WPFORMS_MAPPED"),
+    "shopify": ("CUSTOMER",),
+    "standard_webhooks": ("LEAD",),
+}
+
+
+def samples(source: str) -> list[Any]:
+    """The source's sample payloads (JSON values), seeds first."""
+    out = list(SEEDS.get(source, []))
+    module = _sample_module(source)
+    for name in SAMPLE_NAMES.get(source, ()):
+        value = getattr(module, name, None) if module is not None else None
+        if isinstance(value, (dict, list)):
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                continue
+            if source == "indiamart" and "RESPONSE" not in value:
+                value = {"CODE": 200, "STATUS": "SUCCESS", "RESPONSE": value}
+            out.append(copy.deepcopy(value))
+    return out
+
+
+def _paths(value: Any, path: tuple = ()) -> list[tuple]:
+    out = [path]
+    if isinstance(value, dict):
+        for key, child in value.items():
+            out.extend(_paths(child, (*path, key)))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            out.extend(_paths(child, (*path, index)))
+    return out
+
+
+def _get(value: Any, path: tuple) -> Any:
+    for step in path:
+        value = value[step]
+    return value
+
+
+@st.composite
+def mutations(draw, sample: Any, rounds: int = 4) -> Any:
+    """``sample`` with a few nodes replaced, dropped, wrapped, stringified or added to."""
+    value = copy.deepcopy(sample)
+    for _ in range(draw(st.integers(1, rounds))):
+        path = draw(st.sampled_from(_paths(value)))
+        node = _get(value, path)
+        op = draw(
+            st.sampled_from(
+                ["replace", "leaf", "drop", "wrap", "stringify", "empty", "add", "dup"]
+            )
+        )
+        if op == "replace":
+            new = draw(json_values(max_leaves=10))
+        elif op == "leaf":
+            new = draw(LEAVES)
+        elif op == "wrap":
+            new = draw(st.sampled_from([[node], {"value": node}, [node, node]]))
+        elif op == "stringify":
+            new = json.dumps(node) if draw(st.booleans()) else str(node)
+        elif op == "empty":
+            new = draw(st.sampled_from([{}, [], "", None, 0, False]))
+        elif op == "add" and isinstance(node, dict):
+            node[draw(KEYS)] = draw(json_values(max_leaves=6))
+            continue
+        elif op == "dup" and isinstance(node, list) and node:
+            node.append(copy.deepcopy(node[draw(st.integers(0, len(node) - 1))]))
+            continue
+        elif op == "drop" and path:
+            parent = _get(value, path[:-1])
+            del parent[path[-1]]
+            continue
+        else:
+            new = draw(LEAVES)
+        if not path:
+            value = new
+        else:
+            _get(value, path[:-1])[path[-1]] = new
+    return value
+
+
+def salesforce_message(records: list[Any], org: str = ORG_ID) -> bytes:
+    """An outbound message whose sObjects hold ``records`` (dicts of field → value)."""
+    envelope = ET.Element("{http://schemas.xmlsoap.org/soap/envelope/}Envelope")
+    body = ET.SubElement(envelope, "{http://schemas.xmlsoap.org/soap/envelope/}Body")
+    ns = "{http://soap.sforce.com/2005/09/outbound}"
+    notifications = ET.SubElement(body, ns + "notifications")
+    ET.SubElement(notifications, ns + "OrganizationId").text = org
+    for index, record in enumerate(records):
+        notification = ET.SubElement(notifications, ns + "Notification")
+        ET.SubElement(notification, ns + "Id").text = f"04l{index:012d}"
+        sobject = ET.SubElement(notification, ns + "sObject")
+        for key, value in (record.items() if isinstance(record, dict) else []):
+            tag = key if _xml_name(key) else "Field"
+            _xml_value(ET.SubElement(sobject, "{urn:sobject.enterprise.soap.sforce.com}" + tag), value)
+    return ET.tostring(envelope, encoding="utf-8")
+
+
+def _xml_name(key: Any) -> bool:
+    return isinstance(key, str) and key[:1].isalpha() and key.replace("_", "").isalnum()
+
+
+def _xml_value(elem: ET.Element, value: Any) -> None:
+    if value is None:
+        elem.set("{http://www.w3.org/2001/XMLSchema-instance}nil", "true")
+    elif isinstance(value, dict):
+        for key, child in value.items():
+            _xml_value(ET.SubElement(elem, key if _xml_name(key) else "Field"), child)
+    elif isinstance(value, list):
+        for child in value:
+            _xml_value(ET.SubElement(elem, "item"), child)
+    else:
+        elem.text = "".join(c if _xml_ok(c) else "?" for c in str(value))

@@ -1,0 +1,188 @@
+"""The commands a person uses when something went wrong: try, failed list/show, replay; and the
+same over the admin HTTP API."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import replace
+
+import pytest
+
+from bridge.deliveries import Delivery, DeliveryStore
+from bridge.event import Event
+from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
+
+
+@pytest.fixture
+def cli(tmp_path, redis_server, sandbox):
+    """``cli(config_dict, *args)`` runs ``oliai-bridge`` as a user would; returns the result."""
+
+    def run(config: dict, *args: str, stdin: bytes | None = None):
+        path = write_config(tmp_path / "config.toml", config)
+        env = {**os.environ, "BRIDGE_CONFIG": str(path), "REDIS_URL": redis_server.url,
+               "OLIAI_BASE_URL": sandbox.base_url, "OLIAI_API_KEY": sandbox.keys[0]}
+        return subprocess.run([sys.executable, "-m", "bridge", *args], env=env, cwd=REPO_ROOT,
+                              capture_output=True, input=stdin, timeout=60)
+
+    return run
+
+
+def config_for(route):
+    return {"delivery": {"max_attempts": 2, "retry_base_seconds": 0.1}, "routes": [route]}
+
+
+def test_try_shows_the_event_and_the_contact(cli, tmp_path):
+    sample = tmp_path / "lead.json"
+    sample.write_text(json.dumps({"first_name": "Ravi", "last_name": "Kumar",
+                                  "mobile": "0091 98765 43210", "utm_source": "fb"}))
+    r = cli(config_for(route_dict()), "try", "leads", str(sample))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    [lead] = out["leads"]
+    assert lead["event"]["fields"]["utm_source"] == "fb"
+    assert lead["contact"] == {"name": "Ravi Kumar", "phoneNumber": "+919876543210",
+                               "metadata": {"utm_source": "fb"}}
+    assert out["note"] == "signature not checked; nothing sent"
+
+
+def test_try_explains_an_unmappable_sample(cli):
+    r = cli(config_for(route_dict()), "try", "leads", "-", stdin=b'{"name": "No Phone"}')
+    assert r.returncode == 1
+    [lead] = json.loads(r.stdout)["leads"]
+    assert lead["error"]["field"] == "phoneNumber"
+
+
+def failed_delivery(client, run_jobs, body):
+    r = client.post("/hooks/leads", json=body)
+    assert r.status_code == 202
+    run_jobs(client.settings)
+    return r.json["deliveryId"]
+
+
+def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sandbox):
+    # A typo in the route's audience id: every delivery fails with the API's 404.
+    bad_route = route_dict(audience_name=None, audience_id="aud_typo",
+                           fields={"phoneNumber": "fields.tel"})
+    client = make_client(routes=[bad_route])
+    ids = [failed_delivery(client, run_jobs, {"name": f"Lead {i}", "tel": f"98765432{i:02d}"})
+           for i in range(3)]
+    assert {client.store.get(i).status for i in ids} == {"failed"}
+
+    listed = cli(config_for(bad_route), "failed", "list")
+    assert listed.returncode == 0, listed.stderr
+    text = listed.stdout.decode()
+    assert text.startswith("3 failed/skipped deliveries (page 1 of 1)")
+    assert all(i in text for i in ids)
+    assert "not_found" in text and "404" in text
+    assert sandbox.keys[0] not in text
+
+    as_json = json.loads(cli(config_for(bad_route), "failed", "list", "--json",
+                             "--reason", "not_found", "--since", "1h").stdout)
+    assert as_json["total"] == 3
+    assert {i["route"] for i in as_json["items"]} == {"leads"}
+    none = json.loads(cli(config_for(bad_route), "failed", "list", "--json", "--route",
+                          "other").stdout)
+    assert none["total"] == 0
+
+    shown = json.loads(cli(config_for(bad_route), "failed", "show", ids[0]).stdout)
+    assert json.loads(shown["raw"]["body"]) == {"name": "Lead 0", "tel": "9876543200"}
+    assert shown["contact"]["phoneNumber"] == "+919876543200"
+    whats = [h["what"] for h in shown["history"]]
+    assert whats[:3] == ["received", "queued", "attempt"] and whats[-1] == "failed"
+
+    # fix the config: the right audience (by name) and a corrected mapping, then replay
+    good_route = route_dict(fields={"phoneNumber": "fields.tel", "name": "join(' ', "
+                                    "[fields.name, '(replayed)'])"})
+    dry = cli(config_for(good_route), "replay", "--all", "--dry-run", "--remap")
+    assert dry.returncode == 0
+    assert "would requeue 3 of 3" in dry.stdout.decode()
+    assert client.store.get(ids[0]).status == "failed"
+
+    done = cli(config_for(good_route), "replay", "--all", "--remap")
+    assert done.returncode == 0, done.stderr
+    assert "requeued 3 of 3" in done.stdout.decode()
+    assert "[##############################] 3/3" in done.stderr.decode()
+    fixed = replace(client.settings, routes={"leads": replace(
+        client.settings.routes["leads"], audience_id=None, audience_name="Test leads",
+        fields={"phoneNumber": "fields.tel"})})
+    run_jobs(fixed)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    names = sorted(c["name"] for c in sandbox.org_state()["contacts"])
+    assert names == ["Lead 0 (replayed)", "Lead 1 (replayed)", "Lead 2 (replayed)"]
+
+    # replaying what is delivered is a no-op
+    again = cli(config_for(good_route), "replay", ids[0])
+    assert "already_delivered: 1" in again.stdout.decode()
+    assert len(sandbox.org_state()["contacts"]) == 3
+
+
+def test_replay_of_a_skipped_submission_after_fixing_the_mapping(cli, make_client, run_jobs,
+                                                                 redis, sandbox):
+    # a provider source that accepts unmappable submissions records them as skipped
+    from bridge.deliveries import new_delivery_id
+    from bridge.event import utcnow_iso
+
+    store = DeliveryStore(redis)
+    d = Delivery(id=new_delivery_id(), route="leads", source="generic", status="skipped",
+                 event=Event(route="leads", source="generic", event_id="e1",
+                             received_at=utcnow_iso(),
+                             fields={"name": "Asha", "whatsapp_no": "9876543210"}),
+                 received_at=utcnow_iso(), reason_code="unmappable", reason="no phone")
+    pipe = store.redis.pipeline()
+    store.add(pipe, d)
+    pipe.execute()
+    route = route_dict(fields={"phoneNumber": "fields.whatsapp_no"})
+    r = cli(config_for(route), "replay", d.id)
+    assert "requeued 1 of 1" in r.stdout.decode(), r.stderr
+    client = make_client(routes=[route])
+    run_jobs(client.settings)
+    assert store.get(d.id).status == "delivered"
+
+
+def test_failed_list_pages_through_100000_failures(cli, redis):
+    store = DeliveryStore(redis)
+    now = time.time()
+    pipe = redis.pipeline(transaction=False)
+    event = Event(route="leads", source="generic", event_id="e", received_at="t", fields={})
+    for i in range(100_000):
+        d = Delivery(id=f"dlv_{i:06d}", route="leads", source="generic", status="failed",
+                     event=event, received_at="2026-01-01T00:00:00.000Z",
+                     updated_at="2026-01-01T00:00:00.000Z", reason_code="invalid",
+                     reason=f"bad {i}")
+        pipe.hset(f"oliai-bridge:d:{d.id}", mapping=d.to_hash())
+        pipe.zadd("oliai-bridge:idx:failed", {d.id: now + i})
+        if i % 5000 == 4999:
+            pipe.execute()
+    pipe.execute()
+    r = cli(config_for(route_dict()), "failed", "list", "--limit", "20", "--page", "3")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.decode().splitlines()
+    assert lines[0] == "100000 failed/skipped deliveries (page 3 of 5000)"
+    assert lines[2].startswith("dlv_099959")  # newest first: 40 skipped
+    assert len(lines) == 22
+    assert store.failed_ids(limit=1)[1] == 100_000
+
+
+def test_admin_api_needs_its_token_and_replays(make_client, run_jobs, sandbox):
+    route = route_dict(audience_name=None, audience_id="aud_typo")
+    client = make_client(routes=[route], bridge={"admin_token": "adm1n-t0ken"})
+    delivery_id = failed_delivery(client, run_jobs, {"name": "A", "phone": "9876543210"})
+    assert client.get("/admin/failed").status_code == 401
+    assert client.get("/admin/failed",
+                      headers={"Authorization": "Bearer nope"}).status_code == 401
+    auth = {"Authorization": "Bearer adm1n-t0ken"}
+    listed = client.get("/admin/failed", headers=auth).json
+    assert listed["total"] == 1 and listed["items"][0]["deliveryId"] == delivery_id
+    shown = client.get(f"/admin/deliveries/{delivery_id}", headers=auth).json
+    assert shown["raw"]["body"] and shown["history"]
+    dry = client.post("/admin/replay", json={"all": True, "dry_run": True}, headers=auth).json
+    assert dry["summary"] == {"would_requeue": 1}
+    assert "adm1n-t0ken" not in json.dumps([listed, shown, dry])
+
+
+def test_admin_api_is_absent_without_a_token(make_client):
+    client = make_client()
+    r = client.get("/admin/failed", headers={"Authorization": "Bearer x"})
+    assert r.status_code == 404

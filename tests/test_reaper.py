@@ -1,0 +1,80 @@
+"""The reaper hands back deliveries nobody is working on: dead worker, lost job, no scheduler."""
+
+import time
+
+from rq import Queue
+
+from jobs.deliver import configure, lease_key
+from jobs.reaper import reap_once
+
+LEAD = {"name": "Priya Sharma", "phone": "098765 43210"}
+
+
+def accepted(client):
+    r = client.post("/hooks/leads", json=LEAD)
+    assert r.status_code == 202
+    return r.json["deliveryId"]
+
+
+def test_delivery_whose_worker_died_is_requeued_after_its_lease(make_client, redis, run_jobs,
+                                                                sandbox):
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    # what a SIGKILLed worker leaves: status delivering, its job taken off the queue, no lease
+    d = client.store.get(delivery_id)
+    Queue(client.settings.queue_name, connection=redis).empty()
+    d.status = "delivering"
+    client.store.update(d, "attempt", recheck_in=-1)
+    assert reap_once(ctx) == [delivery_id]
+    d = client.store.get(delivery_id)
+    assert d.status == "queued" and d.job_id.endswith("-2")
+    assert "recovered" in [h["what"] for h in client.store.history(delivery_id)]
+    run_jobs(client.settings)
+    assert client.store.get(delivery_id).status == "delivered"
+    assert len(sandbox.org_state()["contacts"]) == 1
+
+
+def test_a_running_delivery_with_a_live_lease_is_left_alone(make_client, redis):
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    d = client.store.get(delivery_id)
+    d.status = "delivering"
+    client.store.update(d, recheck_in=-1)
+    redis.set(lease_key(delivery_id), "1", px=5000)
+    assert reap_once(ctx) == []
+    assert client.store.get(delivery_id).job_id == d.job_id
+
+
+def test_queued_delivery_whose_job_vanished_is_requeued(make_client, redis):
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    job_id = client.store.get(delivery_id).job_id
+    Queue(client.settings.queue_name, connection=redis).fetch_job(job_id).delete()
+    assert reap_once(ctx, now=time.time() + 120) == [delivery_id]
+    assert Queue(client.settings.queue_name, connection=redis).get_job_ids() == [
+        client.store.get(delivery_id).job_id
+    ]
+
+
+def test_queued_delivery_with_its_job_waiting_is_left_alone(make_client, redis):
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    accepted(client)
+    assert reap_once(ctx, now=time.time() + 120) == []
+
+
+def test_overdue_retry_is_enqueued_when_no_scheduler_runs(make_client, redis, run_jobs, sandbox):
+    sandbox.configure(fail_rate=1.0)
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    run_jobs(client.settings)
+    assert client.store.get(delivery_id).status == "retrying"
+    assert reap_once(ctx) == []  # not due yet
+    assert reap_once(ctx, now=time.time() + 30) == [delivery_id]
+    sandbox.configure(fail_rate=0.0)
+    run_jobs(client.settings)
+    assert client.store.get(delivery_id).status == "delivered"
