@@ -173,8 +173,11 @@ def cmd_worker(args) -> int:
         if not args.name and start:
             name = f"bridge-{socket.gethostname()}-{os.getpid()}-{start}"
         try:
-            run_worker(settings, redis_for(settings), burst=args.burst, name=name)
-            return 0
+            if run_worker(settings, redis_for(settings), burst=args.burst, name=name):
+                return 0
+            log.warning("the worker loop ended on an error; starting again in %.0f s", wait)
+            time.sleep(wait)
+            wait = min(wait * 2, 30.0)
         except (ConnectionError, TimeoutError) as exc:
             # Redis restarting: start again when it is back instead of exiting (the reaper
             # hands back whatever this worker was in the middle of).

@@ -21,6 +21,9 @@ from bridge.exceptions import MalformedBody, UnsupportedMediaType
 JSON_TYPES = ("application/json", "text/json")
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 XML_TYPES = ("text/xml", "application/xml", "application/soap+xml")
+#: Real webhook payloads nest a handful of levels; deeper is garbage (or an attack on the
+#: recursion of everything that walks the data later).
+MAX_JSON_DEPTH = 64
 
 
 def parse_body(req: InboundRequest) -> Any:
@@ -65,18 +68,42 @@ def decode_text(body: bytes) -> str:
         raise MalformedBody(f"body is not valid UTF-8 (byte {exc.start})") from None
 
 
-def parse_json(body: bytes) -> Any:
-    text = decode_text(body)
+def parse_json(body: bytes | str, what: str = "body") -> Any:
+    """JSON → data, refusing what later code could not handle: nesting deeper than
+    ``MAX_JSON_DEPTH`` and integer literals past Python's digit limit."""
+    text = decode_text(body) if isinstance(body, bytes) else body
     if not text.strip():
-        raise MalformedBody("body is empty: expected a JSON document")
+        raise MalformedBody(f"{what} is empty: expected a JSON document")
     try:
-        return json.loads(text)
+        data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise MalformedBody(
-            f"body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+            f"{what} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
     except RecursionError:
-        raise MalformedBody("body is not valid JSON: nested too deeply") from None
+        raise MalformedBody(f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
+        raise MalformedBody(f"{what} is not usable JSON: {exc}"[:200]) from None
+    if depth_exceeds(data, MAX_JSON_DEPTH):
+        raise MalformedBody(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    return data
+
+
+def depth_exceeds(data: Any, limit: int) -> bool:
+    """True when lists/dicts nest deeper than ``limit`` (iterative: no recursion limit)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            children = value.values()
+        elif isinstance(value, list):
+            children = value
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def parse_form(req: InboundRequest) -> dict[str, Any]:
@@ -125,15 +152,17 @@ def local_name(tag: str) -> str:
     return tag.rsplit("}", 1)[-1]
 
 
-def xml_to_data(elem: Element) -> Any:
+def xml_to_data(elem: Element, depth: int = 1) -> Any:
     """A namespace-free dict view of an element: text for leaves, lists for repeated children."""
+    if depth > MAX_JSON_DEPTH:
+        raise MalformedBody(f"XML body is nested deeper than {MAX_JSON_DEPTH} levels")
     children = list(elem)
     if not children:
         return (elem.text or "").strip()
     out: dict[str, Any] = {}
     for child in children:
         key = local_name(child.tag)
-        value = xml_to_data(child)
+        value = xml_to_data(child, depth + 1)
         if key in out:
             if not isinstance(out[key], list):
                 out[key] = [out[key]]

@@ -288,7 +288,7 @@ class Deliverer:
             job_timeout=self.settings.delivery.job_timeout_seconds,
         )
         # The reaper looks just after the due time, in case no scheduler promotes it.
-        self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 5)
+        self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 4)
         pipe.execute()
         return d.status
 

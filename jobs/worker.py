@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 def run_worker(
     settings: Settings, redis: Redis, *, burst: bool = False, name: str | None = None
 ) -> bool:
+    """Work until stopped; True when stopped on purpose (a signal, or burst mode done)."""
     ctx = configure(settings, redis)
     queue = make_queue(redis, settings.queue_name)
     worker = SimpleWorker(
@@ -36,6 +37,10 @@ def run_worker(
     reaper = ReaperThread(ctx)
     reaper.start()
     try:
-        return worker.work(with_scheduler=True, burst=burst, logging_level="WARNING")
+        worker.work(with_scheduler=True, burst=burst, logging_level="WARNING")
     finally:
         reaper.stop()
+    # RQ's loop also ends, "quitting", on any error it did not expect (a Redis connection lost
+    # mid-job): tell the caller whether this was the stop it asked for.
+    # (RQ records the time of a SIGTERM/SIGINT; its stop flag is only set when one came mid-job.)
+    return burst or getattr(worker, "_shutdown_requested_date", True) is not None

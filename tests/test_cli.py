@@ -21,10 +21,21 @@ def cli(tmp_path, redis_server, sandbox):
 
     def run(config: dict, *args: str, stdin: bytes | None = None):
         path = write_config(tmp_path / "config.toml", config)
-        env = {**os.environ, "BRIDGE_CONFIG": str(path), "REDIS_URL": redis_server.url,
-               "OLIAI_BASE_URL": sandbox.base_url, "OLIAI_API_KEY": sandbox.keys[0]}
-        return subprocess.run([sys.executable, "-m", "bridge", *args], env=env, cwd=REPO_ROOT,
-                              capture_output=True, input=stdin, timeout=60)
+        env = {
+            **os.environ,
+            "BRIDGE_CONFIG": str(path),
+            "REDIS_URL": redis_server.url,
+            "OLIAI_BASE_URL": sandbox.base_url,
+            "OLIAI_API_KEY": sandbox.keys[0],
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "bridge", *args],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            input=stdin,
+            timeout=60,
+        )
 
     return run
 
@@ -35,15 +46,26 @@ def config_for(route):
 
 def test_try_shows_the_event_and_the_contact(cli, tmp_path):
     sample = tmp_path / "lead.json"
-    sample.write_text(json.dumps({"first_name": "Ravi", "last_name": "Kumar",
-                                  "mobile": "0091 98765 43210", "utm_source": "fb"}))
+    sample.write_text(
+        json.dumps(
+            {
+                "first_name": "Ravi",
+                "last_name": "Kumar",
+                "mobile": "0091 98765 43210",
+                "utm_source": "fb",
+            }
+        )
+    )
     r = cli(config_for(route_dict()), "try", "leads", str(sample))
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     [lead] = out["leads"]
     assert lead["event"]["fields"]["utm_source"] == "fb"
-    assert lead["contact"] == {"name": "Ravi Kumar", "phoneNumber": "+919876543210",
-                               "metadata": {"utm_source": "fb"}}
+    assert lead["contact"] == {
+        "name": "Ravi Kumar",
+        "phoneNumber": "+919876543210",
+        "metadata": {"utm_source": "fb"},
+    }
     assert out["note"] == "signature not checked; nothing sent"
 
 
@@ -63,11 +85,14 @@ def failed_delivery(client, run_jobs, body):
 
 def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sandbox):
     # A typo in the route's audience id: every delivery fails with the API's 404.
-    bad_route = route_dict(audience_name=None, audience_id="aud_typo",
-                           fields={"phoneNumber": "fields.tel"})
+    bad_route = route_dict(
+        audience_name=None, audience_id="aud_typo", fields={"phoneNumber": "fields.tel"}
+    )
     client = make_client(routes=[bad_route])
-    ids = [failed_delivery(client, run_jobs, {"name": f"Lead {i}", "tel": f"98765432{i:02d}"})
-           for i in range(3)]
+    ids = [
+        failed_delivery(client, run_jobs, {"name": f"Lead {i}", "tel": f"98765432{i:02d}"})
+        for i in range(3)
+    ]
     assert {client.store.get(i).status for i in ids} == {"failed"}
 
     listed = cli(config_for(bad_route), "failed", "list")
@@ -78,12 +103,23 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
     assert "not_found" in text and "404" in text
     assert sandbox.keys[0] not in text
 
-    as_json = json.loads(cli(config_for(bad_route), "failed", "list", "--json",
-                             "--reason", "not_found", "--since", "1h").stdout)
+    as_json = json.loads(
+        cli(
+            config_for(bad_route),
+            "failed",
+            "list",
+            "--json",
+            "--reason",
+            "not_found",
+            "--since",
+            "1h",
+        ).stdout
+    )
     assert as_json["total"] == 3
     assert {i["route"] for i in as_json["items"]} == {"leads"}
-    none = json.loads(cli(config_for(bad_route), "failed", "list", "--json", "--route",
-                          "other").stdout)
+    none = json.loads(
+        cli(config_for(bad_route), "failed", "list", "--json", "--route", "other").stdout
+    )
     assert none["total"] == 0
 
     shown = json.loads(cli(config_for(bad_route), "failed", "show", ids[0]).stdout)
@@ -93,8 +129,9 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
     assert whats[:3] == ["received", "queued", "attempt"] and whats[-1] == "failed"
 
     # fix the config: the right audience (by name) and a corrected mapping, then replay
-    good_route = route_dict(fields={"phoneNumber": "fields.tel", "name": "join(' ', "
-                                    "[fields.name, '(replayed)'])"})
+    good_route = route_dict(
+        fields={"phoneNumber": "fields.tel", "name": "join(' ', [fields.name, '(replayed)'])"}
+    )
     dry = cli(config_for(good_route), "replay", "--all", "--dry-run", "--remap")
     assert dry.returncode == 0
     assert "would requeue 3 of 3" in dry.stdout.decode()
@@ -104,9 +141,17 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
     assert done.returncode == 0, done.stderr
     assert "requeued 3 of 3" in done.stdout.decode()
     assert "[##############################] 3/3" in done.stderr.decode()
-    fixed = replace(client.settings, routes={"leads": replace(
-        client.settings.routes["leads"], audience_id=None, audience_name="Test leads",
-        fields={"phoneNumber": "fields.tel"})})
+    fixed = replace(
+        client.settings,
+        routes={
+            "leads": replace(
+                client.settings.routes["leads"],
+                audience_id=None,
+                audience_name="Test leads",
+                fields={"phoneNumber": "fields.tel"},
+            )
+        },
+    )
     run_jobs(fixed)
     assert {client.store.get(i).status for i in ids} == {"delivered"}
     names = sorted(c["name"] for c in sandbox.org_state()["contacts"])
@@ -118,18 +163,30 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
     assert len(sandbox.org_state()["contacts"]) == 3
 
 
-def test_replay_of_a_skipped_submission_after_fixing_the_mapping(cli, make_client, run_jobs,
-                                                                 redis, sandbox):
+def test_replay_of_a_skipped_submission_after_fixing_the_mapping(
+    cli, make_client, run_jobs, redis, sandbox
+):
     # a provider source that accepts unmappable submissions records them as skipped
     from bridge.deliveries import new_delivery_id
     from bridge.event import utcnow_iso
 
     store = DeliveryStore(redis)
-    d = Delivery(id=new_delivery_id(), route="leads", source="generic", status="skipped",
-                 event=Event(route="leads", source="generic", event_id="e1",
-                             received_at=utcnow_iso(),
-                             fields={"name": "Asha", "whatsapp_no": "9876543210"}),
-                 received_at=utcnow_iso(), reason_code="unmappable", reason="no phone")
+    d = Delivery(
+        id=new_delivery_id(),
+        route="leads",
+        source="generic",
+        status="skipped",
+        event=Event(
+            route="leads",
+            source="generic",
+            event_id="e1",
+            received_at=utcnow_iso(),
+            fields={"name": "Asha", "whatsapp_no": "9876543210"},
+        ),
+        received_at=utcnow_iso(),
+        reason_code="unmappable",
+        reason="no phone",
+    )
     pipe = store.redis.pipeline()
     store.add(pipe, d)
     pipe.execute()
@@ -147,10 +204,17 @@ def test_failed_list_pages_through_100000_failures(cli, redis):
     pipe = redis.pipeline(transaction=False)
     event = Event(route="leads", source="generic", event_id="e", received_at="t", fields={})
     for i in range(100_000):
-        d = Delivery(id=f"dlv_{i:06d}", route="leads", source="generic", status="failed",
-                     event=event, received_at="2026-01-01T00:00:00.000Z",
-                     updated_at="2026-01-01T00:00:00.000Z", reason_code="invalid",
-                     reason=f"bad {i}")
+        d = Delivery(
+            id=f"dlv_{i:06d}",
+            route="leads",
+            source="generic",
+            status="failed",
+            event=event,
+            received_at="2026-01-01T00:00:00.000Z",
+            updated_at="2026-01-01T00:00:00.000Z",
+            reason_code="invalid",
+            reason=f"bad {i}",
+        )
         pipe.hset(f"oliai-bridge:d:{d.id}", mapping=d.to_hash())
         pipe.zadd("oliai-bridge:idx:failed", {d.id: now + i})
         if i % 5000 == 4999:
@@ -170,8 +234,7 @@ def test_admin_api_needs_its_token_and_replays(make_client, run_jobs, sandbox):
     client = make_client(routes=[route], bridge={"admin_token": "adm1n-t0ken"})
     delivery_id = failed_delivery(client, run_jobs, {"name": "A", "phone": "9876543210"})
     assert client.get("/admin/failed").status_code == 401
-    assert client.get("/admin/failed",
-                      headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert client.get("/admin/failed", headers={"Authorization": "Bearer nope"}).status_code == 401
     auth = {"Authorization": "Bearer adm1n-t0ken"}
     listed = client.get("/admin/failed", headers=auth).json
     assert listed["total"] == 1 and listed["items"][0]["deliveryId"] == delivery_id

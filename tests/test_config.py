@@ -30,10 +30,15 @@ def test_env_references_are_expanded_and_secrets_stay_out_of_repr():
 
 def test_environment_wins_over_the_file_for_key_url_and_redis():
     s = build_settings(
-        {"oliai": {"api_key": "from-file", "base_url": "https://api.oliai.in/v1"},
-         "routes": [ROUTE]},
-        env={"OLIAI_API_KEY": "from-env", "OLIAI_BASE_URL": "http://127.0.0.1:9/v1",
-             "REDIS_URL": "redis://127.0.0.1:1/0"},
+        {
+            "oliai": {"api_key": "from-file", "base_url": "https://api.oliai.in/v1"},
+            "routes": [ROUTE],
+        },
+        env={
+            "OLIAI_API_KEY": "from-env",
+            "OLIAI_BASE_URL": "http://127.0.0.1:9/v1",
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+        },
     )
     assert s.oliai.api_key == "from-env"
     assert s.oliai.base_url == "http://127.0.0.1:9/v1"
@@ -47,18 +52,25 @@ def test_unset_api_key_is_a_warning_not_an_error():
 
 
 def test_every_problem_is_reported_with_its_place():
-    found = problems({
-        "oliai": {"default_region": "XX"},
-        "colour": "blue",
-        "routes": [
-            {"name": "a", "source": "nope", "audience_id": "x"},
-            {"name": "b", "source": "generic"},
-            {"name": "c", "source": "generic", "audience_id": "x", "on_duplicate": "merge",
-             "fields": {"phone": "fields.[", "shoe_size": "fields.s"}},
-            {"name": "d", "source": "generic", "audience_id": "x", "secret": "${MISSING}"},
-            {"name": "d", "source": "generic", "audience_id": "y"},
-        ],
-    })
+    found = problems(
+        {
+            "oliai": {"default_region": "XX"},
+            "colour": "blue",
+            "routes": [
+                {"name": "a", "source": "nope", "audience_id": "x"},
+                {"name": "b", "source": "generic"},
+                {
+                    "name": "c",
+                    "source": "generic",
+                    "audience_id": "x",
+                    "on_duplicate": "merge",
+                    "fields": {"phone": "fields.[", "shoe_size": "fields.s"},
+                },
+                {"name": "d", "source": "generic", "audience_id": "x", "secret": "${MISSING}"},
+                {"name": "d", "source": "generic", "audience_id": "y"},
+            ],
+        }
+    )
     text = "\n".join(found)
     assert "colour: unknown section" in text
     assert "oliai.default_region: unknown region code 'XX'" in text
@@ -87,8 +99,9 @@ def test_missing_file_and_bad_toml(tmp_path):
 
 def test_check_config_command(tmp_path):
     good = tmp_path / "good.toml"
-    good.write_text('[[routes]]\nname = "r"\nsource = "generic"\naudience_name = "A"\n'
-                    'token = "${T}"\n')
+    good.write_text(
+        '[[routes]]\nname = "r"\nsource = "generic"\naudience_name = "A"\ntoken = "${T}"\n'
+    )
     run = [sys.executable, "-m", "bridge", "--config", str(good), "check-config"]
     ok = subprocess.run(run, capture_output=True, text=True, env={"T": "x", "PATH": ""})
     assert ok.returncode == 0, ok.stderr
@@ -99,6 +112,7 @@ def test_check_config_command(tmp_path):
 
 
 def test_example_config_is_valid():
-    s = load_settings("config.example.toml", env={"WEBSITE_FORM_TOKEN": "t",
-                                                 "TYPEFORM_SECRET": "s"})
+    s = load_settings(
+        "config.example.toml", env={"WEBSITE_FORM_TOKEN": "t", "TYPEFORM_SECRET": "s"}
+    )
     assert set(s.routes) == {"website-form", "typeform-leads"}

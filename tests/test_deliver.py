@@ -54,8 +54,7 @@ def test_lead_becomes_one_contact_in_its_audience(make_client, run_jobs, sandbox
     assert audience["name"] == "Test leads"
     assert audience["contactIds"] == [contact["id"]]
     assert d.contact_id == contact["id"] and d.audience_id == audience["id"]
-    assert history(client, delivery_id)[-3:] == ["contact_created", "audience_added",
-                                                 "delivered"]
+    assert history(client, delivery_id)[-3:] == ["contact_created", "audience_added", "delivered"]
 
 
 def test_audience_by_name_is_created_once_for_many_leads(make_client, run_jobs, sandbox):
@@ -88,8 +87,7 @@ def test_409_update_patches_and_merges_metadata(make_client, run_jobs, sandbox):
     assert client.store.get(delivery_id).status == "delivered"
 
 
-def test_409_skip_leaves_the_contact_but_adds_it_to_the_audience(make_client, run_jobs,
-                                                                   sandbox):
+def test_409_skip_leaves_the_contact_but_adds_it_to_the_audience(make_client, run_jobs, sandbox):
     old = sandbox.client().create_contact("Old Name", "+919876543210")
     client = make_client(routes=[route_dict(on_duplicate="skip")])
     delivery_id = post(client, LEAD)
@@ -191,8 +189,9 @@ def test_backoff_grows_exponentially_with_jitter():
 
 
 def test_permanent_400_fails_at_once_with_the_api_message(make_client, run_jobs, sandbox):
-    client = make_client(routes=[route_dict(fields={"phoneNumber": "fields.phone",
-                                                    "language": "fields.lang"})])
+    client = make_client(
+        routes=[route_dict(fields={"phoneNumber": "fields.phone", "language": "fields.lang"})]
+    )
     # a language the mapping accepts but the API rejects is a permanent 400
     sandbox.configure(fail_rate=0.0)
     delivery_id = post(client, {**LEAD, "lang": "hi-IN"})
@@ -234,8 +233,7 @@ def test_route_api_key_override_delivers_to_another_org(make_client, run_jobs, s
     assert len(contacts(sandbox, sandbox.keys[1])) == 1
 
 
-def test_resume_after_partial_failure_makes_no_second_contact(make_client, run_jobs,
-                                                               sandbox):
+def test_resume_after_partial_failure_makes_no_second_contact(make_client, run_jobs, sandbox):
     client = make_client(routes=[route_dict(audience_name=None, audience_id="aud_later")])
     delivery_id = post(client, LEAD)
     run_jobs(client.settings)  # contact created, audience add 404s: failed
@@ -243,16 +241,21 @@ def test_resume_after_partial_failure_makes_no_second_contact(make_client, run_j
     # the operator creates the audience and points the route at it, then replays
     aud = sandbox.client().create_audience("Later")
     settings = client.settings
-    fixed = replace(settings, routes={
-        "leads": replace(settings.routes["leads"], audience_id=aud["id"])})
+    fixed = replace(
+        settings, routes={"leads": replace(settings.routes["leads"], audience_id=aud["id"])}
+    )
     started = time.time()
     assert Replayer(fixed, client.redis).replay(delivery_id).outcome == "requeued"
     run_jobs(fixed)
     d = client.store.get(delivery_id)
     assert d.status == "delivered"
-    posts = [e for e in sandbox.requests(since=started)
-             if e["method"] == "POST" and e["path"].endswith("/contacts")
-             and "audiences" not in e["path"]]
+    posts = [
+        e
+        for e in sandbox.requests(since=started)
+        if e["method"] == "POST"
+        and e["path"].endswith("/contacts")
+        and "audiences" not in e["path"]
+    ]
     assert posts == []  # resumed at the audience step: no second create
     assert len(contacts(sandbox)) == 1
 

@@ -29,8 +29,11 @@ def test_accepted_lead_is_stored_and_queued_before_the_202(client):
     delivery_id = r.json["deliveryId"]
     d = client.store.get(delivery_id)
     assert d.status == "queued"
-    assert d.contact == {"name": "Priya Sharma", "phoneNumber": "+919876543210",
-                         "metadata": {"city": "Mumbai"}}
+    assert d.contact == {
+        "name": "Priya Sharma",
+        "phoneNumber": "+919876543210",
+        "metadata": {"city": "Mumbai"},
+    }
     # the job is in RQ's queue and carries only the delivery id
     assert queued_job_ids(client) == [d.job_id]
     job = Queue(client.settings.queue_name, connection=client.redis).fetch_job(d.job_id)
@@ -44,11 +47,16 @@ def test_accepted_lead_is_stored_and_queued_before_the_202(client):
     "kwargs",
     [
         {"data": {"first_name": "Ravi", "last_name": "Kumar", "mobile": "+91-98765-43210"}},
-        {"data": {"first_name": "Ravi", "last_name": "Kumar", "mobile": "+91-98765-43210"},
-         "content_type": "multipart/form-data"},
-        {"data": json.dumps([{"first_name": "Ravi", "last_name": "Kumar",
-                              "mobile": "+91-98765-43210"}]),
-         "content_type": "application/json"},
+        {
+            "data": {"first_name": "Ravi", "last_name": "Kumar", "mobile": "+91-98765-43210"},
+            "content_type": "multipart/form-data",
+        },
+        {
+            "data": json.dumps(
+                [{"first_name": "Ravi", "last_name": "Kumar", "mobile": "+91-98765-43210"}]
+            ),
+            "content_type": "application/json",
+        },
     ],
     ids=["form-urlencoded", "multipart", "one-element-array"],
 )
@@ -64,15 +72,19 @@ def test_repeat_by_body_is_a_duplicate_and_makes_no_job(client):
     first = client.post("/hooks/leads", json=LEAD)
     again = client.post("/hooks/leads", json=LEAD)
     assert again.status_code == 200
-    assert again.json == {"deliveryId": first.json["deliveryId"], "status": "duplicate",
-                          "duplicate": True}
+    assert again.json == {
+        "deliveryId": first.json["deliveryId"],
+        "status": "duplicate",
+        "duplicate": True,
+    }
     assert len(queued_job_ids(client)) == 1
 
 
 def test_idempotency_key_decides_repeats(client):
     a = client.post("/hooks/leads", json=LEAD, headers={"Idempotency-Key": "k1"})
-    b = client.post("/hooks/leads", json={**LEAD, "city": "Pune"},
-                    headers={"Idempotency-Key": "k1"})
+    b = client.post(
+        "/hooks/leads", json={**LEAD, "city": "Pune"}, headers={"Idempotency-Key": "k1"}
+    )
     c = client.post("/hooks/leads", json=LEAD, headers={"Idempotency-Key": "k2"})
     assert b.status_code == 200 and b.json["deliveryId"] == a.json["deliveryId"]
     assert c.status_code == 202 and c.json["deliveryId"] != a.json["deliveryId"]
@@ -95,8 +107,10 @@ def test_token_in_header_or_query(client):
     assert client.post("/hooks/locked", json=LEAD).status_code == 401
     wrong = client.post("/hooks/locked", json=LEAD, headers={"X-Bridge-Token": "nope"})
     assert wrong.status_code == 401
-    assert wrong.json == {"error": "unauthorized",
-                          "message": "token does not match this route's token"}
+    assert wrong.json == {
+        "error": "unauthorized",
+        "message": "token does not match this route's token",
+    }
     assert "s3cret-token" not in wrong.get_data(as_text=True)
     ok = client.post("/hooks/locked?token=s3cret-token", json=LEAD)
     assert ok.status_code == 202
@@ -107,8 +121,7 @@ def test_token_in_header_or_query(client):
 
 
 def test_malformed_json_names_the_problem(client):
-    r = client.post("/hooks/leads", data=b'{"name": "x", phone}',
-                    content_type="application/json")
+    r = client.post("/hooks/leads", data=b'{"name": "x", phone}', content_type="application/json")
     assert r.status_code == 400
     assert r.json["error"] == "malformed_body"
     assert "not valid JSON" in r.json["message"] and "line 1" in r.json["message"]
@@ -116,8 +129,12 @@ def test_malformed_json_names_the_problem(client):
 
 @pytest.mark.parametrize(
     "body, message",
-    [(b"[1, 2]", "exactly one lead"), (b'"text"', "expected a JSON object"),
-     (b"", "empty"), (b"\xff\xfe{}", "UTF-8")],
+    [
+        (b"[1, 2]", "exactly one lead"),
+        (b'"text"', "expected a JSON object"),
+        (b"", "empty"),
+        (b"\xff\xfe{}", "UTF-8"),
+    ],
 )
 def test_bodies_that_are_not_one_lead(client, body, message):
     r = client.post("/hooks/leads", data=body, content_type="application/json")
@@ -128,8 +145,7 @@ def test_bodies_that_are_not_one_lead(client, body, message):
 def test_unknown_route_and_unknown_path(client):
     r = client.post("/hooks/nope", json=LEAD)
     assert r.status_code == 404
-    assert r.json == {"error": "unknown_route",
-                      "message": "no route named 'nope' is configured"}
+    assert r.json == {"error": "unknown_route", "message": "no route named 'nope' is configured"}
     r = client.get("/nothing/here")
     assert r.status_code == 404 and r.json["error"] == "not_found"
 
@@ -144,8 +160,7 @@ def test_oversize_body_is_413(make_client):
     client = make_client(bridge={"max_body_bytes": 2048})
     r = client.post("/hooks/leads", json={**LEAD, "notes": "x" * 4000})
     assert r.status_code == 413
-    assert r.json == {"error": "body_too_large",
-                      "message": "the body is larger than 2048 bytes"}
+    assert r.json == {"error": "body_too_large", "message": "the body is larger than 2048 bytes"}
     assert queued_job_ids(client) == []
 
 

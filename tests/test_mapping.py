@@ -15,14 +15,22 @@ def route(**overrides):
 
 def event(fields, **hints):
     lead = Lead(fields=fields, **hints)
-    return Event.from_lead(lead, route="r", source="generic", event_id="e1",
-                           received_at="2026-01-01T00:00:00.000Z")
+    return Event.from_lead(
+        lead, route="r", source="generic", event_id="e1", received_at="2026-01-01T00:00:00.000Z"
+    )
 
 
 def test_guesses_name_phone_email_and_keeps_the_rest_as_metadata():
     contact = map_event(
-        event({"Full Name": "Priya Sharma", "Mobile Number": "098765 43210",
-               "Email": "priya@example.com", "city": "Mumbai", "utm": {"source": "fb"}}),
+        event(
+            {
+                "Full Name": "Priya Sharma",
+                "Mobile Number": "098765 43210",
+                "Email": "priya@example.com",
+                "city": "Mumbai",
+                "utm": {"source": "fb"},
+            }
+        ),
         route(),
     )
     assert contact == {
@@ -33,8 +41,9 @@ def test_guesses_name_phone_email_and_keeps_the_rest_as_metadata():
 
 
 def test_first_and_last_name_are_joined():
-    contact = map_event(event({"first_name": "Ravi", "last_name": "Kumar",
-                               "whatsapp": "+91-98765-43210"}), route())
+    contact = map_event(
+        event({"first_name": "Ravi", "last_name": "Kumar", "whatsapp": "+91-98765-43210"}), route()
+    )
     assert contact["name"] == "Ravi Kumar"
     assert contact["phoneNumber"] == "+919876543210"
     assert contact["metadata"] == {}
@@ -46,8 +55,7 @@ def test_without_a_name_the_phone_number_is_the_name():
 
 def test_adapter_hints_beat_guesses():
     contact = map_event(
-        event({"phone": "9876543210", "name": "Guess"}, name="Typed Name",
-              phone="+14155550132"),
+        event({"phone": "9876543210", "name": "Guess"}, name="Typed Name", phone="+14155550132"),
         route(),
     )
     assert contact["name"] == "Typed Name"
@@ -61,13 +69,22 @@ def test_country_field_is_a_phone_hint():
 
 def test_route_expressions_win_and_metadata_is_exactly_what_is_mapped():
     r = route(
-        fields={"name": "fields.who.full", "phoneNumber": "fields.numbers[0]",
-                "language": "'hi-IN'"},
+        fields={
+            "name": "fields.who.full",
+            "phoneNumber": "fields.numbers[0]",
+            "language": "'hi-IN'",
+        },
         metadata={"city": "fields.where", "event": "event_id"},
     )
     contact = map_event(
-        event({"who": {"full": "Asha"}, "numbers": ["0091 98765 43210"], "where": "Pune",
-               "noise": "dropped"}),
+        event(
+            {
+                "who": {"full": "Asha"},
+                "numbers": ["0091 98765 43210"],
+                "where": "Pune",
+                "noise": "dropped",
+            }
+        ),
         r,
     )
     assert contact == {
@@ -103,8 +120,17 @@ def test_invalid_phone_is_unmappable_with_the_value():
 
 def test_metadata_values_are_flat_and_capped():
     contact = map_event(
-        event({"phone": "9876543210", "tags": ["a", "b"], "long": "x" * 5000, "n": 3,
-               "ok": True, "empty": "", "none": None}),
+        event(
+            {
+                "phone": "9876543210",
+                "tags": ["a", "b"],
+                "long": "x" * 5000,
+                "n": 3,
+                "ok": True,
+                "empty": "",
+                "none": None,
+            }
+        ),
         route(),
     )
     md = contact["metadata"]
@@ -121,9 +147,19 @@ def test_name_is_trimmed_and_capped():
 
 def test_fields_the_adapter_typed_are_not_repeated_in_metadata():
     contact = map_event(
-        event({"first_name": "Asha", "last_name": "Rao", "phone": "+919876543210",
-               "email": "a@x.in", "note": "call after 6"},
-              first_name="Asha", last_name="Rao", phone="+919876543210", email="a@x.in"),
+        event(
+            {
+                "first_name": "Asha",
+                "last_name": "Rao",
+                "phone": "+919876543210",
+                "email": "a@x.in",
+                "note": "call after 6",
+            },
+            first_name="Asha",
+            last_name="Rao",
+            phone="+919876543210",
+            email="a@x.in",
+        ),
         route(),
     )
     assert contact["name"] == "Asha Rao"

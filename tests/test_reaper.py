@@ -16,8 +16,9 @@ def accepted(client):
     return r.json["deliveryId"]
 
 
-def test_delivery_whose_worker_died_is_requeued_after_its_lease(make_client, redis, run_jobs,
-                                                                sandbox):
+def test_delivery_whose_worker_died_is_requeued_after_its_lease(
+    make_client, redis, run_jobs, sandbox
+):
     client = make_client()
     ctx = configure(client.settings, redis)
     delivery_id = accepted(client)

@@ -9,7 +9,6 @@ the phone hint. Jotform does not sign: the route's ``token`` goes into the webho
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
@@ -17,6 +16,7 @@ from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.mapping import text
+from bridge.parsing import parse_json
 from bridge.sources.base import Source
 
 ANSWER_KEY = re.compile(r"^q\d+_(.+)$")
@@ -36,10 +36,7 @@ class JotformSource(Source):
             raise MalformedBody("expected Jotform's form post (multipart with rawRequest)")
         raw = payload.get("rawRequest")
         if isinstance(raw, str):
-            try:
-                answers = json.loads(raw)
-            except (json.JSONDecodeError, RecursionError):
-                raise MalformedBody("rawRequest is not valid JSON") from None
+            answers = parse_json(raw, "rawRequest")
             if not isinstance(answers, dict):
                 raise MalformedBody("rawRequest is not a JSON object")
         elif isinstance(raw, dict):

@@ -43,14 +43,29 @@ def alive(pid: int) -> bool:
 
 
 def test_dev_runs_everything_and_ctrl_c_stops_everything(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("REDIS_URL", "OLIAI_API_KEY", "OLIAI_BASE_URL", "BRIDGE_CONFIG")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("REDIS_URL", "OLIAI_API_KEY", "OLIAI_BASE_URL", "BRIDGE_CONFIG")
+    }
     port, sandbox_port = free_port(), free_port()
     out = open(tmp_path / "dev.log", "w+")  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bridge", "dev", "--port", str(port),
-         "--sandbox-port", str(sandbox_port)],
-        cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "bridge",
+            "dev",
+            "--port",
+            str(port),
+            "--sandbox-port",
+            str(sandbox_port),
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 60
@@ -62,20 +77,28 @@ def test_dev_runs_everything_and_ctrl_c_stops_everything(tmp_path):
         hook = re.search(r"curl -sS -X POST (\S+)", banner).group(1)
         sandbox_url = re.search(r"'(http://\S+/v1)/contacts", banner).group(1)
         assert (tmp_path / ".bridge-data" / "redis" / "appendonly.aof").exists() or any(
-            (tmp_path / ".bridge-data" / "redis").glob("appendonly*"))
+            (tmp_path / ".bridge-data" / "redis").glob("appendonly*")
+        )
         children = descendants(proc.pid)
         assert len(children) >= 4  # redis, sandbox, web (+ its workers), worker
 
         started = time.monotonic()
-        r = requests.post(hook, json={"name": "Priya Sharma", "phone": "098765 43210",
-                                      "city": "Mumbai"}, timeout=5)
+        r = requests.post(
+            hook,
+            json={"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"},
+            timeout=5,
+        )
         assert r.status_code == 202, r.text
         found = []
         while time.monotonic() - started < 2.0 and not found:
             # poll gently: the sandbox allows this key 60 requests a minute, the bridge included
             time.sleep(0.1)
-            found = requests.get(f"{sandbox_url}/contacts", params={"search": "+919876543210"},
-                                 headers={"x-api-key": DEMO_KEY}, timeout=2).json()["data"]
+            found = requests.get(
+                f"{sandbox_url}/contacts",
+                params={"search": "+919876543210"},
+                headers={"x-api-key": DEMO_KEY},
+                timeout=2,
+            ).json()["data"]
         assert found and found[0]["name"] == "Priya Sharma", "not in the sandbox within 2 s"
         status_url = f"http://127.0.0.1:{port}/deliveries/{r.json()['deliveryId']}"
         while requests.get(status_url, timeout=2).json()["status"] != "delivered":

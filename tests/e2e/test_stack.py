@@ -14,11 +14,18 @@ LEAD = {"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}
 
 def config(sandbox, **oliai):
     return {
-        "oliai": {"rate_window_seconds": 2, "general_per_minute": 1000, "bulk_per_minute": 100,
-                  "timeout_seconds": 3, **oliai},
+        "oliai": {
+            "rate_window_seconds": 2,
+            "general_per_minute": 1000,
+            "bulk_per_minute": 100,
+            "timeout_seconds": 3,
+            **oliai,
+        },
         "delivery": {"retry_base_seconds": 0.3, "retry_max_seconds": 2, "max_attempts": 6},
-        "routes": [route_dict(), route_dict(name="form", token="form-token",
-                                            audience_name="Form leads")],
+        "routes": [
+            route_dict(),
+            route_dict(name="form", token="form-token", audience_name="Form leads"),
+        ],
     }
 
 
@@ -49,9 +56,11 @@ def test_a_lead_is_a_contact_in_its_audience_within_two_seconds(make_stack, sand
 
 def test_form_post_with_query_token_and_no_secret_in_logs(make_stack, sandbox):
     stack = make_stack(config(sandbox))
-    r = requests.post(stack.hook("form") + "?token=form-token",
-                      data={"first_name": "Ravi", "last_name": "Kumar",
-                            "mobile": "0091 98765 43210"}, timeout=5)
+    r = requests.post(
+        stack.hook("form") + "?token=form-token",
+        data={"first_name": "Ravi", "last_name": "Kumar", "mobile": "0091 98765 43210"},
+        timeout=5,
+    )
     assert r.status_code == 202
     stack.wait_for(r.json()["deliveryId"])
     bad = requests.post(stack.hook("form") + "?token=wrong", data={"mobile": "1"}, timeout=5)
@@ -69,8 +78,9 @@ def test_429_pauses_the_key_for_every_worker_until_retry_after(make_stack, sandb
     stack = make_stack(config(sandbox), workers=2)
     ids = []
     for i in range(8):
-        r = requests.post(stack.hook("leads"), json={"name": f"L{i}", "phone": f"98765432{i:02d}"},
-                          timeout=5)
+        r = requests.post(
+            stack.hook("leads"), json={"name": f"L{i}", "phone": f"98765432{i:02d}"}, timeout=5
+        )
         assert r.status_code == 202
         ids.append(r.json()["deliveryId"])
     for delivery_id in ids:
@@ -80,8 +90,9 @@ def test_429_pauses_the_key_for_every_worker_until_retry_after(make_stack, sandb
     assert limited, "the sandbox never answered 429: the test proves nothing"
     for e in limited:
         until = e["ts"] + float(e["retry_after"])
-        early = [x for x in log if e["ts"] < x["ts"] < until and x["org"] == e["org"]
-                 and x is not e]
+        early = [
+            x for x in log if e["ts"] < x["ts"] < until and x["org"] == e["org"] and x is not e
+        ]
         # a request already in flight when the 429 came back may land just after it
         assert all(x["ts"] - e["ts"] < 0.05 for x in early), (e, early)
     phones = [c["phoneNumber"] for c in sandbox.org_state()["contacts"]]
@@ -94,8 +105,9 @@ def test_redis_down_is_503_and_a_restart_loses_nothing(make_stack, sandbox, redi
     stack.processes["worker1"].wait(15)
     ids = []
     for i in range(5):
-        r = requests.post(stack.hook("leads"), json={"name": f"L{i}", "phone": f"98765432{i:02d}"},
-                          timeout=5)
+        r = requests.post(
+            stack.hook("leads"), json={"name": f"L{i}", "phone": f"98765432{i:02d}"}, timeout=5
+        )
         assert r.status_code == 202
         ids.append(r.json()["deliveryId"])
     redis_server.kill()  # a crash, not a clean shutdown: only the append-only file survives
@@ -124,3 +136,12 @@ def test_sigterm_lets_the_worker_finish_its_job(make_stack, sandbox):
     stack.processes["worker1"].terminate()  # SIGTERM mid-delivery, as Heroku does
     assert stack.processes["worker1"].wait(30) == 0
     assert stack.store.get(r.json()["deliveryId"]).status == "delivered"
+
+
+def test_sigterm_stops_an_idle_worker_at_once(make_stack, sandbox):
+    stack = make_stack(config(sandbox))
+    time.sleep(1.0)  # let it settle into waiting for jobs
+    started = time.monotonic()
+    stack.processes["worker1"].terminate()
+    assert stack.processes["worker1"].wait(15) == 0
+    assert time.monotonic() - started < 10
