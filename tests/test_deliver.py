@@ -298,3 +298,37 @@ def test_store_keeps_deliveries_for_the_configured_time(make_client, run_jobs, s
     ttl = client.redis.ttl(f"oliai-bridge:d:{delivery_id}")
     assert 86000 < ttl <= 86400
     assert DeliveryStore(client.redis).get(delivery_id).status == "delivered"
+
+
+def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, run_jobs,
+                                                                   sandbox):
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's naming
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
+        client = make_client(oliai={"api_key": sandbox.revoked_key},
+                             delivery={"alert_webhook_url": url})
+        delivery_id = post(client, LEAD)
+        run_jobs(client.settings)
+    finally:
+        server.shutdown()
+    [alert] = received
+    assert alert["event"] == "delivery.failed"
+    assert alert["deliveryId"] == delivery_id
+    assert alert["reasonCode"] == "unauthorized"
+    assert sandbox.revoked_key not in json.dumps(alert)
