@@ -108,7 +108,10 @@ class Dev:
         raise RuntimeError("the OliAI sandbox did not start")
 
     def run(self) -> int:
+        # Also SIGINT explicitly: a shell that starts us in the background ignores it, and
+        # Python then never raises KeyboardInterrupt.
         signal.signal(signal.SIGTERM, lambda *_: self.stop_signal())
+        signal.signal(signal.SIGINT, lambda *_: self.stop_signal())
         try:
             settings = self.settings()
             data_dir = Path(self.args.data_dir or settings.data_dir)
@@ -198,6 +201,8 @@ class Dev:
         return 0
 
     def stop_signal(self) -> None:
+        if self.stopping:  # already stopping: a second Ctrl-C must not cut the clean-up short
+            return
         self.stopping = True
         raise KeyboardInterrupt
 
