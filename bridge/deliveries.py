@@ -318,6 +318,10 @@ class DeliveryStore:
         self._log(pipe, delivery_id, what, detail)
         pipe.execute()
 
+    def last_history(self, delivery_id: str) -> dict[str, Any]:
+        entry = self.redis.lindex(history_key(delivery_id), -1)
+        return json.loads(entry) if entry else {}
+
     def history(self, delivery_id: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.redis.lrange(history_key(delivery_id), 0, -1)]
 

@@ -159,6 +159,19 @@ class Deliverer:
             return self.fail(d, "no_api_key", "no OliAI API key is configured for this route")
         client = self.ctx.client_for(api_key)
         kid = key_id(api_key)
+        wait = client.limiter.wait_time() if client.limiter is not None else 0.0
+        if wait > 0:
+            # No token for this key now: come back when one is free, without counting an
+            # attempt. Spread the comeback over part of the window, or every waiting job
+            # would return at the same instant and all but a few would wait again.
+            spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
+            said = self.store.last_history(d.id).get("what") == "rate_limited"
+            return self.reschedule(
+                d,
+                wait + spread,
+                None if said else "rate_limited",
+                f"no token free for this API key: next try in {wait + spread:.1f} s",
+            )
 
         d.status = "delivering"
         d.attempts += 1
@@ -167,7 +180,9 @@ class Deliverer:
             try:
                 self.work(d, route, client, kid)
             except RateLimited as exc:
-                self.note_api(d, exc)
+                if exc.status is not None:  # the API's own 429, not our limiter
+                    self.note_api(d, exc)
+                d.attempts -= 1  # nothing was refused for this lead's sake: not an attempt
                 delay = exc.retry_after + random.uniform(0.05, 0.5)
                 metrics.count(self.redis, "retried", d.route, "rate_limited")
                 return self.reschedule(
@@ -194,6 +209,7 @@ class Deliverer:
                 return self.transient(d, f"internal error: {type(exc).__name__}: {exc}")
         d.status = "delivered"
         d.reason_code = d.reason = None
+        d.last_api = None
         self.store.update(d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}")
         metrics.count(self.redis, "delivered", d.route)
         return d.status
@@ -277,7 +293,7 @@ class Deliverer:
 
     # --- outcomes --------------------------------------------------------------------------
 
-    def reschedule(self, d: Delivery, delay: float, what: str, detail: str) -> str:
+    def reschedule(self, d: Delivery, delay: float, what: str | None, detail: str | None) -> str:
         pipe = transaction(self.redis)
         d.status = "retrying"
         enqueue(

@@ -47,6 +47,21 @@ end
 return 0
 """
 
+# Like ACQUIRE without taking the token: milliseconds until one would be free (0: now).
+# KEYS: pause, general window; ARGV: window_ms, general_limit
+PEEK = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local pause = redis.call('PTTL', KEYS[1])
+if pause > 0 then return pause end
+local window = tonumber(ARGV[1])
+local stamps = redis.call('ZRANGEBYSCORE', KEYS[2], now - window, '+inf', 'WITHSCORES')
+local count = #stamps / 2
+if count < tonumber(ARGV[2]) then return 0 end
+local oldest = tonumber(stamps[2 * (count - tonumber(ARGV[2])) + 2])
+return math.max(1, oldest + window - now)
+"""
+
 # KEYS: pause; ARGV: milliseconds. Only ever lengthens a pause.
 PAUSE = """
 local current = redis.call('PTTL', KEYS[1])
@@ -82,6 +97,7 @@ class RateLimiter:
         self.bulk_limit = max(1, math.floor(bulk_per_window * headroom))
         self._acquire = redis.register_script(ACQUIRE)
         self._pause = redis.register_script(PAUSE)
+        self._peek = redis.register_script(PEEK)
         self._seq = 0
 
     def __repr__(self) -> str:
@@ -107,6 +123,18 @@ class RateLimiter:
         )
         if wait_ms and int(wait_ms) > 0:
             raise RateLimited(int(wait_ms) / 1000.0, "local rate limit: no token free yet")
+
+    def wait_time(self) -> float:
+        """Seconds until a general token would be free (0: now), without taking one."""
+        ms = self._peek(
+            keys=[self.pause_key, f"{P}rl:{self.kid}:general"],
+            args=[self.window_ms, self.general_limit],
+        )
+        return max(0, int(ms)) / 1000.0
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_ms / 1000.0
 
     def pause(self, seconds: float) -> float:
         """Pause the key for every worker; returns the pause now in force, in seconds."""

@@ -147,6 +147,9 @@ def test_our_limiter_keeps_under_the_published_limit(make_client, run_jobs, sand
         time.sleep(0.3)
     assert {client.store.get(i).status for i in ids} == {"delivered"}
     assert all(e["status"] != 429 for e in sandbox.requests())
+    # waiting for a token is neither an attempt nor an answer from the API
+    assert [client.store.get(i).attempts for i in ids] == [1] * 5
+    assert [client.store.get(i).last_api for i in ids] == [None] * 5
 
 
 def test_5xx_is_retried_with_backoff_then_delivered(make_client, run_jobs, sandbox):
