@@ -256,7 +256,7 @@ class DeliveryStore:
         now = time.time()
         pipe.hset(delivery_key(delivery.id), mapping=delivery.to_hash())
         pipe.zadd(IDX_RECEIVED, {delivery.id: now})
-        self._log(pipe, delivery.id, "received", note)
+        self.log_on(pipe, delivery.id, "received", note)
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
         else:
@@ -302,7 +302,7 @@ class DeliveryStore:
             if getattr(delivery, optional) is None:
                 pipe.hdel(key, optional)
         if what:
-            self._log(pipe, delivery.id, what, detail)
+            self.log_on(pipe, delivery.id, what, detail)
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
         else:
@@ -315,7 +315,7 @@ class DeliveryStore:
 
     def log(self, delivery_id: str, what: str, detail: str | None = None) -> None:
         pipe = self.redis.pipeline(transaction=True)
-        self._log(pipe, delivery_id, what, detail)
+        self.log_on(pipe, delivery_id, what, detail)
         pipe.execute()
 
     def last_history(self, delivery_id: str) -> dict[str, Any]:
@@ -325,7 +325,7 @@ class DeliveryStore:
     def history(self, delivery_id: str) -> list[dict[str, Any]]:
         return [json.loads(x) for x in self.redis.lrange(history_key(delivery_id), 0, -1)]
 
-    def _log(self, pipe: Pipeline, delivery_id: str, what: str, detail: str | None) -> None:
+    def log_on(self, pipe: Pipeline, delivery_id: str, what: str, detail: str | None) -> None:
         entry = {"at": utcnow_iso(), "what": what}
         if detail:
             entry["detail"] = detail

@@ -61,12 +61,12 @@ class Ingest:
             return error_reply(UnknownRoute(f"no route named {req.route[:64]!r} is configured"))
         source = get_source(route.source)
         try:
-            outcome = Outcome(accepted=self._accept(req, route, source))
+            outcome = Outcome(accepted=self._accept(req, route, source), request=req)
         except IngestError as error:
             reason = error.reason if isinstance(error, SignatureInvalid) else error.error
             metrics.count(self.redis, "rejected", route.name, reason)
             log.info("route %s: refused %s: %s", route.name, error.status, error.message)
-            outcome = Outcome(error=error)
+            outcome = Outcome(error=error, request=req)
         except _Handshake as answered:
             return answered.reply
         return source.reply(outcome)
@@ -181,10 +181,10 @@ class Ingest:
                             job_timeout=self.settings.delivery.job_timeout_seconds,
                         )
                         self.store.add(pipe, delivery)
-                        self.store._log(pipe, delivery.id, "queued", delivery.job_id)
+                        self.store.log_on(pipe, delivery.id, "queued", delivery.job_id)
                     else:
                         self.store.add(pipe, delivery)
-                        self.store._log(pipe, delivery.id, delivery.status, delivery.reason)
+                        self.store.log_on(pipe, delivery.id, delivery.status, delivery.reason)
                     metrics.count_on(pipe, delivery.status, route.name)
                 pipe.execute()
         except RedisError:

@@ -63,6 +63,8 @@ class Outcome:
 
     accepted: list[Accepted] = field(default_factory=list)
     error: IngestError | None = None
+    #: The request answered (a source may answer differently by its kind, e.g. SOAP or JSON).
+    request: InboundRequest | None = None
 
 
 class Source:

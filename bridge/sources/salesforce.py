@@ -10,7 +10,6 @@ with a Named Credential header (the route's token or Basic credentials); it gets
 
 from __future__ import annotations
 
-from contextvars import ContextVar
 from typing import Any
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
@@ -18,7 +17,7 @@ from xml.sax.saxutils import escape
 from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import IngestError, MalformedBody, SignatureInvalid, StorageUnavailable
-from bridge.parsing import local_name, media_kind, parse_body, parse_xml, xml_to_data
+from bridge.parsing import local_name, media_kind, parse_xml, xml_to_data
 from bridge.sources.base import (
     Outcome,
     Reply,
@@ -54,10 +53,6 @@ ORG_ID_CHARS = 15
 PHONE_FIELDS = ("MobilePhone", "Phone", "OtherPhone", "HomePhone")
 COUNTRY_FIELDS = ("CountryCode", "MailingCountryCode", "Country", "MailingCountry")
 
-# ``reply(outcome)`` does not see the request, yet an outbound message needs a SOAP answer and a
-# Flow callout a JSON one: ``verify`` (the first step of every POST) notes which this request is.
-_request_kind: ContextVar[str | None] = ContextVar("salesforce_request_kind", default=None)
-
 
 class SalesforceSource(Source):
     name = "salesforce"
@@ -80,15 +75,10 @@ class SalesforceSource(Source):
 
     def verify(self, req: InboundRequest, route: Route) -> None:
         soap = is_soap(req)
-        _request_kind.set("soap" if soap else "json")
         check_shared_credentials(req, route)
         expected = route.options.get("organization_id")
         if soap and isinstance(expected, str) and expected:
             check_organization(req, expected)
-
-    def parse(self, req: InboundRequest) -> Any:
-        _request_kind.set("soap" if is_soap(req) else "json")
-        return parse_body(req)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         respect_dnc = route.options.get("respect_do_not_call", True) is not False
@@ -101,9 +91,8 @@ class SalesforceSource(Source):
         return leads
 
     def reply(self, outcome: Outcome) -> Reply:
-        kind = _request_kind.get()
-        _request_kind.set(None)
-        if kind != "soap":
+        # An outbound message needs a SOAP answer; a Flow callout gets the usual JSON one.
+        if outcome.request is None or not is_soap(outcome.request):
             return default_reply(outcome)
         error = outcome.error
         if error is None:
