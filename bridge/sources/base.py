@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bridge.event import InboundRequest, Lead
-from bridge.exceptions import IngestError, SignatureInvalid, StorageUnavailable
+from bridge.exceptions import (
+    IngestError,
+    ProviderFetchError,
+    SignatureInvalid,
+    StorageUnavailable,
+)
 from bridge.parsing import parse_body
 
 if TYPE_CHECKING:
@@ -117,6 +122,38 @@ class Source:
     def fetch(self, event: Event, route: Route, http: requests.Session, timeout: float) -> Lead:
         """For id-only sources: fetch the lead the event points at (``event.fetch``)."""
         raise NotImplementedError(f"source {self.name!r} does not fetch leads")
+
+
+def provider_get(
+    http: requests.Session,
+    url: str,
+    *,
+    provider: str,
+    timeout: float,
+    params: dict | None = None,
+    headers: dict | None = None,
+) -> tuple[requests.Response, Any]:
+    """GET a provider's JSON API for ``Source.fetch``: the response and its JSON (None when the
+    body is not JSON). Network trouble is a transient ``ProviderFetchError`` that names only
+    the provider and the error type: the exception's own text holds the URL, which may hold a
+    token."""
+    import requests
+
+    try:
+        resp = http.get(url, params=params, headers=headers, timeout=timeout)
+    except requests.Timeout:
+        raise ProviderFetchError(
+            f"{provider} did not answer within {timeout:g} s", transient=True
+        ) from None
+    except requests.RequestException as exc:
+        raise ProviderFetchError(
+            f"{provider} unreachable ({type(exc).__name__})", transient=True
+        ) from None
+    try:
+        data = resp.json()
+    except ValueError:
+        data = None
+    return resp, data
 
 
 def default_reply(outcome: Outcome) -> Reply:

@@ -27,6 +27,7 @@ from bridge.sources.base import (
     check_timestamp,
     equal,
     hmac_digest,
+    provider_get,
     require_header,
     require_secret,
 )
@@ -209,7 +210,6 @@ class HubSpotSource(Source):
     # --- worker side -----------------------------------------------------------------------------
 
     def fetch(self, event: Event, route: Route, http: requests.Session, timeout: float) -> Lead:
-        import requests
 
         spec = event.fetch or {}
         contact_id = _id_text(spec.get("id"))
@@ -225,24 +225,14 @@ class HubSpotSource(Source):
         url = f"{base}/crm/v3/objects/contacts/{quote(contact_id, safe='')}"
         extra = route.options.get("properties")
         names = list(dict.fromkeys(FETCH_PROPERTIES + tuple(extra if _string_list(extra) else ())))
-        try:
-            resp = http.get(
-                url,
-                params={"properties": ",".join(names)},
-                headers={
-                    "Authorization": f"Bearer {route.access_token}",
-                    "Accept": "application/json",
-                },
-                timeout=timeout,
-            )
-        except requests.Timeout:
-            raise ProviderFetchError(
-                f"HubSpot CRM API did not answer within {timeout:g} s", transient=True
-            ) from None
-        except requests.RequestException as exc:
-            raise ProviderFetchError(
-                f"HubSpot CRM API unreachable ({type(exc).__name__})", transient=True
-            ) from None
+        resp, data = provider_get(
+            http,
+            url,
+            provider="HubSpot CRM API",
+            timeout=timeout,
+            params={"properties": ",".join(names)},
+            headers={"Authorization": f"Bearer {route.access_token}", "Accept": "application/json"},
+        )
         if resp.status_code != 200:
             raise ProviderFetchError(
                 f"HubSpot CRM API answered {resp.status_code} for contact {contact_id}: "
@@ -250,10 +240,6 @@ class HubSpotSource(Source):
                 transient=resp.status_code == 429 or resp.status_code >= 500,
                 status=resp.status_code,
             )
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
         properties = data.get("properties") if isinstance(data, dict) else None
         if not isinstance(properties, dict):
             raise ProviderFetchError(

@@ -27,6 +27,7 @@ from bridge.sources.base import (
     default_reply,
     equal,
     hmac_digest,
+    provider_get,
     require_secret,
 )
 
@@ -195,21 +196,9 @@ class MetaLeadAdsSource(Source):
             params["appsecret_proof"] = hmac.new(
                 route.secret.encode(), route.access_token.encode(), hashlib.sha256
             ).hexdigest()
-        try:
-            resp = http.get(f"{base}/{quote(lead_id)}", params=params, timeout=timeout)
-        except requests.Timeout:
-            raise ProviderFetchError(
-                f"Graph API did not answer within {timeout:g} s", transient=True
-            ) from None
-        except requests.RequestException as exc:
-            # The exception text holds the URL, and the URL holds the token: name the type only.
-            raise ProviderFetchError(
-                f"Graph API unreachable ({type(exc).__name__})", transient=True
-            ) from None
-        try:
-            data = resp.json()
-        except ValueError:
-            data = None
+        resp, data = provider_get(
+            http, f"{base}/{quote(lead_id)}", provider="Graph API", timeout=timeout, params=params
+        )
         if resp.status_code >= 400 or (isinstance(data, dict) and "error" in data):
             raise graph_error(resp.status_code, data, route)
         if not isinstance(data, dict) or not isinstance(data.get("field_data"), list):

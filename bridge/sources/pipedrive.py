@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError
-from bridge.sources.base import Source
+from bridge.sources.base import Source, provider_get
 
 if TYPE_CHECKING:
     import requests
@@ -80,7 +80,6 @@ class PipedriveSource(Source):
 
     def fetch(self, event: Event, route: Route, http: requests.Session, timeout: float) -> Lead:
         """The person a lead or a deal points at, with the lead's / deal's own fields kept."""
-        import requests
 
         spec = event.fetch or {}
         person_id = _id_text(spec.get("id"))
@@ -94,24 +93,13 @@ class PipedriveSource(Source):
             )
         base = (route.api_base_url or DEFAULT_API_BASE_URL).rstrip("/")
         url = f"{base}/api/v2/persons/{quote(person_id, safe='')}"
-        try:
-            resp = http.get(
-                url,
-                headers={"x-api-token": route.access_token, "Accept": "application/json"},
-                timeout=timeout,
-            )
-        except requests.Timeout:
-            raise ProviderFetchError(
-                f"Pipedrive API did not answer within {timeout:g} s", transient=True
-            ) from None
-        except requests.RequestException as exc:
-            raise ProviderFetchError(
-                f"Pipedrive API unreachable ({type(exc).__name__})", transient=True
-            ) from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
+        resp, body = provider_get(
+            http,
+            url,
+            provider="Pipedrive API",
+            timeout=timeout,
+            headers={"x-api-token": route.access_token, "Accept": "application/json"},
+        )
         if resp.status_code != 200:
             raise ProviderFetchError(
                 f"Pipedrive API answered {resp.status_code} for person {person_id}: "
