@@ -12,7 +12,7 @@ import base64
 import json
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -46,7 +46,17 @@ def dedup_key(route: str, event_id: str) -> str:
 
 IDX_RECEIVED = f"{P}idx:received"
 IDX_FAILED = f"{P}idx:failed"  # failed and skipped: everything a person may need to replay
-IDX_ACTIVE = f"{P}idx:active"  # not terminal; score = when the reaper should look at it
+IDX_ACTIVE = f"{P}idx:active"
+#: Fields removed from the hash when unset (``to_hash`` leaves them out).
+OPTIONAL_FIELDS = (
+    "reason_code",
+    "reason",
+    "contact",
+    "last_api",
+    "contact_id",
+    "audience_id",
+    "failed_index",
+)  # not terminal; score = when the reaper should look at it
 
 
 def idx_failed_route(route: str) -> str:
@@ -84,7 +94,8 @@ class Delivery:
     last_api: dict[str, Any] | None = None
     job_id: str | None = None
     job_seq: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The reason code this delivery is listed under in the failed indexes (None: not listed).
+    failed_index: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -105,7 +116,15 @@ class Delivery:
             "job_seq": str(self.job_seq),
             "audience_added": "1" if self.audience_added else "",
         }
-        for key in ("raw_id", "contact_id", "audience_id", "reason_code", "reason", "job_id"):
+        for key in (
+            "raw_id",
+            "contact_id",
+            "audience_id",
+            "reason_code",
+            "reason",
+            "job_id",
+            "failed_index",
+        ):
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
@@ -143,6 +162,7 @@ class Delivery:
             last_api=loads("last_api"),
             job_id=d.get("job_id") or None,
             job_seq=int(d.get("job_seq") or 0),
+            failed_index=d.get("failed_index"),
         )
 
     def summary(self) -> dict[str, Any]:
@@ -254,13 +274,15 @@ class DeliveryStore:
     def add(self, pipe: Pipeline, delivery: Delivery, note: str | None = None) -> None:
         """Queue the writes that store a new delivery on ``pipe`` (the caller executes it)."""
         now = time.time()
-        pipe.hset(delivery_key(delivery.id), mapping=delivery.to_hash())
-        pipe.zadd(IDX_RECEIVED, {delivery.id: now})
-        self.log_on(pipe, delivery.id, "received", note)
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
         else:
             pipe.zadd(IDX_ACTIVE, {delivery.id: now + 60})
+        pipe.hset(delivery_key(delivery.id), mapping=delivery.to_hash())
+        pipe.zadd(IDX_RECEIVED, {delivery.id: now})
+        self.log_on(pipe, delivery.id, "received", note)
+        if delivery.terminal:
+            self._expire(pipe, delivery)
 
     def get(self, delivery_id: str) -> Delivery | None:
         h = self.redis.hgetall(delivery_key(delivery_id))
@@ -290,26 +312,22 @@ class DeliveryStore:
         now = time.time()
         delivery.updated_at = utcnow_iso()
         key = delivery_key(delivery.id)
-        pipe.hset(key, mapping=delivery.to_hash())
-        for optional in (
-            "reason_code",
-            "reason",
-            "contact",
-            "last_api",
-            "contact_id",
-            "audience_id",
-        ):
-            if getattr(delivery, optional) is None:
-                pipe.hdel(key, optional)
-        if what:
-            self.log_on(pipe, delivery.id, what, detail)
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
         else:
-            pipe.persist(key)
-            pipe.persist(history_key(delivery.id))
+            if delivery.failed_index is not None:  # replayed: alive again, keep it
+                self._unindex_failed(pipe, delivery)
+                pipe.persist(key)
+                pipe.persist(history_key(delivery.id))
             pipe.zadd(IDX_ACTIVE, {delivery.id: now + recheck_in})
-            self._unindex_failed(pipe, delivery)
+        pipe.hset(key, mapping=delivery.to_hash())
+        unset = [name for name in OPTIONAL_FIELDS if getattr(delivery, name) is None]
+        if unset:
+            pipe.hdel(key, *unset)
+        if what:
+            self.log_on(pipe, delivery.id, what, detail)
+        if delivery.terminal:
+            self._expire(pipe, delivery)
         if own:
             pipe.execute()
 
@@ -335,22 +353,31 @@ class DeliveryStore:
     def _index_terminal(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
         pipe.zrem(IDX_ACTIVE, delivery.id)
         if delivery.status == "delivered":
-            ttl = self.keep_delivered
-            self._unindex_failed(pipe, delivery)
-        else:
-            ttl = self.keep_failed
-            pipe.zadd(IDX_FAILED, {delivery.id: now})
-            pipe.zadd(idx_failed_route(delivery.route), {delivery.id: now})
-            if delivery.reason_code:
-                pipe.zadd(idx_failed_reason(delivery.reason_code), {delivery.id: now})
+            if delivery.failed_index is not None:
+                self._unindex_failed(pipe, delivery)
+            return
+        if delivery.failed_index is not None and delivery.failed_index != (
+            delivery.reason_code or ""
+        ):
+            self._unindex_failed(pipe, delivery)  # failed again, for another reason
+        delivery.failed_index = delivery.reason_code or ""
+        pipe.zadd(IDX_FAILED, {delivery.id: now})
+        pipe.zadd(idx_failed_route(delivery.route), {delivery.id: now})
+        if delivery.failed_index:
+            pipe.zadd(idx_failed_reason(delivery.failed_index), {delivery.id: now})
+
+    def _expire(self, pipe: Pipeline, delivery: Delivery) -> None:
+        ttl = self.keep_delivered if delivery.status == "delivered" else self.keep_failed
         pipe.expire(delivery_key(delivery.id), ttl)
         pipe.expire(history_key(delivery.id), ttl)
 
     def _unindex_failed(self, pipe: Pipeline, delivery: Delivery) -> None:
+        """Take the delivery off the failed lists it is on (by the reason it was listed under)."""
         pipe.zrem(IDX_FAILED, delivery.id)
         pipe.zrem(idx_failed_route(delivery.route), delivery.id)
-        if delivery.reason_code:
-            pipe.zrem(idx_failed_reason(delivery.reason_code), delivery.id)
+        if delivery.failed_index:
+            pipe.zrem(idx_failed_reason(delivery.failed_index), delivery.id)
+        delivery.failed_index = None
 
     # --- listing -----------------------------------------------------------------------------
 

@@ -154,6 +154,10 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
     )
     run_jobs(fixed)
     assert {client.store.get(i).status for i in ids} == {"delivered"}
+    # and they are off every failed list, the per-reason and per-route ones included
+    assert client.store.failed_ids()[1] == 0
+    assert client.store.failed_ids(reason="not_found")[1] == 0
+    assert client.store.failed_ids(route="leads")[1] == 0
     names = sorted(c["name"] for c in sandbox.org_state()["contacts"])
     assert names == ["Lead 0 (replayed)", "Lead 1 (replayed)", "Lead 2 (replayed)"]
 
