@@ -1,4 +1,4 @@
-"""What a source adapter is, and the verification helpers every adapter shares.
+"""What a source adapter is, and the helpers adapters share (verification, fetching, values).
 
 An adapter is a ``Source`` subclass instance: a few class attributes that describe the source
 (does it sign, what to do with an unmappable submission, which headers identify an event) and
@@ -14,6 +14,7 @@ import hmac
 import json
 import math
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from bridge.exceptions import (
     SignatureInvalid,
     StorageUnavailable,
 )
+from bridge.mapping import squash, text
 from bridge.parsing import parse_body
 
 if TYPE_CHECKING:
@@ -34,6 +36,15 @@ if TYPE_CHECKING:
 
 TOKEN_HEADER = "x-bridge-token"
 TOKEN_QUERY = "token"
+
+#: Event ids an adapter takes from a body or a header are cut to this length (as ``bridge.ingest``
+#: cuts every event id).
+MAX_EVENT_ID_CHARS = 200
+#: Provider record ids (HubSpot contacts, Pipedrive persons) are cut to this length: real ones
+#: are short, and a hostile body must not grow the keys built from them.
+MAX_ID_CHARS = 100
+#: Error text quoted from a provider's API is cut to this length.
+MAX_ERROR_CHARS = 300
 
 
 @dataclass
@@ -88,6 +99,9 @@ class Source:
     kept_headers: tuple[str, ...] = ()
     #: Seconds of clock skew allowed where the signature covers a timestamp.
     timestamp_tolerance = 300
+    #: True for providers that count any status but 200 as a failed delivery: every 2xx answer
+    #: is sent as 200.
+    answers_200 = False
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -115,13 +129,19 @@ class Source:
         return [Lead(fields=payload)]
 
     def reply(self, outcome: Outcome) -> Reply:
-        return default_reply(outcome)
+        answer = default_reply(outcome)
+        if self.answers_200 and 200 <= answer.status < 300:
+            answer.status = 200
+        return answer
 
     # --- worker side -------------------------------------------------------------------------
 
     def fetch(self, event: Event, route: Route, http: requests.Session, timeout: float) -> Lead:
         """For id-only sources: fetch the lead the event points at (``event.fetch``)."""
         raise NotImplementedError(f"source {self.name!r} does not fetch leads")
+
+
+# --- fetching from a provider's API (sources whose webhooks carry ids only) --------------
 
 
 def provider_get(
@@ -154,6 +174,37 @@ def provider_get(
     except ValueError:
         data = None
     return resp, data
+
+
+def fetch_reference(event: Event, kind: str, what: str) -> str:
+    """The id of the record ``event.fetch`` names, when it names a ``kind`` record. Anything else
+    is a permanent ``ProviderFetchError``: the stored event will not change on a retry."""
+    spec = event.fetch or {}
+    record_id = id_text(spec.get("id"))
+    if spec.get("kind") != kind or record_id is None:
+        raise ProviderFetchError(f"not a {what} reference: {spec!r}", transient=False)
+    return record_id
+
+
+def refused_fetch(provider: str, status: int, what: str, detail: str) -> ProviderFetchError:
+    """A provider API's non-200 answer for ``what``: transient for 429 and 5xx (the provider's
+    own trouble passes), permanent otherwise (a missing record or a bad token stays so)."""
+    return ProviderFetchError(
+        f"{provider} answered {status} for {what}: {detail}",
+        transient=status == 429 or status >= 500,
+        status=status,
+    )
+
+
+def redact(message: str, route: Route, mask: str = "***") -> str:
+    """A provider's error text as it may be stored and shown: every secret of the route masked
+    (an API may echo the token it was sent) and cut to ``MAX_ERROR_CHARS``."""
+    for secret in route.secrets():
+        message = message.replace(secret, mask)
+    return message[:MAX_ERROR_CHARS]
+
+
+# --- answers -----------------------------------------------------------------------------
 
 
 def default_reply(outcome: Outcome) -> Reply:
@@ -196,6 +247,22 @@ def raise_malformed(message: str) -> None:
 
 
 # --- verification helpers ----------------------------------------------------------------
+
+
+def check_signed(
+    req: InboundRequest,
+    route: Route,
+    check_signature: Callable[[InboundRequest, str], None],
+) -> None:
+    """``verify`` of a source that signs: ``check_signature(req, secret)`` with the route's
+    secret. A route without one must have a ``token`` or ``basic_auth`` instead (a hook made
+    where the provider offers no signing, such as Webflow's dashboard); then those are checked
+    too, whichever are configured."""
+    if route.secret:
+        check_signature(req, route.secret)
+    elif not (route.token or route.basic_auth):
+        require_secret(route)
+    check_shared_credentials(req, route)
 
 
 def check_shared_credentials(req: InboundRequest, route: Route) -> None:
@@ -278,3 +345,96 @@ def check_timestamp(
             f"timestamp is {int(abs(now - value))} s away from now (tolerance {int(tolerance)} s)",
             reason="stale_timestamp",
         )
+
+
+# --- helpers adapters share --------------------------------------------------------------
+#
+# Providers send one field as a string in one payload and as a number in the next, pad values
+# with spaces and repeat labels. These read such values the same way in every adapter.
+
+
+def clean_text(value: Any, kinds: tuple[type, ...] = (str, int, float)) -> str | None:
+    """``value`` as stripped text when it is one of ``kinds``; None otherwise, or when blank.
+
+    A bool is never text (``isinstance(True, int)`` holds, but ``"True"`` is no name or number).
+    ``kinds`` narrows what an adapter accepts: ``(str,)`` where a provider's typed fields are
+    strings, ``(str, int)`` where a float would be a value gone wrong (an id that lost digits).
+    """
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        return None
+    return str(value).strip() or None
+
+
+def id_text(value: Any, max_chars: int | None = MAX_ID_CHARS) -> str | None:
+    """An id sent as a string or an integer (providers' own samples often send numbers) as text,
+    cut to ``max_chars`` (None: whole); None for anything else."""
+    found = clean_text(value, (str, int))
+    return found if found is None or max_chars is None else found[:max_chars]
+
+
+def first_text(fields: Mapping[str, Any], keys: Iterable[str]) -> str | None:
+    """The text (``clean_text``) of the first of ``keys`` that has some: hint keys, best first."""
+    return next((found for key in keys if (found := clean_text(fields.get(key)))), None)
+
+
+def country_code(value: Any) -> str | None:
+    """``value`` when it is an ISO 3166 alpha-2 code (two letters, any case), upper-cased."""
+    code = value.strip() if isinstance(value, str) else ""
+    return code.upper() if len(code) == 2 and code.isalpha() else None
+
+
+def first_country(fields: Mapping[str, Any], keys: Iterable[str]) -> str | None:
+    """The first of ``keys`` whose value is a country code (``country_code``), upper-cased."""
+    return next((code for key in keys if (code := country_code(fields.get(key)))), None)
+
+
+def present(value: Any) -> bool:
+    """Whether a scalar value is worth a field: not None, not blank. Objects and lists are not
+    (an adapter that keeps nested values picks them out itself)."""
+    if value is None or isinstance(value, (dict, list)):
+        return False
+    return not (isinstance(value, str) and not value.strip())
+
+
+def put_field(fields: dict[str, Any], key: str, value: Any) -> None:
+    """Add without overwriting: a repeated key gets `` (2)``, `` (3)``...
+
+    Form builders let two questions share a label; both answers must reach the contact."""
+    if key in fields:
+        n = 2
+        while f"{key} ({n})" in fields:
+            n += 1
+        key = f"{key} ({n})"
+    fields[key] = value
+
+
+# --- flat records: Zapier's contract, shared by WordPress plugins' key/value bodies ------
+
+#: Record keys (``squash``-ed) that carry the sender's event id instead of a field.
+EVENT_ID_KEYS = ("eventid",)
+#: Record keys (``squash``-ed) whose alpha-2 value is the phone's country hint.
+COUNTRY_KEYS = ("country", "countrycode")
+
+
+def flat_record_lead(record: dict[str, Any], event_id: str | None = None) -> Lead:
+    """A flat (or "unflattened") record of mapped fields as a lead.
+
+    ``event_id`` in the record wins over the one given; the country hint is read from a top-level
+    or ``contact.`` key named ``country`` / ``country_code`` holding an ISO alpha-2 code.
+    """
+    fields: dict[str, Any] = {}
+    for key, value in record.items():
+        if squash(str(key)) in EVENT_ID_KEYS:
+            event_id = text(value)[:MAX_EVENT_ID_CHARS] or event_id
+            continue
+        fields[str(key)] = value
+    lead = Lead(fields=fields, event_id=event_id)
+    for scope in (fields, fields.get("contact")):
+        if not isinstance(scope, dict):
+            continue
+        for key, value in scope.items():
+            code = country_code(text(value))
+            if squash(str(key)) in COUNTRY_KEYS and code:
+                lead.country = code
+                return lead
+    return lead

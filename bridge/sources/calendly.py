@@ -15,12 +15,13 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
 from bridge.sources.base import (
     Source,
-    check_shared_credentials,
+    check_signed,
     check_timestamp,
+    clean_text,
     equal,
     hmac_digest,
+    present,
     require_header,
-    require_secret,
 )
 
 SIGNATURE_HEADER = "calendly-webhook-signature"
@@ -54,11 +55,7 @@ class CalendlySource(Source):
     timestamp_tolerance = 180
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret:
-            self.check_signature(req, route.secret)
-        elif not (route.token or route.basic_auth):
-            require_secret(route)
-        check_shared_credentials(req, route)
+        check_signed(req, route, self.check_signature)
 
     def check_signature(self, req: InboundRequest, secret: str, now: float | None = None) -> None:
         header = require_header(req, SIGNATURE_HEADER)
@@ -106,7 +103,7 @@ def invitee_lead(invitee: dict[str, Any]) -> Lead:
     fields: dict[str, Any] = {}
     for key in INVITEE_KEYS:
         value = invitee.get(key)
-        if _present(value):
+        if present(value):
             fields[key] = value
     old = invitee.get("old_invitee")
     if isinstance(old, str) and old:
@@ -136,7 +133,7 @@ def invitee_lead(invitee: dict[str, Any]) -> Lead:
         if not isinstance(item, dict):
             continue
         question, answer = item.get("question"), item.get("answer")
-        if not isinstance(question, str) or not question.strip() or not _present(answer):
+        if not isinstance(question, str) or not question.strip() or not present(answer):
             continue
         question = question.strip()
         # The question text is the key the user sees; never let it overwrite a built-in field.
@@ -152,7 +149,7 @@ def invitee_lead(invitee: dict[str, Any]) -> Lead:
 
     tracking = invitee.get("tracking")
     for key, value in tracking.items() if isinstance(tracking, dict) else ():
-        if isinstance(key, str) and _present(value) and key not in fields:
+        if isinstance(key, str) and present(value) and key not in fields:
             fields[key] = value  # utm_source, utm_campaign, ..., salesforce_uuid
 
     reminder = invitee.get("text_reminder_number")
@@ -161,22 +158,12 @@ def invitee_lead(invitee: dict[str, Any]) -> Lead:
     return Lead(
         fields=fields,
         event_id=uri if isinstance(uri, str) and uri else None,
-        name=_text(invitee.get("name")),
-        first_name=_text(invitee.get("first_name")),
-        last_name=_text(invitee.get("last_name")),
+        name=clean_text(invitee.get("name"), (str,)),
+        first_name=clean_text(invitee.get("first_name"), (str,)),
+        last_name=clean_text(invitee.get("last_name"), (str,)),
         phone=call_number or reminder or question_phone,
-        email=_text(invitee.get("email")),
+        email=clean_text(invitee.get("email"), (str,)),
     )
-
-
-def _present(value: Any) -> bool:
-    if value is None or isinstance(value, (dict, list)):
-        return False
-    return not (isinstance(value, str) and not value.strip())
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
 
 
 SOURCE = CalendlySource()

@@ -18,7 +18,7 @@ from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.parsing import xml_to_data
-from bridge.sources.base import Source
+from bridge.sources.base import Source, clean_text, first_country, first_text
 
 #: Record wrappers of the advanced body; their keys become the lead's fields.
 RECORD_KEYS = ("contact", "lead")
@@ -66,27 +66,16 @@ def record_fields(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def with_hints(lead: Lead, fields: dict[str, Any]) -> Lead:
-    lead.first_name = _text(fields.get("first_name"))
-    lead.last_name = _text(fields.get("last_name"))
-    lead.email = _text(fields.get("email"))
-    lead.phone = next((_text(fields.get(k)) for k in PHONE_FIELDS if _text(fields.get(k))), None)
-    for key in COUNTRY_FIELDS:
-        code = _text(fields.get(key))
-        if code and len(code) == 2 and code.isalpha():
-            lead.country = code.upper()
-            break
+    lead.first_name = clean_text(fields.get("first_name"))
+    lead.last_name = clean_text(fields.get("last_name"))
+    lead.email = clean_text(fields.get("email"))
+    lead.phone = first_text(fields, PHONE_FIELDS)
+    lead.country = first_country(fields, COUNTRY_FIELDS)
     return lead
 
 
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 SOURCE = FreshsalesSource()

@@ -15,9 +15,7 @@ from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.parsing import xml_to_data
-from bridge.sources.base import Source
-
-MAX_EVENT_ID_CHARS = 200
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
 
 
 class GenericSource(Source):

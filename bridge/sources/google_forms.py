@@ -16,7 +16,7 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.mapping import text
 from bridge.parsing import parse_body, parse_json
-from bridge.sources.base import Source
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
 
 # Keys of the script's envelope: not answers.
 ENVELOPE = set(
@@ -25,7 +25,6 @@ ENVELOPE = set(
 )
 # A spreadsheet trigger's own column, not a question.
 SHEET_COLUMNS = {"Timestamp"}
-MAX_EVENT_ID_CHARS = 200
 
 
 class GoogleFormsSource(Source):

@@ -23,11 +23,18 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid
 from bridge.sources.base import (
     Source,
-    check_shared_credentials,
+    check_signed,
     check_timestamp,
+    clean_text,
     equal,
+    fetch_reference,
+    first_country,
+    first_text,
     hmac_digest,
+    id_text,
     provider_get,
+    redact,
+    refused_fetch,
     require_header,
     require_secret,
 )
@@ -81,7 +88,6 @@ EVENT_FIELDS = (
     "propertyName",
     "propertyValue",
 )
-MAX_ERROR_CHARS = 300
 
 
 class HubSpotSource(Source):
@@ -108,11 +114,8 @@ class HubSpotSource(Source):
     # --- verification ----------------------------------------------------------------------------
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret:
-            self._verify_signature(req, route)
-        elif not (route.token or route.basic_auth):
-            require_secret(route)
-        check_shared_credentials(req, route)
+        # The v2 and v3 signatures cover the URL, which the route's public_url may correct.
+        check_signed(req, route, lambda req, _secret: self._verify_signature(req, route))
 
     def _verify_signature(self, req: InboundRequest, route: Route) -> None:
         """Accept the request when any signature version HubSpot sent is valid."""
@@ -194,7 +197,7 @@ class HubSpotSource(Source):
             kind = contact_subscription(subscription, item.get("objectTypeId"))
             if kind is None or kind not in wanted:
                 continue  # deals, companies, deletions...: not leads
-            object_id = _id_text(item.get("objectId"))
+            object_id = id_text(item.get("objectId"))
             if object_id is None:
                 raise MalformedBody(f"event [{index}] ({subscription}) has no objectId")
             fields = {k: item[k] for k in EVENT_FIELDS if _scalar(item.get(k))}
@@ -210,11 +213,7 @@ class HubSpotSource(Source):
     # --- worker side -----------------------------------------------------------------------------
 
     def fetch(self, event: Event, route: Route, http: requests.Session, timeout: float) -> Lead:
-
-        spec = event.fetch or {}
-        contact_id = _id_text(spec.get("id"))
-        if spec.get("kind") != "hubspot_contact" or contact_id is None:
-            raise ProviderFetchError(f"not a HubSpot contact reference: {spec!r}", transient=False)
+        contact_id = fetch_reference(event, "hubspot_contact", "HubSpot contact")
         if not route.access_token:
             raise ProviderFetchError(
                 "this route has no access_token: set a HubSpot private app token with the "
@@ -234,11 +233,11 @@ class HubSpotSource(Source):
             headers={"Authorization": f"Bearer {route.access_token}", "Accept": "application/json"},
         )
         if resp.status_code != 200:
-            raise ProviderFetchError(
-                f"HubSpot CRM API answered {resp.status_code} for contact {contact_id}: "
-                f"{_api_error(resp, route)}",
-                transient=resp.status_code == 429 or resp.status_code >= 500,
-                status=resp.status_code,
+            raise refused_fetch(
+                "HubSpot CRM API",
+                resp.status_code,
+                f"contact {contact_id}",
+                _api_error(resp, route),
             )
         properties = data.get("properties") if isinstance(data, dict) else None
         if not isinstance(properties, dict):
@@ -286,9 +285,9 @@ def workflow_lead(payload: dict[str, Any]) -> Lead:
         fields = property_fields(properties)
         record_id = next(
             (
-                _id_text(payload.get(k))
+                id_text(payload.get(k))
                 for k in ("vid", "canonical-vid", "objectId", "id")
-                if _id_text(payload.get(k))
+                if id_text(payload.get(k))
             ),
             None,
         )
@@ -330,17 +329,11 @@ def latest_form_submission(submissions: Any) -> dict[str, Any] | None:
 
 def with_hints(lead: Lead, fields: dict[str, Any]) -> Lead:
     """Typed hints from HubSpot's standard contact property names."""
-    lead.first_name = _text(fields.get("firstname"))
-    lead.last_name = _text(fields.get("lastname"))
-    lead.email = _text(fields.get("email"))
-    lead.phone = next(
-        (_text(fields.get(k)) for k in PHONE_PROPERTIES if _text(fields.get(k))), None
-    )
-    for key in COUNTRY_PROPERTIES:
-        code = _text(fields.get(key))
-        if code and len(code) == 2 and code.isalpha():
-            lead.country = code.upper()
-            break
+    lead.first_name = clean_text(fields.get("firstname"))
+    lead.last_name = clean_text(fields.get("lastname"))
+    lead.email = clean_text(fields.get("email"))
+    lead.phone = first_text(fields, PHONE_PROPERTIES)
+    lead.country = first_country(fields, COUNTRY_PROPERTIES)
     return lead
 
 
@@ -357,11 +350,11 @@ def contact_subscription(subscription: str, object_type: Any) -> str | None:
 def event_key(item: dict[str, Any]) -> str | None:
     """HubSpot does not promise that ``eventId`` is unique on its own: qualify it with the
     portal, the subscription and the object."""
-    event_id = _id_text(item.get("eventId"))
+    event_id = id_text(item.get("eventId"))
     if event_id is None:
         return None
-    parts = [_id_text(item.get(k)) or "-" for k in ("portalId", "subscriptionId")]
-    return ":".join([*parts, event_id, _id_text(item.get("objectId")) or "-"])
+    parts = [id_text(item.get(k)) or "-" for k in ("portalId", "subscriptionId")]
+    return ":".join([*parts, event_id, id_text(item.get("objectId")) or "-"])
 
 
 def _api_error(resp: Any, route: Route) -> str:
@@ -375,9 +368,7 @@ def _api_error(resp: Any, route: Route) -> str:
         text = ": ".join(parts) or resp.reason or "error"
     else:
         text = resp.reason or "error"
-    for secret in route.secrets():
-        text = text.replace(secret, "***")
-    return text[:MAX_ERROR_CHARS]
+    return redact(text, route)
 
 
 def _scalar(value: Any) -> bool:
@@ -386,20 +377,6 @@ def _scalar(value: Any) -> bool:
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _id_text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        return None
-    text = str(value).strip()
-    return text[:100] or None
 
 
 def _string_list(value: Any) -> bool:

@@ -16,7 +16,7 @@ from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.phone import InvalidPhone, to_e164
-from bridge.sources.base import Outcome, Reply, Source, default_reply
+from bridge.sources.base import Source, clean_text, country_code, id_text
 
 # Where the buyer's number may be, best first.
 PHONE_KEYS = ("SENDER_MOBILE", "SENDER_MOBILE_ALT", "SENDER_PHONE", "SENDER_PHONE_ALT")
@@ -32,6 +32,9 @@ class IndiaMartSource(Source):
     # Integrators report IndiaMART re-pushes until it gets a 2xx and switches the Push API off
     # after ~48 h of failures: an enquiry without a usable number must not block the hook.
     unmappable = "accept"
+    # IndiaMART's retry rules are undocumented; a plain 200 is what every integration guide
+    # answers, so never risk a 202 being read as a failure.
+    answers_200 = True
 
     def check_route(self, route: Route) -> list[str]:
         if route.token or route.basic_auth:
@@ -63,14 +66,6 @@ class IndiaMartSource(Source):
             leads.append(record_lead(record, route))
         return leads
 
-    def reply(self, outcome: Outcome) -> Reply:
-        answer = default_reply(outcome)
-        # IndiaMART's retry rules are undocumented; a plain 200 is what every integration
-        # guide answers, so never risk a 202 being read as a failure.
-        if 200 <= answer.status < 300:
-            answer.status = 200
-        return answer
-
 
 def record_lead(record: dict[str, Any], route: Route) -> Lead:
     fields: dict[str, Any] = {}
@@ -87,16 +82,14 @@ def record_lead(record: dict[str, Any], route: Route) -> Lead:
             continue
         fields[key] = value
 
-    country = _text(record.get("SENDER_COUNTRY_ISO"))
-    country = country.upper() if country and len(country) == 2 and country.isalpha() else None
-    query_id = record.get("UNIQUE_QUERY_ID")
-    if isinstance(query_id, bool) or not isinstance(query_id, (str, int)):
-        query_id = None
+    country = country_code(record.get("SENDER_COUNTRY_ISO"))
     return Lead(
         fields=fields,
-        event_id=str(query_id).strip() or None if query_id is not None else None,
-        name=_text(record.get("SENDER_NAME")),
-        phone=best_phone([_text(record.get(k)) for k in PHONE_KEYS], route.region, country),
+        event_id=id_text(record.get("UNIQUE_QUERY_ID"), max_chars=None),
+        name=clean_text(record.get("SENDER_NAME"), (str, int)),
+        phone=best_phone(
+            [clean_text(record.get(k), (str, int)) for k in PHONE_KEYS], route.region, country
+        ),
         email=next((fields[k] for k in EMAIL_KEYS if isinstance(fields.get(k), str)), None),
         country=country,
     )
@@ -119,14 +112,6 @@ def clean_message(text: str) -> str:
     text = LINE_BREAK.sub("\n", text)
     text = TAG.sub("", text)
     return "\n".join(line.strip() for line in html.unescape(text).splitlines()).strip()
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    return value.strip() or None if isinstance(value, str) else None
 
 
 SOURCE = IndiaMartSource()

@@ -17,12 +17,11 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.mapping import text
 from bridge.parsing import parse_json
-from bridge.sources.base import Source
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source, country_code
 
 ANSWER_KEY = re.compile(r"^q\d+_(.+)$")
 NAME_PARTS = {"first", "middle", "last", "prefix", "suffix"}
 PHONE_PARTS = ("country", "area", "phone")
-MAX_EVENT_ID_CHARS = 200
 
 
 class JotformSource(Source):
@@ -61,9 +60,7 @@ class JotformSource(Source):
                     lead.first_name = text(value.get("first")) or None
                     lead.last_name = text(value.get("last")) or None
             elif isinstance(value, dict) and not lead.country:
-                country = text(value.get("country"))
-                if len(country) == 2 and country.isalpha():
-                    lead.country = country.upper()
+                lead.country = country_code(text(value.get("country")))
             lead.fields.setdefault(name, value)
 
         event_id = text(payload.get("submissionID"))[:MAX_EVENT_ID_CHARS]

@@ -25,9 +25,11 @@ from bridge.sources.base import (
     Reply,
     Source,
     check_basic_auth,
+    clean_text,
     default_reply,
     equal,
     error_reply,
+    first_text,
 )
 
 #: LeadSquared's own example of a custom auth header, accepted besides ``X-Bridge-Token``.
@@ -156,24 +158,17 @@ def lead_of(record: dict[str, Any]) -> Lead:
     }
     own = {k: v for k, v in present.items() if k not in SYSTEM_FIELDS}
     fields = own | {k: v for k, v in present.items() if k in SYSTEM_FIELDS}
-    activity_id = _text(record.get("ProspectActivityId"))
+    activity_id = clean_text(record.get("ProspectActivityId"))
     return Lead(
         fields=fields,
         # Activity events carry their own id; lead events only the lead's, which repeats on
         # every update: those fall back to the body hash.
         event_id=f"activity:{activity_id}" if activity_id else None,
-        first_name=_text(record.get("FirstName")),
-        last_name=_text(record.get("LastName")),
-        email=_text(record.get("EmailAddress")),
-        phone=next((_text(record.get(k)) for k in PHONE_FIELDS if _text(record.get(k))), None),
+        first_name=clean_text(record.get("FirstName")),
+        last_name=clean_text(record.get("LastName")),
+        email=clean_text(record.get("EmailAddress")),
+        phone=first_text(record, PHONE_FIELDS),
     )
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 SOURCE = LeadSquaredSource()

@@ -20,15 +20,16 @@ from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid
 from bridge.sources.base import (
-    Outcome,
     Reply,
     Source,
-    check_shared_credentials,
-    default_reply,
+    check_signed,
+    clean_text,
+    country_code,
     equal,
     hmac_digest,
+    id_text,
     provider_get,
-    require_secret,
+    redact,
 )
 
 if TYPE_CHECKING:
@@ -54,7 +55,6 @@ LEAD_NODE_KEYS = ("created_time", "ad_id", "form_id", "campaign_id", "platform",
 # Graph error codes that mean "later": unknown/service errors, throttling (documented in
 # "Handling Errors"); 80000-80099 are business-use-case rate limits.
 TRANSIENT_CODES = {1, 2, 4, 17, 32, 341, 613}
-MAX_ERROR_CHARS = 300
 
 
 class MetaLeadAdsSource(Source):
@@ -63,6 +63,8 @@ class MetaLeadAdsSource(Source):
     # Nothing in the webhook can be unmappable (ids only); a lead without a phone is found by
     # the job after the fetch. A 4xx to Meta would only bring the same ids back for 36 h.
     unmappable = "accept"
+    # Meta's docs ask for "200 OK"; a 202 is not promised to count as delivered.
+    answers_200 = True
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -115,11 +117,7 @@ class MetaLeadAdsSource(Source):
         )
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret:
-            check_hub_signature(req, route.secret)
-        elif not (route.token or route.basic_auth):
-            require_secret(route)
-        check_shared_credentials(req, route)
+        check_signed(req, route, check_hub_signature)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):
@@ -152,22 +150,15 @@ class MetaLeadAdsSource(Source):
     def _webhook_lead(self, value: Any, where: str) -> Lead:
         if not isinstance(value, dict):
             raise MalformedBody(f"{where}.value must be an object")
-        lead_id = id_text(value.get("leadgen_id"))
+        lead_id = id_text(value.get("leadgen_id"), max_chars=None)
         if lead_id is None or not LEAD_ID.match(lead_id):
             raise MalformedBody(f"{where}.value.leadgen_id is missing or not a numeric id")
         fields = {}
         for key in WEBHOOK_ID_KEYS:
-            text = id_text(value.get(key))
+            text = id_text(value.get(key), max_chars=None)
             if text is not None:
                 fields[key] = text
         return Lead(fields=fields, event_id=lead_id, fetch={"kind": FETCH_KIND, "id": lead_id})
-
-    def reply(self, outcome: Outcome) -> Reply:
-        answer = default_reply(outcome)
-        # Meta's docs ask for "200 OK"; a 202 is not promised to count as delivered.
-        if 200 <= answer.status < 300:
-            answer.status = 200
-        return answer
 
     # --- worker side -------------------------------------------------------------------------
 
@@ -247,15 +238,13 @@ def graph_error(status: int, data: Any, route: Route) -> ProviderFetchError:
     if isinstance(code, int):
         parts.append(f"code {code}" + (f"/{subcode}" if isinstance(subcode, int) else ""))
     text = ": ".join([" ".join(parts)] + ([message] if isinstance(message, str) else []))
-    for secret in route.secrets():
-        text = text.replace(secret, "[redacted]")
     transient = (
         status >= 500
         or status == 429
         or error.get("is_transient") is True
         or (isinstance(code, int) and (code in TRANSIENT_CODES or 80000 <= code < 80100))
     )
-    return ProviderFetchError(text[:MAX_ERROR_CHARS], transient=transient, status=status)
+    return ProviderFetchError(redact(text, route, "[redacted]"), transient=transient, status=status)
 
 
 def lead_from_node(node: dict[str, Any], event: Event, lead_id: str) -> Lead:
@@ -278,10 +267,8 @@ def lead_from_node(node: dict[str, Any], event: Event, lead_id: str) -> Lead:
     fields.update(answers)
 
     def one(key: str) -> str | None:
-        value = answers.get(key)
-        return value.strip() or None if isinstance(value, str) else None
+        return clean_text(answers.get(key), (str,))
 
-    country = one("country")
     return Lead(
         fields=fields,
         event_id=event.event_id or lead_id,
@@ -290,19 +277,8 @@ def lead_from_node(node: dict[str, Any], event: Event, lead_id: str) -> Lead:
         last_name=one("last_name"),
         phone=one("phone_number"),
         email=one("email"),
-        country=country.upper() if country and len(country) == 2 and country.isalpha() else None,
+        country=country_code(answers.get("country")),
     )
-
-
-def id_text(value: Any) -> str | None:
-    """An id sent as a string (real deliveries) or a number (Meta's samples) → text."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str) and value.strip():
-        return value.strip()
-    return None
 
 
 SOURCE = MetaLeadAdsSource()

@@ -15,7 +15,15 @@ from urllib.parse import quote
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError
-from bridge.sources.base import Source, provider_get
+from bridge.sources.base import (
+    Source,
+    clean_text,
+    fetch_reference,
+    id_text,
+    provider_get,
+    redact,
+    refused_fetch,
+)
 
 if TYPE_CHECKING:
     import requests
@@ -34,7 +42,6 @@ CUSTOM_FIELD_KEY = re.compile(r"^[0-9a-f]{40}$")
 #: Scalar fields of a person kept as they are; phones, emails, organization and owner are
 #: flattened separately.
 PERSON_FIELDS = ("id", "name", "first_name", "last_name", "label", "label_ids", "add_time")
-MAX_ERROR_CHARS = 300
 
 
 class PipedriveSource(Source):
@@ -62,7 +69,7 @@ class PipedriveSource(Source):
             raise MalformedBody("no meta object: not a Pipedrive webhook")
         if "data" in payload or str(meta.get("version", "")).startswith("2"):
             action, entity, record_key = meta.get("action"), meta.get("entity"), "data"
-            event_id = _id_text(meta.get("id"))
+            event_id = id_text(meta.get("id"))
         else:
             action, entity, record_key = v1_event(payload, meta)
             event_id = v1_event_id(meta)
@@ -80,11 +87,7 @@ class PipedriveSource(Source):
 
     def fetch(self, event: Event, route: Route, http: requests.Session, timeout: float) -> Lead:
         """The person a lead or a deal points at, with the lead's / deal's own fields kept."""
-
-        spec = event.fetch or {}
-        person_id = _id_text(spec.get("id"))
-        if spec.get("kind") != "pipedrive_person" or person_id is None:
-            raise ProviderFetchError(f"not a Pipedrive person reference: {spec!r}", transient=False)
+        person_id = fetch_reference(event, "pipedrive_person", "Pipedrive person")
         if not route.access_token:
             raise ProviderFetchError(
                 "this route has no access_token: set a Pipedrive API token to fetch the person "
@@ -101,11 +104,11 @@ class PipedriveSource(Source):
             headers={"x-api-token": route.access_token, "Accept": "application/json"},
         )
         if resp.status_code != 200:
-            raise ProviderFetchError(
-                f"Pipedrive API answered {resp.status_code} for person {person_id}: "
-                f"{_api_error(resp, body, route)}",
-                transient=resp.status_code == 429 or resp.status_code >= 500,
-                status=resp.status_code,
+            raise refused_fetch(
+                "Pipedrive API",
+                resp.status_code,
+                f"person {person_id}",
+                _api_error(resp, body, route),
             )
         record = body.get("data") if isinstance(body, dict) else None
         if not isinstance(record, dict):
@@ -137,11 +140,11 @@ def v1_event(payload: dict[str, Any], meta: dict[str, Any]) -> tuple[Any, Any, s
 def v1_event_id(meta: dict[str, Any]) -> str | None:
     """v1 has no event id; the webhook, the object and the change's microsecond stamp make
     one (``retry`` changes the body, so the body hash would not catch redeliveries)."""
-    record_id = _id_text(meta.get("id"))
-    stamp = _id_text(meta.get("timestamp_micro")) or _id_text(meta.get("timestamp"))
+    record_id = id_text(meta.get("id"))
+    stamp = id_text(meta.get("timestamp_micro")) or id_text(meta.get("timestamp"))
     if record_id is None or stamp is None:
         return None
-    parts = [_id_text(meta.get("webhook_id")) or "-", str(meta.get("object")), record_id, stamp]
+    parts = [id_text(meta.get("webhook_id")) or "-", str(meta.get("object")), record_id, stamp]
     return "v1:" + ":".join(parts)
 
 
@@ -167,9 +170,9 @@ def person_lead(record: dict[str, Any]) -> Lead:
         fields["custom_fields"] = custom
     return Lead(
         fields=fields,
-        name=_text(record.get("name")),
-        first_name=_text(record.get("first_name")),
-        last_name=_text(record.get("last_name")),
+        name=clean_text(record.get("name")),
+        first_name=clean_text(record.get("first_name")),
+        last_name=clean_text(record.get("last_name")),
         phone=phones[0] if phones else None,
         email=emails[0] if emails else None,
     )
@@ -182,7 +185,7 @@ def linked_lead(entity: str, record: dict[str, Any]) -> Lead:
     if custom:
         own["custom_fields"] = custom
     person = record.get("person_id")
-    person_id = _id_text(person.get("value") if isinstance(person, dict) else person)
+    person_id = id_text(person.get("value") if isinstance(person, dict) else person)
     fetch = {"kind": "pipedrive_person", "id": person_id} if person_id else None
     return Lead(fields={entity: own}, fetch=fetch)
 
@@ -196,7 +199,7 @@ def contact_values(entries: Any) -> list[str]:
     values: list[tuple[bool, str]] = []
     for entry in entries:
         value = entry.get("value") if isinstance(entry, dict) else entry
-        text = _text(value)
+        text = clean_text(value)
         if text:
             primary = isinstance(entry, dict) and entry.get("primary") is True
             values.append((not primary, text))
@@ -226,9 +229,7 @@ def _api_error(resp: Any, body: Any, route: Route) -> str:
             text += f" ({body['error_info']})"
     else:
         text = resp.reason or "error"
-    for secret in route.secrets():
-        text = text.replace(secret, "***")
-    return text[:MAX_ERROR_CHARS]
+    return redact(text, route)
 
 
 def _named(value: Any) -> Any:
@@ -239,23 +240,10 @@ def _named(value: Any) -> Any:
 
 
 def _present(value: Any) -> bool:
+    # Unlike ``base.present``, a non-empty list or object is kept (label_ids, custom values).
     if value is None or value in ([], {}):
         return False
     return not (isinstance(value, str) and not value.strip())
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    text = str(value).strip()
-    return text or None
-
-
-def _id_text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        return None
-    text = str(value).strip()
-    return text[:100] or None
 
 
 SOURCE = PipedriveSource()

@@ -19,12 +19,16 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import IngestError, MalformedBody, SignatureInvalid, StorageUnavailable
 from bridge.parsing import local_name, media_kind, parse_xml, xml_to_data
 from bridge.sources.base import (
+    MAX_EVENT_ID_CHARS,
     Outcome,
     Reply,
     Source,
     check_shared_credentials,
+    clean_text,
     default_reply,
     equal,
+    first_country,
+    first_text,
 )
 
 XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
@@ -182,7 +186,7 @@ def sobject_fields(sobject: Element) -> dict[str, Any]:
 
 def callout_leads(req: InboundRequest, payload: Any) -> list[Lead]:
     if isinstance(payload, dict):
-        key = (req.header("idempotency-key") or "").strip()[:200] or None
+        key = (req.header("idempotency-key") or "").strip()[:MAX_EVENT_ID_CHARS] or None
         return [with_hints(Lead(fields=payload, event_id=key), payload)]
     if isinstance(payload, list) and payload and all(isinstance(p, dict) for p in payload):
         return [with_hints(Lead(fields=record), record) for record in payload]
@@ -196,16 +200,12 @@ def callout_leads(req: InboundRequest, payload: Any) -> list[Lead]:
 
 
 def with_hints(lead: Lead, fields: dict[str, Any]) -> Lead:
-    lead.first_name = _text(fields.get("FirstName"))
-    lead.last_name = _text(fields.get("LastName"))
-    lead.name = _text(fields.get("Name"))
-    lead.email = _text(fields.get("Email"))
-    lead.phone = next((_text(fields.get(k)) for k in PHONE_FIELDS if _text(fields.get(k))), None)
-    for key in COUNTRY_FIELDS:
-        code = _text(fields.get(key))
-        if code and len(code) == 2 and code.isalpha():
-            lead.country = code.upper()
-            break
+    lead.first_name = clean_text(fields.get("FirstName"))
+    lead.last_name = clean_text(fields.get("LastName"))
+    lead.name = clean_text(fields.get("Name"))
+    lead.email = clean_text(fields.get("Email"))
+    lead.phone = first_text(fields, PHONE_FIELDS)
+    lead.country = first_country(fields, COUNTRY_FIELDS)
     return lead
 
 
@@ -221,13 +221,6 @@ def soap_fault(error: IngestError) -> Reply:
         headers["Retry-After"] = str(error.retry_after)
     body = FAULT.format(code=code, message=escape(f"{error.error}: {error.message}"))
     return Reply(error.status, body, content_type=SOAP_CONTENT_TYPE, headers=headers)
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 SOURCE = SalesforceSource()

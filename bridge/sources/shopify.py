@@ -16,17 +16,19 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
 from bridge.phone import InvalidPhone, to_e164
 from bridge.sources.base import (
+    MAX_EVENT_ID_CHARS,
     Source,
-    check_shared_credentials,
+    check_signed,
+    clean_text,
+    country_code,
     equal,
     hmac_digest,
+    present,
     require_header,
-    require_secret,
 )
 
 SIGNATURE_HEADER = "x-shopify-hmac-sha256"
 LEAD_TOPIC = "customers/create"
-MAX_EVENT_ID_CHARS = 200
 # Customer keys kept as fields (the rest is bookkeeping: ids, GraphQL ids, tax flags).
 CUSTOMER_KEYS = (
     "first_name",
@@ -75,11 +77,7 @@ class ShopifySource(Source):
         return []
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret:
-            check_shopify_hmac(req, route.secret)
-        elif not (route.token or route.basic_auth):
-            require_secret(route)
-        check_shared_credentials(req, route)
+        check_signed(req, route, check_shopify_hmac)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         topic = (req.header("x-shopify-topic") or LEAD_TOPIC).strip().lower()
@@ -123,11 +121,11 @@ def customer_lead(
         fields["customer_id"] = str(customer_id)
     for key in CUSTOMER_KEYS:
         value = customer.get(key)
-        if _present(value):
+        if present(value):
             fields[key] = value
     for key in ("sms_marketing_consent", "email_marketing_consent"):
         consent = customer.get(key)
-        if isinstance(consent, dict) and _present(consent.get("state")):
+        if isinstance(consent, dict) and present(consent.get("state")):
             fields[key] = consent["state"]
     shop = (req.header("x-shopify-shop-domain") or "").strip()
     if shop:
@@ -135,7 +133,7 @@ def customer_lead(
 
     default = customer.get("default_address")
     default = default if isinstance(default, dict) else {}
-    address = {k: default[k] for k in ADDRESS_KEYS if _present(default.get(k))}
+    address = {k: default[k] for k in ADDRESS_KEYS if present(default.get(k))}
     if address:
         fields["default_address"] = address
 
@@ -180,20 +178,12 @@ def sms_consent(customer: dict[str, Any]) -> str | None:
 
 
 def _country(address: dict[str, Any]) -> str | None:
-    code = address.get("country_code")
-    if isinstance(code, str) and len(code.strip()) == 2 and code.strip().isalpha():
-        return code.strip().upper()
-    return None
-
-
-def _present(value: Any) -> bool:
-    if value is None or isinstance(value, (dict, list)):
-        return False
-    return not (isinstance(value, str) and not value.strip())
+    return country_code(address.get("country_code"))
 
 
 def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
+    # Shopify's typed fields are strings: anything else is no name, phone or e-mail.
+    return clean_text(value, (str,))
 
 
 SOURCE = ShopifySource()

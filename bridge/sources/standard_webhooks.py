@@ -16,19 +16,18 @@ from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
 from bridge.sources.base import (
+    MAX_EVENT_ID_CHARS,
     Source,
-    check_shared_credentials,
+    check_signed,
     check_timestamp,
     equal,
     hmac_digest,
-    require_secret,
 )
 
 SECRET_PREFIX = "whsec_"
 # The spec's header names, then Svix's (the reference producer) for producers that still send
 # the branded ones; each request uses one family for all three headers.
 HEADER_PREFIXES = ("webhook-", "svix-")
-MAX_EVENT_ID_CHARS = 200
 
 
 class StandardWebhooksSource(Source):
@@ -57,11 +56,7 @@ class StandardWebhooksSource(Source):
         return problems
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret:
-            self.check_signature(req, route.secret)
-        elif not (route.token or route.basic_auth):
-            require_secret(route)
-        check_shared_credentials(req, route)
+        check_signed(req, route, self.check_signature)
 
     def check_signature(self, req: InboundRequest, secret: str, now: float | None = None) -> None:
         key = signing_key(secret)

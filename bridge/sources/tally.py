@@ -16,17 +16,16 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
 from bridge.mapping import text
 from bridge.sources.base import (
+    MAX_EVENT_ID_CHARS,
     Source,
-    check_shared_credentials,
+    check_signed,
     equal,
     hmac_digest,
+    put_field,
     require_header,
-    require_secret,
 )
-from bridge.sources.typeform import put_field
 
 SIGNATURE_HEADER = "tally-signature"
-MAX_EVENT_ID_CHARS = 200
 
 SINGLE_CHOICE = {"MULTIPLE_CHOICE", "DROPDOWN"}
 MULTI_CHOICE = {"CHECKBOXES", "MULTI_SELECT", "RANKING"}
@@ -40,16 +39,7 @@ class TallySource(Source):
     unmappable = "accept"
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret or not (route.token or route.basic_auth):
-            secret = require_secret(route)
-            given = require_header(req, SIGNATURE_HEADER)
-            expected = base64.b64encode(hmac_digest(secret, req.body)).decode()
-            if not equal(given, expected):
-                raise SignatureInvalid(
-                    "Tally-Signature does not match the body signed with this route's secret",
-                    reason="bad_signature",
-                )
-        check_shared_credentials(req, route)
+        check_signed(req, route, check_tally_signature)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):
@@ -89,6 +79,16 @@ class TallySource(Source):
         )
         lead.event_id = event_id[:MAX_EVENT_ID_CHARS] or None
         return [lead]
+
+
+def check_tally_signature(req: InboundRequest, secret: str) -> None:
+    given = require_header(req, SIGNATURE_HEADER)
+    expected = base64.b64encode(hmac_digest(secret, req.body)).decode()
+    if not equal(given, expected):
+        raise SignatureInvalid(
+            "Tally-Signature does not match the body signed with this route's secret",
+            reason="bad_signature",
+        )
 
 
 def answer_value(item: dict[str, Any]) -> Any:

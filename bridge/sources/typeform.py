@@ -18,16 +18,16 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
 from bridge.mapping import text
 from bridge.sources.base import (
+    MAX_EVENT_ID_CHARS,
     Source,
-    check_shared_credentials,
+    check_signed,
     equal,
     hmac_digest,
+    put_field,
     require_header,
-    require_secret,
 )
 
 SIGNATURE_HEADER = "typeform-signature"
-MAX_EVENT_ID_CHARS = 200
 
 # Refs Typeform assigns when nobody set one: UUIDs (builder) and ULIDs (newer forms).
 GENERATED_REF = re.compile(
@@ -53,22 +53,7 @@ class TypeformSource(Source):
     unmappable = "accept"
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret or not (route.token or route.basic_auth):
-            secret = require_secret(route)
-            header = require_header(req, SIGNATURE_HEADER)
-            scheme, sep, given = header.partition("=")
-            if not sep or scheme.strip().lower() != "sha256":
-                raise SignatureInvalid(
-                    "Typeform-Signature header is not of the form sha256=<base64 digest>",
-                    reason="bad_signature",
-                )
-            expected = base64.b64encode(hmac_digest(secret, req.body)).decode()
-            if not equal(given.strip(), expected):
-                raise SignatureInvalid(
-                    "Typeform-Signature does not match the body signed with this route's secret",
-                    reason="bad_signature",
-                )
-        check_shared_credentials(req, route)
+        check_signed(req, route, check_typeform_signature)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):
@@ -119,6 +104,22 @@ class TypeformSource(Source):
         event_id = text(response.get("token")) or text(payload.get("event_id"))
         lead.event_id = event_id[:MAX_EVENT_ID_CHARS] or None
         return [lead]
+
+
+def check_typeform_signature(req: InboundRequest, secret: str) -> None:
+    header = require_header(req, SIGNATURE_HEADER)
+    scheme, sep, given = header.partition("=")
+    if not sep or scheme.strip().lower() != "sha256":
+        raise SignatureInvalid(
+            "Typeform-Signature header is not of the form sha256=<base64 digest>",
+            reason="bad_signature",
+        )
+    expected = base64.b64encode(hmac_digest(secret, req.body)).decode()
+    if not equal(given.strip(), expected):
+        raise SignatureInvalid(
+            "Typeform-Signature does not match the body signed with this route's secret",
+            reason="bad_signature",
+        )
 
 
 def answer_value(answer: dict[str, Any]) -> Any:
@@ -178,16 +179,6 @@ def name_part(label: str) -> str | None:
     if ("name" in tokens or "fullname" in tokens) and not tokens & NOT_A_PERSON:
         return "name"
     return None
-
-
-def put_field(fields: dict[str, Any], key: str, value: Any) -> None:
-    """Add without overwriting: a repeated key gets `` (2)``, `` (3)``..."""
-    if key in fields:
-        n = 2
-        while f"{key} ({n})" in fields:
-            n += 1
-        key = f"{key} ({n})"
-    fields[key] = value
 
 
 SOURCE = TypeformSource()

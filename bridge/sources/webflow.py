@@ -18,21 +18,17 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
 from bridge.mapping import text
 from bridge.sources.base import (
-    Outcome,
-    Reply,
+    MAX_EVENT_ID_CHARS,
     Source,
-    check_shared_credentials,
+    check_signed,
     check_timestamp,
-    default_reply,
     equal,
     hmac_digest,
     require_header,
-    require_secret,
 )
 
 SIGNATURE_HEADER = "x-webflow-signature"
 TIMESTAMP_HEADER = "x-webflow-timestamp"
-MAX_EVENT_ID_CHARS = 200
 
 
 class WebflowSource(Source):
@@ -40,28 +36,29 @@ class WebflowSource(Source):
     signs = True
     # A non-200 counts as a failure and failures deactivate the webhook.
     unmappable = "accept"
+    answers_200 = True
     # Webflow's documented replay window.
     timestamp_tolerance = 300
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        if route.secret or not (route.token or route.basic_auth):
-            secret = require_secret(route)
-            given = require_header(req, SIGNATURE_HEADER)
-            timestamp = require_header(req, TIMESTAMP_HEADER)
-            if not timestamp.isdigit():
-                raise SignatureInvalid(
-                    f"{TIMESTAMP_HEADER} is not a Unix time in milliseconds",
-                    reason="bad_timestamp",
-                )
-            check_timestamp(timestamp, self.timestamp_tolerance)
-            expected = hmac_digest(secret, timestamp.encode() + b":" + req.body).hex()
-            if not equal(given.lower(), expected):
-                raise SignatureInvalid(
-                    "x-webflow-signature does not match the timestamp and body signed with this "
-                    "route's secret",
-                    reason="bad_signature",
-                )
-        check_shared_credentials(req, route)
+        check_signed(req, route, self.check_signature)
+
+    def check_signature(self, req: InboundRequest, secret: str) -> None:
+        given = require_header(req, SIGNATURE_HEADER)
+        timestamp = require_header(req, TIMESTAMP_HEADER)
+        if not timestamp.isdigit():
+            raise SignatureInvalid(
+                f"{TIMESTAMP_HEADER} is not a Unix time in milliseconds",
+                reason="bad_timestamp",
+            )
+        check_timestamp(timestamp, self.timestamp_tolerance)
+        expected = hmac_digest(secret, timestamp.encode() + b":" + req.body).hex()
+        if not equal(given.lower(), expected):
+            raise SignatureInvalid(
+                "x-webflow-signature does not match the timestamp and body signed with this "
+                "route's secret",
+                reason="bad_signature",
+            )
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):
@@ -85,12 +82,6 @@ class WebflowSource(Source):
         if form_name:
             fields.setdefault("form_name", form_name)
         return [Lead(fields=fields, event_id=event_id[:MAX_EVENT_ID_CHARS] or None)]
-
-    def reply(self, outcome: Outcome) -> Reply:
-        reply = default_reply(outcome)
-        if 200 <= reply.status < 300:
-            reply.status = 200
-        return reply
 
 
 SOURCE = WebflowSource()

@@ -9,7 +9,7 @@
 - Contact Form 7 (through a webhook add-on): ``get_posted_data()`` keyed by form-tag names
   (``your-name``, ``your-tel``); ``_wpcf7*`` bookkeeping dropped, one-item lists unwrapped.
 - Anything else (WPForms key/value bodies, Gravity "Select Fields"): the flat-record contract
-  shared with Zapier (``bridge.sources.zapier.record_lead``).
+  shared with Zapier (``bridge.sources.base.flat_record_lead``).
 
 None of them signs: the route's ``token`` (``X-Bridge-Token`` header or ``?token=``) or
 ``basic_auth`` guards it.
@@ -25,8 +25,7 @@ from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.mapping import text
-from bridge.sources.base import Source
-from bridge.sources.zapier import MAX_EVENT_ID_CHARS, record_lead
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source, country_code, flat_record_lead
 
 GRAVITY_KEY = re.compile(r"^(\d+)(?:\.(\d+))?$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
@@ -54,8 +53,8 @@ class WordPressSource(Source):
         if is_gravity_entry(payload):
             return [gravity_lead(payload)]
         if any(str(k).startswith(("_wpcf7", "your-")) for k in payload):
-            return [record_lead(contact_form_7_fields(payload))]
-        return [record_lead(payload)]
+            return [flat_record_lead(contact_form_7_fields(payload))]
+        return [flat_record_lead(payload)]
 
 
 def is_gravity_entry(payload: dict[str, Any]) -> bool:
@@ -85,9 +84,9 @@ def gravity_lead(entry: dict[str, Any]) -> Lead:
         if subs & ADDRESS_ONLY_INPUTS:
             if {"5", ADDRESS_COUNTRY_INPUT} <= subs or {"1", "5"} <= subs:
                 grouped.add(field_id)
-                country = text(parts.get(ADDRESS_COUNTRY_INPUT))
-                if len(country) == 2 and country.isalpha() and not lead.country:
-                    lead.country = country.upper()
+                country = country_code(text(parts.get(ADDRESS_COUNTRY_INPUT)))
+                if country and not lead.country:
+                    lead.country = country
         elif subs & {"3", "6"} and not (lead.first_name or lead.last_name):
             grouped.add(field_id)
             lead.first_name = text(parts.get("3")) or None

@@ -24,6 +24,8 @@ from bridge.sources.base import (
     Source,
     check_basic_auth,
     check_shared_credentials,
+    clean_text,
+    country_code,
     equal,
 )
 
@@ -132,10 +134,10 @@ def with_hints(lead: Lead, fields: dict[str, Any]) -> Lead:
     by_key: dict[str, Any] = {}
     for key, value in fields.items():
         squashed = re.sub(r"[^a-z0-9]", "", key.lower())
-        if squashed not in by_key and _text(value):
+        if squashed not in by_key and clean_text(value):
             by_key[squashed] = value
     found = {
-        hint: next((_text(by_key[k]) for k in keys if k in by_key), None)
+        hint: next((clean_text(by_key[k]) for k in keys if k in by_key), None)
         for hint, keys in HINT_KEYS.items()
     }
     lead.first_name = found["first_name"]
@@ -143,17 +145,9 @@ def with_hints(lead: Lead, fields: dict[str, Any]) -> Lead:
     lead.name = found["name"]
     lead.phone = found["phone"]
     lead.email = found["email"]
-    country = found["country"]
-    if country and len(country) == 2 and country.isalpha():
-        lead.country = country.upper()
+    # The first country key present decides, valid or not (unlike ``first_country``).
+    lead.country = country_code(found["country"])
     return lead
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        return None
-    text = str(value).strip()
-    return text or None
 
 
 SOURCE = ZohoCrmSource()

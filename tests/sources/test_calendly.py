@@ -10,12 +10,10 @@ import time
 
 import pytest
 
-from bridge.config import build_settings
-from bridge.event import Event, InboundRequest
-from bridge.exceptions import ConfigError, MalformedBody, SignatureInvalid, Unmappable
-from bridge.mapping import map_event
+from bridge.exceptions import ConfigError, MalformedBody, Unmappable
 from bridge.sources.base import Accepted, Outcome
 from bridge.sources.calendly import SOURCE
+from tests.sources import harness
 
 SECRET = "calendly-signing-key-9b1f0c7e"
 INVITEE_URI = "https://api.calendly.com/scheduled_events/EVT123/invitees/INV456"
@@ -73,14 +71,15 @@ def booking(**changes):
     return data
 
 
+ROUTE_DATA = {"name": "r", "source": "calendly", "audience_id": "aud_1", "secret": SECRET}
+
+
 def route_data(**extra):
-    data = {"name": "r", "source": "calendly", "audience_id": "aud_1", "secret": SECRET}
-    data.update(extra)
-    return {k: v for k, v in data.items() if v is not None}
+    return harness.route_data(ROUTE_DATA, **extra)
 
 
 def make_route(**extra):
-    return build_settings({"routes": [route_data(**extra)]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 def signed(payload=BOOKING, *, secret=SECRET, timestamp=None, body=None, **headers):
@@ -88,41 +87,23 @@ def signed(payload=BOOKING, *, secret=SECRET, timestamp=None, body=None, **heade
     body = json.dumps(payload).encode() if body is None else body
     ts = str(int(time.time()) if timestamp is None else int(timestamp))
     mac = hmac.new(secret.encode(), ts.encode() + b"." + body, hashlib.sha256).hexdigest()
-    all_headers = {
+    base = {
         "content-type": "application/json; charset=utf-8",
         "calendly-webhook-signature": f"t={ts},v1={mac}",
     }
-    for name, value in headers.items():
-        name = name.replace("_", "-")
-        if value is None:
-            all_headers.pop(name, None)
-        else:
-            all_headers[name] = value
-    return InboundRequest(method="POST", route="r", body=body, headers=all_headers, query={})
+    return harness.request(body, harness.with_headers(base, **headers))
 
 
 def leads_of(req, route=None):
-    route = route or make_route()
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route or make_route())
 
 
 def contact(lead, route=None):
-    route = route or make_route()
-    event = Event.from_lead(
-        lead,
-        route=route.name,
-        source=SOURCE.name,
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route or make_route())
 
 
 def reason_of(req, route=None):
-    with pytest.raises(SignatureInvalid) as info:
-        SOURCE.verify(req, route or make_route())
-    return info.value.reason
+    return harness.reason_of(SOURCE, req, route or make_route())
 
 
 # --- valid deliveries ---------------------------------------------------------------------------
@@ -226,8 +207,7 @@ def test_flipped_body_byte():
     req = signed()
     body = bytearray(req.body)
     body[20] ^= 0x01
-    broken = InboundRequest(method="POST", route="r", body=bytes(body), headers=req.headers)
-    assert reason_of(broken) == "bad_signature"
+    assert reason_of(harness.request(bytes(body), req.headers)) == "bad_signature"
 
 
 def test_wrong_secret():
@@ -293,12 +273,6 @@ def test_odd_shapes_never_raise_other_errors():
 
 def test_through_the_app_with_a_retry(make_client):
     client = make_client(routes=[route_data()])
-    req = signed()
-    resp = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 202, resp.get_json()
     retry = signed(timestamp=time.time() + 1)  # Calendly signs each attempt afresh
-    again = client.post("/hooks/r", data=retry.body, headers=dict(retry.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
-    bad = signed(secret="another-key")
-    assert client.post("/hooks/r", data=bad.body, headers=dict(bad.headers)).status_code == 401
+    harness.post_twice(client, signed(), repeat=retry)
+    assert harness.post(client, signed(secret="another-key")).status_code == 401

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import Route, build_settings
-from bridge.event import Event, InboundRequest
-from bridge.exceptions import MalformedBody, SignatureInvalid, Unmappable
-from bridge.mapping import map_event
+from bridge.config import Route
+from bridge.event import InboundRequest
+from bridge.exceptions import MalformedBody, Unmappable
 from bridge.sources.google_forms import SOURCE
+from tests.sources import harness
 
 TOKEN = "gf-script-token-8e7d6c"
 
@@ -36,11 +36,11 @@ SCRIPT_BODY = {
 }
 
 
+ROUTE_DATA = {"name": "r", "source": "google_forms", "audience_name": "Demo", "token": TOKEN}
+
+
 def make_route(**extra) -> Route:
-    data = {"name": "r", "source": "google_forms", "audience_name": "Demo", "token": TOKEN}
-    data.update(extra)
-    data = {k: v for k, v in data.items() if v is not None}
-    return build_settings({"routes": [data]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 ROUTE = make_route()
@@ -51,30 +51,24 @@ def posted(
 ) -> InboundRequest:
     """The one valid builder: UrlFetchApp posting the script's JSON with the token header."""
     body = json.dumps(payload).encode() if body is None else body
-    headers = {
+    base = {
         "content-type": content_type,
         "user-agent": "Mozilla/5.0 (compatible; Google-Apps-Script; beanserver; "
         "+https://script.google.com; id: UAEmdDd-abc)",
-        "x-bridge-token": token,
     }
-    headers = {k: v for k, v in headers.items() if v is not None}
-    return InboundRequest(method="POST", route="r", body=body, headers=headers, query={})
+    return harness.request(body, harness.with_headers(base, x_bridge_token=token))
 
 
 def leads_of(req, route=ROUTE):
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route)
 
 
 def contact_of(lead, route=ROUTE):
-    event = Event.from_lead(
-        lead,
-        route=route.name,
-        source="google_forms",
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route)
+
+
+def refusal(req, route=ROUTE):
+    return harness.refusal(SOURCE, req, route)
 
 
 def body_with(**changes):
@@ -187,7 +181,7 @@ def test_malformed_bodies_are_refused_with_the_reason(payload, message):
     )
 )
 def test_any_json_either_normalizes_or_is_malformed(payload):
-    req = InboundRequest(method="POST", route="r", body=b"{}")
+    req = harness.request(b"{}", {})
     try:
         leads = SOURCE.normalize(req, payload, ROUTE)
     except MalformedBody:
@@ -203,32 +197,23 @@ def test_token_header_passes():
 
 
 def test_missing_token():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(posted(token=None), ROUTE)
-    assert exc.value.reason == "missing_token"
+    assert refusal(posted(token=None)).reason == "missing_token"
 
 
 def test_wrong_token():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(posted(token="guess"), ROUTE)
-    assert exc.value.reason == "bad_token"
-    assert TOKEN not in exc.value.message
+    error = refusal(posted(token="guess"))
+    assert error.reason == "bad_token"
+    assert TOKEN not in error.message
 
 
 # --- through the real Flask app and Redis -------------------------------------------------------
 
 
 def test_through_the_app(make_client):
-    route = {"name": "r", "source": "google_forms", "audience_name": "Demo", "token": TOKEN}
-    client = make_client(routes=[route])
-    req = posted()
-    resp = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 202, resp.get_json()
-    again = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
+    client = make_client(routes=[ROUTE_DATA])
+    harness.post_twice(client, posted())
     # No phone: a 422 naming the problem, which the script's owner sees.
     nophone = posted(body_with(responseId="2_other", answers={"Your name": "Neha"}))
-    refused = client.post("/hooks/r", data=nophone.body, headers=dict(nophone.headers))
+    refused = harness.post(client, nophone)
     assert refused.status_code == 422
     assert "phone" in refused.get_json()["message"]

@@ -6,37 +6,25 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
-from bridge.config import build_settings
 from bridge.event import Event, InboundRequest, Lead
-from bridge.exceptions import (
-    MalformedBody,
-    ProviderFetchError,
-    SignatureInvalid,
-    Unmappable,
-)
-from bridge.mapping import map_event
+from bridge.exceptions import MalformedBody, ProviderFetchError, Unmappable
 from bridge.sources.hubspot import SOURCE
+from tests.sources import harness
 
 SECRET = "hs-client-secret-6f1c"
 TOKEN = "hs-bridge-token-93ad"
 ACCESS_TOKEN = "pat-na1-access-token-77e2"
 URL = "https://bridge.example.com/hooks/hs"
-RECEIVED_AT = "2026-01-01T00:00:00.000Z"
+ROUTE_DATA = {"name": "hs", "source": "hubspot", "audience_id": "aud_1", "secret": SECRET}
 
 
 def make_route(**keys):
-    data = {"name": "hs", "source": "hubspot", "audience_id": "aud_1", "secret": SECRET}
-    data.update(keys)
-    data = {k: v for k, v in data.items() if v is not None}
-    return build_settings({"routes": [data]}, env={}).routes["hs"]
+    return harness.make_route(ROUTE_DATA, **keys)
 
 
 def signed(
@@ -69,21 +57,23 @@ def signed(
         h["x-hubspot-signature-version"] = version
         h["x-hubspot-signature"] = hashlib.sha256(source).hexdigest()
     h.update(headers or {})
-    return InboundRequest(method="POST", route="hs", body=body, headers=h, query={}, url=url)
+    return harness.request(body, h, route="hs", url=url)
 
 
 def contact_of(lead: Lead, route=None):
-    route = route or make_route()
-    event = Event.from_lead(
-        lead, route="hs", source="hubspot", event_id=lead.event_id or "e", received_at=RECEIVED_AT
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route or make_route())
 
 
 def leads_of(req: InboundRequest, route=None):
-    route = route or make_route()
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route or make_route())
+
+
+def refusal(req: InboundRequest, route=None):
+    return harness.refusal(SOURCE, req, route or make_route())
+
+
+def reason_of(req: InboundRequest, route=None):
+    return harness.reason_of(SOURCE, req, route or make_route())
 
 
 # --- fixtures: documented shapes -----------------------------------------------------------------
@@ -204,65 +194,49 @@ def test_v2_workflow_signature_covers_method_and_url():
 def test_any_valid_version_is_enough():
     req = signed(WORKFLOW_CUSTOM_BODY, versions=("v3", "v2"))
     broken = dict(req.headers, **{"x-hubspot-signature-v3": "AAAA"})
-    SOURCE.verify(InboundRequest("POST", "hs", req.body, broken, {}, URL), make_route())
+    SOURCE.verify(harness.request(req.body, broken, route="hs", url=URL), make_route())
 
 
 def test_flipped_body_byte_is_rejected():
     req = signed(WORKFLOW_CUSTOM_BODY)
     body = bytearray(req.body)
     body[5] ^= 0x01
-    tampered = InboundRequest("POST", "hs", bytes(body), req.headers, {}, URL)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(tampered, make_route())
-    assert exc.value.reason == "bad_signature"
+    tampered = harness.request(bytes(body), req.headers, route="hs", url=URL)
+    assert reason_of(tampered) == "bad_signature"
 
 
 def test_wrong_secret_is_rejected():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(WORKFLOW_CUSTOM_BODY, secret="other-secret"), make_route())
-    assert exc.value.reason == "bad_signature"
-    assert SECRET not in exc.value.message
+    error = refusal(signed(WORKFLOW_CUSTOM_BODY, secret="other-secret"))
+    assert error.reason == "bad_signature"
+    assert SECRET not in error.message
 
 
 def test_missing_signature_headers_are_rejected():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(WORKFLOW_CUSTOM_BODY, versions=()), make_route())
-    assert exc.value.reason == "missing_header"
+    assert reason_of(signed(WORKFLOW_CUSTOM_BODY, versions=())) == "missing_header"
 
 
 def test_v3_without_timestamp_header_is_rejected():
     req = signed(WORKFLOW_CUSTOM_BODY, versions=("v3",))
     headers = {k: v for k, v in req.headers.items() if k != "x-hubspot-request-timestamp"}
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(InboundRequest("POST", "hs", req.body, headers, {}, URL), make_route())
-    assert exc.value.reason == "missing_header"
+    assert reason_of(harness.request(req.body, headers, route="hs", url=URL)) == "missing_header"
 
 
 def test_stale_v3_timestamp_is_rejected():
     old = int((time.time() - 301) * 1000)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(WORKFLOW_CUSTOM_BODY, versions=("v3",), timestamp=old), make_route())
-    assert exc.value.reason == "stale_timestamp"
+    req = signed(WORKFLOW_CUSTOM_BODY, versions=("v3",), timestamp=old)
+    assert reason_of(req) == "stale_timestamp"
 
 
 def test_unreadable_v3_timestamp_is_rejected():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(
-            signed(
-                WORKFLOW_CUSTOM_BODY,
-                versions=("v3",),
-                headers={"x-hubspot-request-timestamp": "soon"},
-            ),
-            make_route(),
-        )
-    assert exc.value.reason == "bad_timestamp"
+    req = signed(
+        WORKFLOW_CUSTOM_BODY, versions=("v3",), headers={"x-hubspot-request-timestamp": "soon"}
+    )
+    assert reason_of(req) == "bad_timestamp"
 
 
 def test_v3_signed_for_another_url_is_rejected():
     req = signed(WORKFLOW_CUSTOM_BODY, versions=("v3",), signed_url="https://evil.example/x")
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(req, make_route())
-    assert exc.value.reason == "bad_signature"
+    assert reason_of(req) == "bad_signature"
 
 
 def test_v3_url_escapes_are_decoded_as_hubspot_does():
@@ -280,8 +254,7 @@ def test_public_url_option_rebuilds_the_url_behind_a_proxy():
         url="http://10.0.0.7:8000/hooks/hs?token=abc",
         signed_url=URL + "?token=abc",
     )
-    with pytest.raises(SignatureInvalid):
-        SOURCE.verify(req, make_route())
+    refusal(req)
     SOURCE.verify(req, make_route(public_url=URL))
 
 
@@ -290,27 +263,17 @@ def test_route_without_secret_checks_the_token():
     SOURCE.verify(
         signed(WORKFLOW_CUSTOM_BODY, versions=(), headers={"x-bridge-token": TOKEN}), route
     )
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(WORKFLOW_CUSTOM_BODY, versions=()), route)
-    assert exc.value.reason == "missing_token"
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(
-            signed(WORKFLOW_CUSTOM_BODY, versions=(), headers={"x-bridge-token": "nope"}), route
-        )
-    assert exc.value.reason == "bad_token"
+    assert reason_of(signed(WORKFLOW_CUSTOM_BODY, versions=()), route) == "missing_token"
+    wrong = signed(WORKFLOW_CUSTOM_BODY, versions=(), headers={"x-bridge-token": "nope"})
+    assert reason_of(wrong, route) == "bad_token"
 
 
 def test_route_with_secret_and_token_checks_both():
     route = make_route(token=TOKEN)
     SOURCE.verify(signed(WORKFLOW_CUSTOM_BODY, headers={"x-bridge-token": TOKEN}), route)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(WORKFLOW_CUSTOM_BODY), route)
-    assert exc.value.reason == "missing_token"
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(
-            signed(WORKFLOW_CUSTOM_BODY, secret="x", headers={"x-bridge-token": TOKEN}), route
-        )
-    assert exc.value.reason == "bad_signature"
+    assert reason_of(signed(WORKFLOW_CUSTOM_BODY), route) == "missing_token"
+    forged = signed(WORKFLOW_CUSTOM_BODY, secret="x", headers={"x-bridge-token": TOKEN})
+    assert reason_of(forged, route) == "bad_signature"
 
 
 def test_config_requires_a_secret_or_token():
@@ -538,37 +501,11 @@ API_ANSWERS = {
 
 @pytest.fixture(scope="module")
 def hubspot_api():
-    seen: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
-            parts = urlsplit(self.path)
-            seen.append(
-                {"path": parts.path, "query": parse_qs(parts.query), "headers": dict(self.headers)}
-            )
-            if parts.path.endswith("/slow"):
-                time.sleep(1.0)
-            status, body = API_ANSWERS.get(parts.path, (404, {"message": "no route"}))
-            data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:
-                pass  # the client gave up (timeout test)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    missing = (404, {"message": "no route"})
+    api = harness.FakeApi(API_ANSWERS, missing=missing)
+    api.answer("/crm/v3/objects/contacts/slow", *missing, delay=1.0)
+    yield api.url, api.seen
+    api.close()
 
 
 def fetch_event(contact_id: str) -> Event:
@@ -578,7 +515,7 @@ def fetch_event(contact_id: str) -> Event:
         fetch={"kind": "hubspot_contact", "id": contact_id},
     )
     return Event.from_lead(
-        lead, route="hs", source="hubspot", event_id=lead.event_id, received_at=RECEIVED_AT
+        lead, route="hs", source="hubspot", event_id=lead.event_id, received_at=harness.RECEIVED_AT
     )
 
 
@@ -631,12 +568,7 @@ def test_fetch_timeout_is_transient(hubspot_api):
 
 
 def test_fetch_unreachable_api_is_transient():
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    route = make_route(access_token=ACCESS_TOKEN, api_base_url=f"http://127.0.0.1:{port}")
+    route = make_route(access_token=ACCESS_TOKEN, api_base_url=harness.unused_url())
     with requests.Session() as http, pytest.raises(ProviderFetchError) as exc:
         SOURCE.fetch(fetch_event("123"), route, http, 1.0)
     assert exc.value.transient is True
@@ -652,7 +584,7 @@ def test_fetch_without_access_token_fails_permanently():
 
 def test_url_without_query_string_is_rebuilt_from_the_arguments():
     req = signed(WORKFLOW_CUSTOM_BODY, versions=("v3",), url=URL + "?token=abc")
-    base_only = InboundRequest("POST", "hs", req.body, req.headers, {"token": "abc"}, URL)
+    base_only = harness.request(req.body, req.headers, {"token": "abc"}, route="hs", url=URL)
     SOURCE.verify(base_only, make_route())
 
 
@@ -670,14 +602,9 @@ def test_through_the_app_batch_redelivery_and_fetch(make_client, run_jobs, hubsp
         "audience_name": "HubSpot leads",
     }
     client = make_client(routes=[route])
-    req = signed(WEBHOOKS_BATCH, url="http://localhost/hooks/hs")
-    resp = client.post("/hooks/hs", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 202, resp.get_json()
+    resp, _ = harness.post_twice(client, signed(WEBHOOKS_BATCH, url="http://localhost/hooks/hs"))
     body = resp.get_json()
     assert [d["status"] for d in body["deliveries"]] == ["queued", "queued"]
-    again = client.post("/hooks/hs", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
 
     assert run_jobs(client.settings) == 2
     delivered = [client.store.get(d["deliveryId"]) for d in body["deliveries"]]

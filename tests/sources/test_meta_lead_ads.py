@@ -6,27 +6,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import socket
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
-from bridge.config import build_settings
 from bridge.event import Event, InboundRequest
-from bridge.exceptions import (
-    ConfigError,
-    MalformedBody,
-    ProviderFetchError,
-    SignatureInvalid,
-    StorageUnavailable,
-)
-from bridge.mapping import map_event
+from bridge.exceptions import ConfigError, MalformedBody, ProviderFetchError, StorageUnavailable
 from bridge.sources.base import Accepted, Outcome
 from bridge.sources.meta_lead_ads import SOURCE
+from tests.sources import harness
 
 APP_SECRET = "3f1c0a9e8b7d6c5f4e3d2c1b0a9f8e7d"
 VERIFY_TOKEN = "bridge-verify-5521"
@@ -53,57 +41,42 @@ NOTIFICATION = {
 }
 
 
+ROUTE_DATA = {
+    "name": "r",
+    "source": "meta_lead_ads",
+    "audience_id": "aud_1",
+    "secret": APP_SECRET,
+    "verify_token": VERIFY_TOKEN,
+    "access_token": ACCESS_TOKEN,
+}
+
+
 def route_data(**extra):
-    data = {
-        "name": "r",
-        "source": "meta_lead_ads",
-        "audience_id": "aud_1",
-        "secret": APP_SECRET,
-        "verify_token": VERIFY_TOKEN,
-        "access_token": ACCESS_TOKEN,
-    }
-    data.update(extra)
-    return {k: v for k, v in data.items() if v is not None}
+    return harness.route_data(ROUTE_DATA, **extra)
 
 
 def make_route(**extra):
-    return build_settings({"routes": [route_data(**extra)]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 def signed(payload=NOTIFICATION, *, secret=APP_SECRET, body=None, **headers):
     """The one valid builder: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256(body)>``."""
     body = json.dumps(payload).encode() if body is None else body
     mac = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    all_headers = {"content-type": "application/json", "x-hub-signature-256": f"sha256={mac}"}
-    for name, value in headers.items():
-        name = name.replace("_", "-")
-        if value is None:
-            all_headers.pop(name, None)
-        else:
-            all_headers[name] = value
-    return InboundRequest(method="POST", route="r", body=body, headers=all_headers, query={})
+    base = {"content-type": "application/json", "x-hub-signature-256": f"sha256={mac}"}
+    return harness.request(body, harness.with_headers(base, **headers))
 
 
 def leads_of(req, route=None):
-    route = route or make_route()
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route or make_route())
 
 
 def event_of(lead, route):
-    return Event.from_lead(
-        lead,
-        route=route.name,
-        source=SOURCE.name,
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
+    return harness.event_of(SOURCE, lead, route)
 
 
 def reason_of(req, route=None):
-    with pytest.raises(SignatureInvalid) as info:
-        SOURCE.verify(req, route or make_route())
-    return info.value.reason
+    return harness.reason_of(SOURCE, req, route or make_route())
 
 
 # --- handshake ----------------------------------------------------------------------------------
@@ -195,9 +168,7 @@ def test_token_route_without_app_secret():
     route = make_route(secret=None, token="tok-1")
     req = signed(x_hub_signature_256=None)
     assert reason_of(req, route) == "missing_token"
-    req = InboundRequest(
-        method="POST", route="r", body=req.body, headers=req.headers, query={"token": "tok-1"}
-    )
+    req = harness.request(req.body, req.headers, {"token": "tok-1"})
     assert len(leads_of(req, route)) == 1
 
 
@@ -208,8 +179,7 @@ def test_flipped_body_byte():
     req = signed()
     body = bytearray(req.body)
     body[3] ^= 0x01
-    broken = InboundRequest(method="POST", route="r", body=bytes(body), headers=req.headers)
-    assert reason_of(broken) == "bad_signature"
+    assert reason_of(harness.request(bytes(body), req.headers)) == "bad_signature"
 
 
 def test_wrong_secret():
@@ -258,48 +228,12 @@ def test_malformed_body(payload):
 # --- fetching the lead from a real local HTTP server ------------------------------------------
 
 
-class Graph:
-    """A tiny Graph API stand-in: canned answers by path, and the requests it saw."""
-
-    def __init__(self):
-        self.answers: dict[str, tuple[int, object, float]] = {}
-        self.seen: list[tuple[str, dict[str, list[str]]]] = []
-        graph = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                url = urlsplit(self.path)
-                graph.seen.append((url.path, parse_qs(url.query)))
-                status, body, delay = graph.answers.get(url.path, (404, {"error": {}}, 0))
-                time.sleep(delay)
-                data = body if isinstance(body, bytes) else json.dumps(body).encode()
-                try:
-                    self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except OSError:
-                    pass  # the client timed out and left
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v23.0"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, lead_id, status, body, delay=0.0):
-        self.answers[f"/v23.0/{lead_id}"] = (status, body, delay)
-
-
 @pytest.fixture(scope="module")
 def graph():
-    server = Graph()
-    yield server
-    server.server.shutdown()
-    server.server.server_close()
+    """The Graph API: ``graph.answer(lead_id, status, body, delay)``, ``graph.seen``."""
+    api = harness.FakeApi(missing=(404, {"error": {}}), prefix="/v23.0")
+    yield api
+    api.close()
 
 
 @pytest.fixture
@@ -336,7 +270,7 @@ def fetch(graph, http, lead_id="1234567890123", route=None, timeout=2.0):
 def test_fetch_returns_the_full_lead_and_maps_it(graph, http):
     graph.answer("1234567890123", 200, LEAD_NODE)
     lead, route = fetch(graph, http)
-    path, query = graph.seen[-1]
+    path, query = graph.seen[-1]["path"], graph.seen[-1]["query"]
     assert path == "/v23.0/1234567890123"
     assert query["access_token"] == [ACCESS_TOKEN]
     assert "field_data" in query["fields"][0]
@@ -351,7 +285,7 @@ def test_fetch_returns_the_full_lead_and_maps_it(graph, http):
     assert lead.fields["platform"] == "ig"
     assert lead.fields["page_id"] == "1029384756"  # from the webhook
 
-    c = map_event(event_of(lead, route), route)
+    c = harness.contact_of(SOURCE, lead, route)
     assert c["name"] == "Meera Iyer"
     assert c["phoneNumber"] == "+919876543210"
     assert c["metadata"]["email"] == "meera@example.com"
@@ -373,7 +307,7 @@ def test_fetch_first_last_names_and_foreign_number(graph, http):
     graph.answer("222", 200, node)
     lead, route = fetch(graph, http, "222")
     assert lead.country == "GB"
-    c = map_event(event_of(lead, route), route)
+    c = harness.contact_of(SOURCE, lead, route)
     assert c["name"] == "John Smith"
     assert c["phoneNumber"] == "+447911123456"
 
@@ -386,7 +320,7 @@ def test_fetch_lead_fields_option_and_no_proof_without_secret(graph, http):
     )
     (webhook_lead,) = leads_of(req, route)
     SOURCE.fetch(event_of(webhook_lead, route), route, http, 2.0)
-    _, query = graph.seen[-1]
+    query = graph.seen[-1]["query"]
     assert query["fields"] == ["field_data"]
     assert "appsecret_proof" not in query
 
@@ -443,10 +377,7 @@ def test_fetch_timeout_is_transient(graph, http):
 
 
 def test_fetch_connection_refused_is_transient(http):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    route = make_route(api_base_url=f"http://127.0.0.1:{port}/v23.0")
+    route = make_route(api_base_url=harness.unused_url() + "/v23.0")
     (lead,) = leads_of(signed(), route)
     with pytest.raises(ProviderFetchError) as info:
         SOURCE.fetch(event_of(lead, route), route, http, 1.0)
@@ -488,13 +419,8 @@ def test_through_the_app_handshake_redelivery_and_fetch(make_client, run_jobs, g
     wrong = client.get("/hooks/r", query_string=dict(query, **{"hub.verify_token": "x"}))
     assert wrong.status_code == 403
 
-    req = signed()
-    resp = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 200, resp.get_json()
+    resp, _ = harness.post_twice(client, signed(), status=200)
     assert resp.get_json()["status"] == "queued"
-    again = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
 
     # The worker fetches the lead from the (local) Graph API, maps it and delivers it.
     assert run_jobs(client.settings) == 1

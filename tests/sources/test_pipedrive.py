@@ -5,29 +5,22 @@ from __future__ import annotations
 import base64
 import copy
 import json
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
 
-from bridge.config import build_settings
 from bridge.event import Event, InboundRequest, Lead
-from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid, Unmappable
-from bridge.mapping import map_event
+from bridge.exceptions import MalformedBody, ProviderFetchError, Unmappable
 from bridge.sources.pipedrive import SOURCE
+from tests.sources import harness
 
 BASIC = "pipedrive:s3cret-pass"
 API_TOKEN = "659c9fddb16335e48cc67114694b52074e812e03"
-RECEIVED_AT = "2026-01-01T00:00:00.000Z"
+ROUTE_DATA = {"name": "pd", "source": "pipedrive", "audience_id": "aud_1", "basic_auth": BASIC}
 
 
 def make_route(**keys):
-    data = {"name": "pd", "source": "pipedrive", "audience_id": "aud_1", "basic_auth": BASIC}
-    data.update(keys)
-    data = {k: v for k, v in data.items() if v is not None}
-    return build_settings({"routes": [data]}, env={}).routes["pd"]
+    return harness.make_route(ROUTE_DATA, **keys)
 
 
 def delivered(payload, *, credentials: str | None = BASIC, headers=None) -> InboundRequest:
@@ -37,20 +30,19 @@ def delivered(payload, *, credentials: str | None = BASIC, headers=None) -> Inbo
     if credentials is not None:
         h["authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
     h.update(headers or {})
-    return InboundRequest(method="POST", route="pd", body=body, headers=h, query={})
+    return harness.request(body, h, route="pd")
 
 
 def leads_of(req: InboundRequest, route=None):
-    route = route or make_route()
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route or make_route())
 
 
 def contact_of(lead: Lead, route=None):
-    event = Event.from_lead(
-        lead, route="pd", source="pipedrive", event_id=lead.event_id or "e", received_at=RECEIVED_AT
-    )
-    return map_event(event, route or make_route())
+    return harness.contact_of(SOURCE, lead, route or make_route())
+
+
+def refusal(req: InboundRequest, route=None):
+    return harness.refusal(SOURCE, req, route or make_route())
 
 
 V2_PERSON = {
@@ -166,27 +158,19 @@ def test_basic_credentials_are_accepted():
 
 
 def test_missing_basic_credentials_are_rejected():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(delivered(V2_PERSON, credentials=None), make_route())
-    assert exc.value.reason == "missing_header"
+    assert refusal(delivered(V2_PERSON, credentials=None)).reason == "missing_header"
 
 
 def test_wrong_basic_credentials_are_rejected():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(delivered(V2_PERSON, credentials="pipedrive:guess"), make_route())
-    assert exc.value.reason == "bad_token"
-    assert BASIC not in exc.value.message
+    error = refusal(delivered(V2_PERSON, credentials="pipedrive:guess"))
+    assert error.reason == "bad_token"
+    assert BASIC not in error.message
 
 
 def test_token_route_checks_the_token():
     route = make_route(basic_auth=None, token="pd-token-1")
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(delivered(V2_PERSON), route)
-    assert exc.value.reason == "missing_token"
-    SOURCE.verify(
-        InboundRequest("POST", "pd", b"{}", {}, {"token": "pd-token-1"}),
-        route,
-    )
+    assert refusal(delivered(V2_PERSON), route).reason == "missing_token"
+    SOURCE.verify(harness.request(b"{}", {}, {"token": "pd-token-1"}, route="pd"), route)
 
 
 # --- v2 ------------------------------------------------------------------------------------------
@@ -220,10 +204,8 @@ def test_route_mapping_reads_custom_fields_and_the_event_id():
         }
     )
     [lead] = leads_of(delivered(V2_PERSON), route)
-    event = Event.from_lead(
-        lead, route="pd", source="pipedrive", event_id=lead.event_id, received_at=RECEIVED_AT
-    )
-    contact = map_event(event, route)
+    assert lead.event_id is not None  # what the route's "event_id" reads
+    contact = contact_of(lead, route)
     assert contact["metadata"] == {
         "utm": "diwali",
         "pipedrive_event": "6c1c0b1c-9f0e-4d5c-8d7a-2b1e6f0c9a11",
@@ -375,33 +357,11 @@ ANSWERS = {
 
 @pytest.fixture(scope="module")
 def pipedrive_api():
-    seen: list[dict] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server's naming)
-            seen.append({"path": self.path, "headers": dict(self.headers)})
-            if self.path.endswith("/slow"):
-                time.sleep(1.0)
-            status, body = ANSWERS.get(self.path, (404, {"success": False, "error": "?"}))
-            data = json.dumps(body).encode()
-            try:
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-            except OSError:
-                pass  # the client gave up (timeout test)
-
-        def log_message(self, *args):
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    server.shutdown()
-    server.server_close()
+    missing = (404, {"success": False, "error": "?"})
+    api = harness.FakeApi(ANSWERS, missing=missing)
+    api.answer("/api/v2/persons/slow", *missing, delay=1.0)
+    yield api.url, api.seen
+    api.close()
 
 
 def fetch_event(person_id: str) -> Event:
@@ -411,7 +371,7 @@ def fetch_event(person_id: str) -> Event:
         fetch={"kind": "pipedrive_person", "id": person_id},
     )
     return Event.from_lead(
-        lead, route="pd", source="pipedrive", event_id="7d2f3a90", received_at=RECEIVED_AT
+        lead, route="pd", source="pipedrive", event_id="7d2f3a90", received_at=harness.RECEIVED_AT
     )
 
 
@@ -473,11 +433,8 @@ def test_through_the_app_and_redelivery(make_client):
     route = {"name": "pd", "source": "pipedrive", "basic_auth": BASIC, "audience_name": "PD"}
     client = make_client(routes=[route])
     req = delivered(V2_PERSON)
-    resp = client.post("/hooks/pd", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 202, resp.get_json()
+    resp, again = harness.post_twice(client, req)
     assert resp.get_json()["status"] == "queued"
-    again = client.post("/hooks/pd", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
     assert again.get_json() == {
         "deliveryId": resp.get_json()["deliveryId"],
         "status": "duplicate",

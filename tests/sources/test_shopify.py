@@ -10,11 +10,9 @@ import json
 
 import pytest
 
-from bridge.config import build_settings
-from bridge.event import Event, InboundRequest
-from bridge.exceptions import ConfigError, MalformedBody, SignatureInvalid, Unmappable
-from bridge.mapping import map_event
+from bridge.exceptions import ConfigError, MalformedBody, Unmappable
 from bridge.sources.shopify import SOURCE
+from tests.sources import harness
 
 SECRET = "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"
 WEBHOOK_ID = "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"
@@ -61,21 +59,22 @@ def customer(**changes):
     return data
 
 
+ROUTE_DATA = {"name": "r", "source": "shopify", "audience_name": "Shop", "secret": SECRET}
+
+
 def route_data(**extra):
-    data = {"name": "r", "source": "shopify", "audience_name": "Shop", "secret": SECRET}
-    data.update(extra)
-    return {k: v for k, v in data.items() if v is not None}
+    return harness.route_data(ROUTE_DATA, **extra)
 
 
 def make_route(**extra):
-    return build_settings({"routes": [route_data(**extra)]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 def signed(payload=None, *, secret=SECRET, body=None, topic="customers/create", **headers):
     """The one valid builder: a delivery signed as Shopify signs it."""
     body = json.dumps(CUSTOMER if payload is None else payload).encode() if body is None else body
     mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()
-    all_headers = {
+    base = {
         "content-type": "application/json",
         "x-shopify-topic": topic,
         "x-shopify-hmac-sha256": base64.b64encode(mac).decode(),
@@ -85,37 +84,19 @@ def signed(payload=None, *, secret=SECRET, body=None, topic="customers/create", 
         "x-shopify-event-id": "98880550-7158-44d4-b7cd-2c97c8a091b5",
         "x-shopify-triggered-at": "2026-01-01T04:30:00.000Z",
     }
-    for name, value in headers.items():
-        name = name.replace("_", "-")
-        if value is None:
-            all_headers.pop(name, None)
-        else:
-            all_headers[name] = value
-    return InboundRequest(method="POST", route="r", body=body, headers=all_headers, query={})
+    return harness.request(body, harness.with_headers(base, **headers))
 
 
 def leads_of(req, route=None):
-    route = route or make_route()
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route or make_route())
 
 
 def contact(lead, route=None):
-    route = route or make_route()
-    event = Event.from_lead(
-        lead,
-        route=route.name,
-        source=SOURCE.name,
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route or make_route())
 
 
 def reason_of(req, route=None):
-    with pytest.raises(SignatureInvalid) as info:
-        SOURCE.verify(req, route or make_route())
-    return info.value.reason
+    return harness.reason_of(SOURCE, req, route or make_route())
 
 
 # --- valid deliveries ---------------------------------------------------------------------------
@@ -216,8 +197,7 @@ def test_flipped_body_byte():
     req = signed()
     body = bytearray(req.body)
     body[5] ^= 0x01
-    broken = InboundRequest(method="POST", route="r", body=bytes(body), headers=req.headers)
-    assert reason_of(broken) == "bad_signature"
+    assert reason_of(harness.request(bytes(body), req.headers)) == "bad_signature"
 
 
 def test_wrong_secret():
@@ -269,16 +249,11 @@ def test_odd_shapes_never_raise_other_errors():
 
 def test_through_the_app_with_a_retry(make_client):
     client = make_client(routes=[route_data()])
-    req = signed()
-    resp = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 202, resp.get_json()
-    again = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
+    harness.post_twice(client, signed())
     # A customer without a phone is acknowledged (skipped), never a 4xx that would count
     # towards Shopify removing the subscription.
     data = customer(phone=None, default_address=None)
     nophone = signed(data, x_shopify_webhook_id="c6f1bd1e-0000-4000-8000-000000000001")
-    skipped = client.post("/hooks/r", data=nophone.body, headers=dict(nophone.headers))
+    skipped = harness.post(client, nophone)
     assert skipped.status_code == 202
     assert skipped.get_json()["status"] == "skipped"

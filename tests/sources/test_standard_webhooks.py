@@ -10,12 +10,10 @@ import time
 
 import pytest
 
-from bridge.config import build_settings
-from bridge.event import Event, InboundRequest
 from bridge.exceptions import ConfigError, MalformedBody, SignatureInvalid
-from bridge.mapping import map_event
 from bridge.sources import get_source
 from bridge.sources.standard_webhooks import SOURCE, sign, signing_key
+from tests.sources import harness
 
 KEY = b"bridge-test-signing-key-32-bytes"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -35,14 +33,15 @@ LEAD = {
 }
 
 
+ROUTE_DATA = {"name": "r", "source": "standard_webhooks", "audience_id": "aud_1", "secret": SECRET}
+
+
 def route_data(**extra):
-    data = {"name": "r", "source": "standard_webhooks", "audience_id": "aud_1", "secret": SECRET}
-    data.update(extra)
-    return {k: v for k, v in data.items() if v is not None}
+    return harness.route_data(ROUTE_DATA, **extra)
 
 
 def make_route(**extra):
-    return build_settings({"routes": [route_data(**extra)]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 def signed(
@@ -59,42 +58,27 @@ def signed(
         f"{prefix}timestamp": ts,
         f"{prefix}signature": "v1," + base64.b64encode(mac).decode(),
     }
-    return InboundRequest(method="POST", route="r", body=body, headers=headers, query={})
+    return harness.request(body, headers)
 
 
 def with_headers(req, **changes):
-    headers = dict(req.headers)
-    for name, value in changes.items():
-        name = name.replace("_", "-")
-        if value is None:
-            headers.pop(name, None)
-        else:
-            headers[name] = value
-    return InboundRequest(method=req.method, route=req.route, body=req.body, headers=headers)
+    return harness.request(req.body, harness.with_headers(req.headers, **changes))
 
 
 def leads_of(req, route=None):
-    route = route or make_route()
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route or make_route())
 
 
 def contact(lead, route=None):
-    route = route or make_route()
-    event = Event.from_lead(
-        lead,
-        route=route.name,
-        source=SOURCE.name,
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route or make_route())
+
+
+def refusal(req, route=None):
+    return harness.refusal(SOURCE, req, route or make_route())
 
 
 def reason_of(req, route=None):
-    with pytest.raises(SignatureInvalid) as info:
-        SOURCE.verify(req, route or make_route())
-    return info.value.reason
+    return harness.reason_of(SOURCE, req, route or make_route())
 
 
 # --- the spec's own example --------------------------------------------------------------------
@@ -109,11 +93,9 @@ def test_sign_matches_the_spec_reference_vector():
 
 def test_reference_vector_verifies_at_its_own_time():
     route = make_route(secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
-    req = InboundRequest(
-        method="POST",
-        route="r",
-        body=b'{"test": 2432232314}',
-        headers={
+    req = harness.request(
+        b'{"test": 2432232314}',
+        {
             "webhook-id": "msg_p5jXN8AQM9LWM0D4loKWxJek",
             "webhook-timestamp": "1614265330",
             "webhook-signature": "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
@@ -200,11 +182,9 @@ def test_missing_phone_is_unmappable_and_accepted():
 
 
 def test_token_only_route_and_secret_plus_token_route():
-    plain = InboundRequest(
-        method="POST",
-        route="r",
-        body=json.dumps(LEAD).encode(),
-        headers={"content-type": "application/json", "x-bridge-token": "tok-123"},
+    plain = harness.request(
+        json.dumps(LEAD).encode(),
+        {"content-type": "application/json", "x-bridge-token": "tok-123"},
     )
     route = make_route(secret=None, token="tok-123")
     (lead,) = leads_of(plain, route)
@@ -222,8 +202,7 @@ def test_flipped_body_byte():
     req = signed()
     body = bytearray(req.body)
     body[10] ^= 0x01
-    broken = InboundRequest(method="POST", route="r", body=bytes(body), headers=req.headers)
-    assert reason_of(broken) == "bad_signature"
+    assert reason_of(harness.request(bytes(body), req.headers)) == "bad_signature"
 
 
 def test_wrong_secret():
@@ -236,15 +215,13 @@ def test_changed_message_id():
 
 @pytest.mark.parametrize("header", ["webhook-id", "webhook-timestamp", "webhook-signature"])
 def test_missing_header(header):
-    with pytest.raises(SignatureInvalid) as info:
-        SOURCE.verify(with_headers(signed(), **{header.replace("-", "_"): None}), make_route())
-    assert info.value.reason == "missing_header"
-    assert header in info.value.message
+    error = refusal(with_headers(signed(), **{header.replace("-", "_"): None}))
+    assert error.reason == "missing_header"
+    assert header in error.message
 
 
 def test_no_signature_headers_at_all():
-    req = InboundRequest(method="POST", route="r", body=b"{}", headers={})
-    assert reason_of(req) == "missing_header"
+    assert reason_of(harness.request(b"{}", {})) == "missing_header"
 
 
 def test_stale_timestamp():
@@ -260,11 +237,9 @@ def test_unreadable_timestamp():
 
 
 def test_only_ed25519_signatures():
-    req = with_headers(signed(), webhook_signature="v1a,bm90LWFuLWVkMjU1MTk=")
-    with pytest.raises(SignatureInvalid) as info:
-        SOURCE.verify(req, make_route())
-    assert info.value.reason == "bad_signature"
-    assert "v1a" in info.value.message
+    error = refusal(with_headers(signed(), webhook_signature="v1a,bm90LWFuLWVkMjU1MTk="))
+    assert error.reason == "bad_signature"
+    assert "v1a" in error.message
 
 
 def test_garbage_signature_value():
@@ -278,10 +253,9 @@ def test_wrong_token_on_a_secret_plus_token_route():
 
 def test_no_secret_in_error_messages():
     for req in (signed(secret=OTHER_SECRET), signed(timestamp=0)):
-        with pytest.raises(SignatureInvalid) as info:
-            SOURCE.verify(req, make_route())
-        assert SECRET not in info.value.message
-        assert base64.b64encode(KEY).decode() not in info.value.message
+        error = refusal(req)
+        assert SECRET not in error.message
+        assert base64.b64encode(KEY).decode() not in error.message
 
 
 # --- configuration and bodies -------------------------------------------------------------------
@@ -319,13 +293,8 @@ def test_invalid_json():
 
 def test_through_the_app_with_a_redelivery(make_client):
     client = make_client(routes=[route_data()])
-    first = signed()
-    resp = client.post("/hooks/r", data=first.body, headers=dict(first.headers))
-    assert resp.status_code == 202, resp.get_json()
-    assert resp.get_json()["status"] == "queued"
     # A retry is signed afresh (new timestamp) but keeps its webhook-id.
     retry = signed(timestamp=time.time() + 1)
-    again = client.post("/hooks/r", data=retry.body, headers=dict(retry.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
+    resp, again = harness.post_twice(client, signed(), repeat=retry)
+    assert resp.get_json()["status"] == "queued"
     assert again.get_json()["deliveryId"] == resp.get_json()["deliveryId"]

@@ -12,11 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import Route, build_settings
-from bridge.event import Event, InboundRequest
-from bridge.exceptions import MalformedBody, SignatureInvalid, Unmappable
-from bridge.mapping import map_event
+from bridge.config import Route
+from bridge.event import InboundRequest
+from bridge.exceptions import MalformedBody, Unmappable
 from bridge.sources.tally import SOURCE
+from tests.sources import harness
 
 SECRET = "tally-signing-secret-7c1e"
 TOKEN = "route-token-3b2a1c"
@@ -131,11 +131,11 @@ def with_fields(*fields):
     return data
 
 
+ROUTE_DATA = {"name": "r", "source": "tally", "audience_name": "Demo", "secret": SECRET}
+
+
 def make_route(**extra) -> Route:
-    data = {"name": "r", "source": "tally", "audience_name": "Demo", "secret": SECRET}
-    data.update(extra)
-    data = {k: v for k, v in data.items() if v is not None}
-    return build_settings({"routes": [data]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 ROUTE = make_route()
@@ -145,29 +145,24 @@ def signed(payload=SUBMISSION, *, secret=SECRET, body=None, **headers) -> Inboun
     """The one valid builder: a delivery signed as Tally signs it."""
     body = json.dumps(payload, separators=(",", ":")).encode() if body is None else body
     mac = hmac.new(secret.encode(), body, hashlib.sha256).digest()
-    all_headers = {
-        "content-type": "application/json",
-        "tally-signature": base64.b64encode(mac).decode(),
-    }
-    all_headers.update({k.replace("_", "-"): v for k, v in headers.items()})
-    all_headers = {k: v for k, v in all_headers.items() if v is not None}
-    return InboundRequest(method="POST", route="r", body=body, headers=all_headers, query={})
+    base = {"content-type": "application/json", "tally-signature": base64.b64encode(mac).decode()}
+    return harness.request(body, harness.with_headers(base, **headers))
 
 
 def leads_of(req, route=ROUTE):
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route)
 
 
 def contact_of(lead, route=ROUTE):
-    event = Event.from_lead(
-        lead,
-        route=route.name,
-        source="tally",
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route)
+
+
+def refusal(req, route=ROUTE):
+    return harness.refusal(SOURCE, req, route)
+
+
+def reason_of(req, route=ROUTE):
+    return harness.reason_of(SOURCE, req, route)
 
 
 # --- normalization and mapping -------------------------------------------------------------
@@ -327,7 +322,7 @@ items = st.lists(
 @settings(max_examples=100, deadline=None)
 @given(json_values, items)
 def test_any_json_either_normalizes_or_is_malformed(payload, fields):
-    req = InboundRequest(method="POST", route="r", body=b"{}")
+    req = harness.request(b"{}", {})
     for candidate in (payload, {"eventType": "FORM_RESPONSE", "data": {"fields": fields}}):
         try:
             leads = SOURCE.normalize(req, candidate, ROUTE)
@@ -347,61 +342,43 @@ def test_flipped_body_byte_is_a_bad_signature():
     req = signed()
     body = bytearray(req.body)
     body[-3] ^= 0x01
-    tampered = InboundRequest(method="POST", route="r", body=bytes(body), headers=req.headers)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(tampered, ROUTE)
-    assert exc.value.reason == "bad_signature"
+    tampered = harness.request(bytes(body), req.headers)
+    assert reason_of(tampered) == "bad_signature"
 
 
 def test_missing_signature_header():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(tally_signature=None), ROUTE)
-    assert exc.value.reason == "missing_header"
+    assert reason_of(signed(tally_signature=None)) == "missing_header"
 
 
 def test_wrong_secret():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(secret="not-the-secret"), ROUTE)
-    assert exc.value.reason == "bad_signature"
-    assert SECRET not in exc.value.message
+    error = refusal(signed(secret="not-the-secret"))
+    assert error.reason == "bad_signature"
+    assert SECRET not in error.message
 
 
 def test_route_without_secret_or_token_refuses_everything():
     bare = Route(name="r", source="tally", audience_name="Demo")
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(), bare)
-    assert exc.value.reason == "no_secret"
+    assert reason_of(signed(), bare) == "no_secret"
 
 
 def test_token_route_without_secret_checks_the_token():
     route = make_route(secret=None, token=TOKEN)
     SOURCE.verify(signed(tally_signature=None, x_bridge_token=TOKEN), route)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(tally_signature=None), route)
-    assert exc.value.reason == "missing_token"
+    assert reason_of(signed(tally_signature=None), route) == "missing_token"
 
 
 def test_secret_and_token_both_checked():
     route = make_route(token=TOKEN)
     SOURCE.verify(signed(x_bridge_token=TOKEN), route)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(x_bridge_token="wrong"), route)
-    assert exc.value.reason == "bad_token"
+    assert reason_of(signed(x_bridge_token="wrong"), route) == "bad_token"
 
 
 # --- through the real Flask app and Redis -------------------------------------------------------
 
 
 def test_through_the_app(make_client):
-    route = {"name": "r", "source": "tally", "audience_name": "Demo", "secret": SECRET}
-    client = make_client(routes=[route])
-    req = signed()
-    resp = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 202, resp.get_json()
-    again = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
-    forged = signed(secret="not-the-secret")
-    refused = client.post("/hooks/r", data=forged.body, headers=dict(forged.headers))
+    client = make_client(routes=[ROUTE_DATA])
+    harness.post_twice(client, signed())
+    refused = harness.post(client, signed(secret="not-the-secret"))
     assert refused.status_code == 401
     assert SECRET not in refused.get_data(as_text=True)

@@ -12,12 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import Route, build_settings
-from bridge.event import Event, InboundRequest
+from bridge.config import Route
 from bridge.exceptions import MalformedBody, SignatureInvalid, StorageUnavailable, Unmappable
-from bridge.mapping import map_event
 from bridge.sources.base import Accepted, Outcome
 from bridge.sources.webflow import SOURCE
+from tests.sources import harness
 
 SECRET = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
 TOKEN = "wf-dashboard-token-11aa"
@@ -63,11 +62,11 @@ def submission(**data_changes):
     return payload
 
 
+ROUTE_DATA = {"name": "r", "source": "webflow", "audience_name": "Demo", "secret": SECRET}
+
+
 def make_route(**extra) -> Route:
-    data = {"name": "r", "source": "webflow", "audience_name": "Demo", "secret": SECRET}
-    data.update(extra)
-    data = {k: v for k, v in data.items() if v is not None}
-    return build_settings({"routes": [data]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 ROUTE = make_route()
@@ -78,30 +77,28 @@ def signed(payload=SUBMISSION, *, secret=SECRET, body=None, timestamp=None, **he
     body = json.dumps(payload).encode() if body is None else body
     timestamp = str(int(time.time() * 1000)) if timestamp is None else timestamp
     mac = hmac.new(secret.encode(), timestamp.encode() + b":" + body, hashlib.sha256).hexdigest()
-    all_headers = {
+    base = {
         "content-type": "application/json",
         "x-webflow-timestamp": timestamp,
         "x-webflow-signature": mac,
     }
-    all_headers.update({k.replace("_", "-"): v for k, v in headers.items()})
-    all_headers = {k: v for k, v in all_headers.items() if v is not None}
-    return InboundRequest(method="POST", route="r", body=body, headers=all_headers, query={})
+    return harness.request(body, harness.with_headers(base, **headers))
 
 
 def leads_of(req, route=ROUTE):
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route)
 
 
 def contact_of(lead, route=ROUTE):
-    event = Event.from_lead(
-        lead,
-        route=route.name,
-        source="webflow",
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route)
+
+
+def refusal(req, route=ROUTE):
+    return harness.refusal(SOURCE, req, route)
+
+
+def reason_of(req, route=ROUTE):
+    return harness.reason_of(SOURCE, req, route)
 
 
 # --- normalization and mapping -------------------------------------------------------------
@@ -226,7 +223,7 @@ def test_malformed_bodies_are_refused_with_the_reason(payload, message):
     )
 )
 def test_any_json_either_normalizes_or_is_malformed(payload):
-    req = InboundRequest(method="POST", route="r", body=b"{}")
+    req = harness.request(b"{}", {})
     for candidate in (payload, {"triggerType": "form_submission", "payload": payload}):
         try:
             leads = SOURCE.normalize(req, candidate, ROUTE)
@@ -246,104 +243,69 @@ def test_flipped_body_byte_is_a_bad_signature():
     req = signed()
     body = bytearray(req.body)
     body[5] ^= 0x01
-    tampered = InboundRequest(method="POST", route="r", body=bytes(body), headers=req.headers)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(tampered, ROUTE)
-    assert exc.value.reason == "bad_signature"
+    tampered = harness.request(bytes(body), req.headers)
+    assert reason_of(tampered) == "bad_signature"
 
 
 def test_missing_signature_header():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(x_webflow_signature=None), ROUTE)
-    assert exc.value.reason == "missing_header"
+    assert reason_of(signed(x_webflow_signature=None)) == "missing_header"
 
 
 def test_missing_timestamp_header():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(x_webflow_timestamp=None), ROUTE)
-    assert exc.value.reason == "missing_header"
+    assert reason_of(signed(x_webflow_timestamp=None)) == "missing_header"
 
 
 def test_wrong_secret():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(secret="0" * 32), ROUTE)
-    assert exc.value.reason == "bad_signature"
-    assert SECRET not in exc.value.message
+    error = refusal(signed(secret="0" * 32))
+    assert error.reason == "bad_signature"
+    assert SECRET not in error.message
 
 
 def test_stale_timestamp():
     old = str(int((time.time() - 301) * 1000))
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(timestamp=old), ROUTE)
-    assert exc.value.reason == "stale_timestamp"
+    assert reason_of(signed(timestamp=old)) == "stale_timestamp"
 
 
 def test_timestamp_from_the_future():
     ahead = str(int((time.time() + 600) * 1000))
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(timestamp=ahead), ROUTE)
-    assert exc.value.reason == "stale_timestamp"
+    assert reason_of(signed(timestamp=ahead)) == "stale_timestamp"
 
 
 def test_unreadable_timestamp():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(timestamp="yesterday"), ROUTE)
-    assert exc.value.reason == "bad_timestamp"
+    assert reason_of(signed(timestamp="yesterday")) == "bad_timestamp"
 
 
 def test_timestamp_swapped_after_signing():
     req = signed()
     later = str(int(req.headers["x-webflow-timestamp"]) + 1000)
-    moved = InboundRequest(
-        method="POST",
-        route="r",
-        body=req.body,
-        headers={**req.headers, "x-webflow-timestamp": later},
-    )
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(moved, ROUTE)
-    assert exc.value.reason == "bad_signature"
+    moved = harness.request(req.body, harness.with_headers(req.headers, x_webflow_timestamp=later))
+    assert reason_of(moved) == "bad_signature"
 
 
 def test_route_without_secret_or_token_refuses_everything():
     bare = Route(name="r", source="webflow", audience_name="Demo")
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(signed(), bare)
-    assert exc.value.reason == "no_secret"
+    assert reason_of(signed(), bare) == "no_secret"
 
 
 def test_dashboard_webhook_with_url_token():
     route = make_route(secret=None, token=TOKEN)
-    unsigned = InboundRequest(
-        method="POST",
-        route="r",
-        body=json.dumps(SUBMISSION).encode(),
-        headers={"content-type": "application/json"},
-        query={"token": TOKEN},
+    unsigned = harness.request(
+        json.dumps(SUBMISSION).encode(), {"content-type": "application/json"}, {"token": TOKEN}
     )
     SOURCE.verify(unsigned, route)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(InboundRequest(method="POST", route="r", body=unsigned.body), route)
-    assert exc.value.reason == "missing_token"
+    assert reason_of(harness.request(unsigned.body, {}), route) == "missing_token"
 
 
 # --- through the real Flask app and Redis -------------------------------------------------------
 
 
 def test_through_the_app_always_200(make_client):
-    route = {"name": "r", "source": "webflow", "audience_name": "Demo", "secret": SECRET}
-    client = make_client(routes=[route])
-    req = signed()
-    resp = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 200, resp.get_json()
+    client = make_client(routes=[ROUTE_DATA])
+    resp, _ = harness.post_twice(client, signed(), status=200)
     assert resp.get_json()["status"] == "queued"
-    again = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
     payload = copy.deepcopy(SUBMISSION)
     payload["payload"]["id"] = "6321ca84df3949bfc6750000"
     del payload["payload"]["data"]["Phone"]
-    nophone = signed(payload)
-    skipped = client.post("/hooks/r", data=nophone.body, headers=dict(nophone.headers))
+    skipped = harness.post(client, signed(payload))
     assert skipped.status_code == 200
     assert skipped.get_json()["status"] == "skipped"

@@ -10,11 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.config import Route, build_settings
-from bridge.event import Event, InboundRequest
-from bridge.exceptions import MalformedBody, SignatureInvalid, Unmappable
-from bridge.mapping import map_event
+from bridge.config import Route
+from bridge.exceptions import MalformedBody, Unmappable
 from bridge.sources.zapier import SOURCE
+from tests.sources import harness
 
 BASIC = "zapier:s3cret-pass"
 TOKEN = "zap-token-1f2e3d"
@@ -30,11 +29,11 @@ RECORD = {
 }
 
 
+ROUTE_DATA = {"name": "r", "source": "zapier", "audience_name": "Demo", "basic_auth": BASIC}
+
+
 def make_route(**extra) -> Route:
-    data = {"name": "r", "source": "zapier", "audience_name": "Demo", "basic_auth": BASIC}
-    data.update(extra)
-    data = {k: v for k, v in data.items() if v is not None}
-    return build_settings({"routes": [data]}, env={}).routes["r"]
+    return harness.make_route(ROUTE_DATA, **extra)
 
 
 ROUTE = make_route()
@@ -54,27 +53,26 @@ def posted(record=RECORD, *, kind="form", credentials=BASIC, body=None, **header
         "json": "application/json",
         "xml": "application/xml",
     }[kind]
-    all_headers = {"content-type": content_type, "user-agent": "Zapier"}
+    base = {"content-type": content_type, "user-agent": "Zapier"}
     if credentials is not None:
-        all_headers["authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
-    all_headers.update({k.replace("_", "-"): v for k, v in headers.items()})
-    return InboundRequest(method="POST", route="r", body=body, headers=all_headers, query={})
+        base["authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    return harness.request(body, harness.with_headers(base, **headers))
 
 
 def leads_of(req, route=ROUTE):
-    SOURCE.verify(req, route)
-    return SOURCE.normalize(req, SOURCE.parse(req), route)
+    return harness.leads_of(SOURCE, req, route)
 
 
 def contact_of(lead, route=ROUTE):
-    event = Event.from_lead(
-        lead,
-        route=route.name,
-        source="zapier",
-        event_id=lead.event_id or "hash",
-        received_at="2026-01-01T00:00:00.000Z",
-    )
-    return map_event(event, route)
+    return harness.contact_of(SOURCE, lead, route)
+
+
+def refusal(req, route=ROUTE):
+    return harness.refusal(SOURCE, req, route)
+
+
+def reason_of(req, route=ROUTE):
+    return harness.reason_of(SOURCE, req, route)
 
 
 # --- normalization and mapping -------------------------------------------------------------
@@ -182,7 +180,7 @@ def test_malformed_bodies_are_refused_with_the_reason(body, message):
     )
 )
 def test_any_json_either_normalizes_or_is_malformed(payload):
-    req = InboundRequest(method="POST", route="r", body=b"{}")
+    req = harness.request(b"{}", {})
     try:
         leads = SOURCE.normalize(req, payload, ROUTE)
     except MalformedBody:
@@ -198,38 +196,26 @@ def test_basic_auth_passes():
 
 
 def test_missing_basic_auth():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(posted(credentials=None), ROUTE)
-    assert exc.value.reason == "missing_header"
+    assert reason_of(posted(credentials=None)) == "missing_header"
 
 
 def test_wrong_basic_auth():
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(posted(credentials="zapier:guess"), ROUTE)
-    assert exc.value.reason == "bad_token"
-    assert "s3cret-pass" not in exc.value.message
+    error = refusal(posted(credentials="zapier:guess"))
+    assert error.reason == "bad_token"
+    assert "s3cret-pass" not in error.message
 
 
 def test_token_header_instead_of_basic_auth():
     route = make_route(basic_auth=None, token=TOKEN)
     SOURCE.verify(posted(credentials=None, x_bridge_token=TOKEN), route)
-    with pytest.raises(SignatureInvalid) as exc:
-        SOURCE.verify(posted(credentials=None, x_bridge_token="nope"), route)
-    assert exc.value.reason == "bad_token"
+    assert reason_of(posted(credentials=None, x_bridge_token="nope"), route) == "bad_token"
 
 
 # --- through the real Flask app and Redis -------------------------------------------------------
 
 
 def test_through_the_app(make_client):
-    route = {"name": "r", "source": "zapier", "audience_name": "Demo", "basic_auth": BASIC}
-    client = make_client(routes=[route])
-    req = posted()
-    resp = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert resp.status_code == 202, resp.get_json()
-    again = client.post("/hooks/r", data=req.body, headers=dict(req.headers))
-    assert again.status_code == 200
-    assert again.get_json()["duplicate"] is True
-    nophone = posted({"name": "Priya", "event_id": "lead-9000"})
-    refused = client.post("/hooks/r", data=nophone.body, headers=dict(nophone.headers))
+    client = make_client(routes=[ROUTE_DATA])
+    harness.post_twice(client, posted())
+    refused = harness.post(client, posted({"name": "Priya", "event_id": "lead-9000"}))
     assert refused.status_code == 422
