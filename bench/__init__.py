@@ -1,0 +1,1 @@
+"""Benchmarks of oliai-bridge: ``python bench/run.py [--quick]`` (see bench/README.md)."""
