@@ -27,6 +27,7 @@ from bridge.deliveries import (
 from bridge.event import Event, InboundRequest, Lead, utcnow_iso
 from bridge.exceptions import (
     IngestError,
+    MalformedBody,
     MethodNotAllowed,
     SignatureInvalid,
     StorageUnavailable,
@@ -41,6 +42,9 @@ from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
 log = logging.getLogger(__name__)
 
 MAX_EVENT_ID_CHARS = 200
+#: Providers batch at most 100 records (Salesforce, HubSpot); a request carrying thousands is
+#: garbage or abuse, and mapping and storing each would hold a web worker for a minute.
+MAX_LEADS_PER_REQUEST = 1000
 
 
 class Ingest:
@@ -84,6 +88,11 @@ class Ingest:
         leads = source.normalize(req, payload, route)
         if not leads:
             return []
+        if len(leads) > MAX_LEADS_PER_REQUEST:
+            raise MalformedBody(
+                f"{len(leads)} leads in one request: at most {MAX_LEADS_PER_REQUEST} are accepted "
+                "(split the batch)"
+            )
         received_at = utcnow_iso()
         prepared = [
             self._prepare(req, route, source, lead, i, len(leads), received_at)

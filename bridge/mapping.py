@@ -159,18 +159,21 @@ def map_event(event: Event, route: Route) -> dict[str, Any]:
             if value is not None:
                 metadata[key] = value
     else:
-        metadata = default_metadata(flat, used)
-    if email and "email" not in metadata:
-        metadata["email"] = email
+        # leave room for the email, which always goes to metadata
+        metadata = default_metadata(flat, used, MAX_METADATA_KEYS - (1 if email else 0))
+    if email and "email" not in metadata and len(metadata) < MAX_METADATA_KEYS:
+        metadata["email"] = email[:MAX_METADATA_VALUE_CHARS]
     contact["metadata"] = metadata
     return contact
 
 
-def default_metadata(flat: dict[str, Any], used: set[str]) -> dict[str, Any]:
+def default_metadata(
+    flat: dict[str, Any], used: set[str], limit: int = MAX_METADATA_KEYS
+) -> dict[str, Any]:
     """Everything the user filled in that did not become name / phone / email."""
     out: dict[str, Any] = {}
     for key, value in flat.items():
-        if key in used or len(out) >= MAX_METADATA_KEYS:
+        if key in used or len(out) >= limit:
             continue
         value = scalar(value)
         if value is None:
@@ -254,7 +257,8 @@ def text(value: Any) -> str:
     if value is None or isinstance(value, (dict, bool)):
         return ""
     if isinstance(value, list):
-        return " ".join(text(v) for v in value if text(v)).strip()
+        parts = (text(v) for v in value)  # once per item: nested lists stay linear
+        return " ".join(p for p in parts if p).strip()
     return " ".join(str(value).split())
 
 
@@ -267,8 +271,8 @@ def scalar(value: Any) -> str | int | float | bool | None:
     if isinstance(value, float):
         return value if value == value and abs(value) != float("inf") else None
     if isinstance(value, list):
-        parts = [str(scalar(v)) for v in value if scalar(v) is not None]
-        value = ", ".join(parts)
+        items = (scalar(v) for v in value)  # once per item: nested lists stay linear
+        value = ", ".join(str(item) for item in items if item is not None)
     elif isinstance(value, dict):
         value = json.dumps(value, ensure_ascii=False, sort_keys=True)
     value = str(value).strip()

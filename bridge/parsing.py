@@ -13,6 +13,7 @@ from xml.etree.ElementTree import Element
 from defusedxml import ElementTree as SafeET
 from defusedxml.common import DefusedXmlException
 from werkzeug.datastructures import MultiDict
+from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
 
 from bridge.event import InboundRequest
@@ -24,6 +25,8 @@ XML_TYPES = ("text/xml", "application/xml", "application/soap+xml")
 #: Real webhook payloads nest a handful of levels; deeper is garbage (or an attack on the
 #: recursion of everything that walks the data later).
 MAX_JSON_DEPTH = 64
+#: Fields in one form post; a lead form has dozens.
+MAX_FORM_PARTS = 10_000
 
 
 def parse_body(req: InboundRequest) -> Any:
@@ -84,26 +87,36 @@ def parse_json(body: bytes | str, what: str = "body") -> Any:
         raise MalformedBody(f"{what} is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
         raise MalformedBody(f"{what} is not usable JSON: {exc}"[:200]) from None
-    if depth_exceeds(data, MAX_JSON_DEPTH):
-        raise MalformedBody(f"{what} is nested deeper than {MAX_JSON_DEPTH} levels")
+    problem = json_problem(data, MAX_JSON_DEPTH)
+    if problem:
+        raise MalformedBody(f"{what} {problem}")
     return data
 
 
-def depth_exceeds(data: Any, limit: int) -> bool:
-    """True when lists/dicts nest deeper than ``limit`` (iterative: no recursion limit)."""
+def json_problem(data: Any, limit: int) -> str | None:
+    """What makes parsed JSON unusable, if anything: nesting deeper than ``limit``, or text
+    that is not Unicode (a lone surrogate escape such as ``\\ud800``, which no store or API can
+    encode). Iterative: no recursion limit."""
     stack = [(data, 1)]
     while stack:
         value, depth = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return "holds a \\u escape that is not a character (a lone surrogate)"
+            continue
         if isinstance(value, dict):
+            stack.extend((key, depth) for key in value)
             children = value.values()
         elif isinstance(value, list):
             children = value
         else:
             continue
         if depth > limit:
-            return True
+            return f"is nested deeper than {limit} levels"
         stack.extend((child, depth + 1) for child in children)
-    return False
+    return None
 
 
 def parse_form(req: InboundRequest) -> dict[str, Any]:
@@ -120,11 +133,19 @@ def parse_form(req: InboundRequest) -> dict[str, Any]:
         mimetype = "application/x-www-form-urlencoded"
     if mimetype == "multipart/form-data" and not options.get("boundary"):
         raise MalformedBody("multipart body without a boundary in its Content-Type")
-    parser = FormDataParser(max_form_parts=10_000)
+    # silent=False: werkzeug would otherwise answer an empty form for one it cannot read, and
+    # every field would vanish without a word.
+    parser = FormDataParser(max_form_parts=MAX_FORM_PARTS, silent=False)
     try:
         _, form, _files = parser.parse(io.BytesIO(req.body), mimetype, len(req.body), options)
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(
+            f"form body is not valid UTF-8 (byte {exc.start}): send it as UTF-8"
+        ) from None
     except ValueError as exc:
         raise MalformedBody(f"form body could not be read: {exc}") from None
+    except RequestEntityTooLarge:
+        raise MalformedBody(f"form body has more than {MAX_FORM_PARTS} fields") from None
     return multidict_to_dict(form)
 
 
@@ -145,6 +166,8 @@ def parse_xml(body: bytes) -> Element:
         raise MalformedBody("XML body uses entities or a DTD, which are not accepted") from None
     except SafeET.ParseError as exc:
         raise MalformedBody(f"body is not valid XML: {exc}") from None
+    except (LookupError, ValueError) as exc:  # an encoding the declaration names but we lack
+        raise MalformedBody(f"XML body declares an encoding that cannot be read: {exc}") from None
 
 
 def local_name(tag: str) -> str:

@@ -46,7 +46,9 @@ def to_e164(value: Any, *, region: str, country_hint: str | None = None) -> str:
         try:
             number = phonenumbers.parse("+" + digits, None)
             if phonenumbers.is_valid_number(number):
-                return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+                e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+                if E164.match(e164):
+                    return e164
         except phonenumbers.NumberParseException:
             pass
     where = f" (tried {', '.join(regions)})" if text and not text.startswith("+") else ""
@@ -57,6 +59,8 @@ def _as_text(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         raise InvalidPhone("phone number is empty")
     if isinstance(value, int):
+        if value.bit_length() > 64:  # no phone number is this long (and str() may refuse)
+            raise InvalidPhone("number is far too long to be a phone number")
         return str(value)
     if isinstance(value, float):
         if value != value or value in (float("inf"), float("-inf")) or not value.is_integer():

@@ -396,14 +396,20 @@ def present(value: Any) -> bool:
     return not (isinstance(value, str) and not value.strip())
 
 
-def put_field(fields: dict[str, Any], key: str, value: Any) -> None:
+def put_field(
+    fields: dict[str, Any], key: str, value: Any, repeats: dict[str, int] | None = None
+) -> None:
     """Add without overwriting: a repeated key gets `` (2)``, `` (3)``...
 
-    Form builders let two questions share a label; both answers must reach the contact."""
+    Form builders let two questions share a label; both answers must reach the contact.
+    ``repeats`` (one dict per lead) remembers the next number to try for each key, so a payload
+    repeating one key thousands of times costs linear, not quadratic, time."""
     if key in fields:
-        n = 2
+        memo = repeats if repeats is not None else {}
+        n = memo.get(key, 2)
         while f"{key} ({n})" in fields:
             n += 1
+        memo[key] = n + 1
         key = f"{key} ({n})"
     fields[key] = value
 

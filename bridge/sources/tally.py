@@ -54,6 +54,7 @@ class TallySource(Source):
             raise MalformedBody("data.fields is missing or not a list")
 
         lead = Lead()
+        repeats: dict[str, int] = {}
         for item in items:
             if not isinstance(item, dict):
                 continue
@@ -65,7 +66,7 @@ class TallySource(Source):
                 continue  # one flag per option, repeating the question's own entry
             value = answer_value(item)
             label = text(item.get("label")) or text(item.get("key")) or "field"
-            put_field(lead.fields, label, value)
+            put_field(lead.fields, label, value, repeats)
             if isinstance(value, str) and value.strip():
                 if kind == "INPUT_PHONE_NUMBER" and not lead.phone:
                     lead.phone = value

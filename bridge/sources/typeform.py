@@ -72,6 +72,7 @@ class TypeformSource(Source):
 
         questions = _questions(response.get("definition"))
         lead = Lead()
+        repeats: dict[str, int] = {}
         for answer in answers:
             if not isinstance(answer, dict):
                 continue
@@ -83,14 +84,14 @@ class TypeformSource(Source):
             key = title if (not ref or GENERATED_REF.match(ref)) and title else ref
             key = key or text(field_id) or "answer"
             value = answer_value(answer)
-            put_field(lead.fields, key, value)
+            put_field(lead.fields, key, value, repeats)
             _hint(lead, answer.get("type"), field.get("type"), (ref, title), value)
 
         for name in ("hidden", "calculated"):
             extra = response.get(name)
             if isinstance(extra, dict):
                 for key, value in extra.items():
-                    put_field(lead.fields, str(key), value)
+                    put_field(lead.fields, str(key), value, repeats)
         variables = response.get("variables")
         if isinstance(variables, list):
             for var in variables:

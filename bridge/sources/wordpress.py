@@ -104,7 +104,11 @@ def gravity_lead(entry: dict[str, Any]) -> Lead:
     source_url = text(entry.get("source_url"))
     if source_url:
         lead.fields["source_url"] = source_url
-        for name, value in parse_qsl(urlsplit(source_url).query):
+        try:
+            query = urlsplit(source_url).query
+        except ValueError:  # not a URL after all ("http://["): keep it as text, no UTM
+            query = ""
+        for name, value in parse_qsl(query):
             if name.lower().startswith("utm_") and value:
                 lead.fields.setdefault(name, value)
     lead.event_id = text(entry.get("id"))[:MAX_EVENT_ID_CHARS] or None
