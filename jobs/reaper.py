@@ -14,6 +14,7 @@ import logging
 import secrets
 import threading
 import time
+from datetime import UTC, datetime
 
 from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
@@ -49,15 +50,23 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
         if redis.exists(lease_key(d.id)):
             redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
             continue
-        status = job_status(ctx, d.job_id)
+        job = fetch_job(ctx, d.job_id)
+        status = job.get_status(refresh=False) if job else None
         overdue = status == JobStatus.SCHEDULED and scheduled_for(ctx, d.job_id) < now - OVERDUE
+        if status == JobStatus.QUEUED and not in_queue(ctx, d.job_id):
+            # Taken off the queue by a worker that died (or lost Redis) before starting it:
+            # RQ still calls it queued, and nothing will ever run it.
+            status = "taken by a worker that is gone"
         if d.status != "delivering" and status in LIVE_JOB_STATES and not overdue:
             redis.zadd(IDX_ACTIVE, {d.id: now + QUEUED_RECHECK_SECONDS})
             continue
         if status == JobStatus.STARTED and d.status != "delivering":
-            # Picked up a moment ago; its lease is about to be taken.
-            redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
-            continue
+            started = as_epoch(job.started_at) if job.started_at else now
+            if now - started < LEASE_SECONDS:
+                # Picked up a moment ago; its lease is about to be taken.
+                redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
+                continue
+            status = "started by a worker that is gone"
         if d.status == "delivering":
             why = "its worker stopped mid-delivery"
         elif overdue:
@@ -87,13 +96,23 @@ def scheduled_for(ctx: Context, job_id: str | None) -> float:
     return float("inf") if score is None else float(score)
 
 
-def job_status(ctx: Context, job_id: str | None) -> str | None:
+def fetch_job(ctx: Context, job_id: str | None) -> Job | None:
     if not job_id:
         return None
     try:
-        return Job.fetch(job_id, connection=ctx.redis).get_status(refresh=False)
+        return Job.fetch(job_id, connection=ctx.redis)
     except NoSuchJobError:
         return None
+
+
+def as_epoch(moment: datetime) -> float:
+    """RQ's datetimes are UTC, with or without tzinfo."""
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def in_queue(ctx: Context, job_id: str | None) -> bool:
+    """Whether the job id is still on the queue's list, waiting for a worker."""
+    return ctx.redis.lpos(ctx.queue.key, job_id or "") is not None
 
 
 class ReaperThread(threading.Thread):

@@ -79,3 +79,43 @@ def test_overdue_retry_is_enqueued_when_no_scheduler_runs(make_client, redis, ru
     sandbox.configure(fail_rate=0.0)
     run_jobs(client.settings)
     assert client.store.get(delivery_id).status == "delivered"
+
+
+def test_job_taken_by_a_worker_that_died_before_starting_it_is_requeued(
+    make_client, redis, run_jobs, sandbox
+):
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    queue = Queue(client.settings.queue_name, connection=redis)
+    old_job = client.store.get(delivery_id).job_id
+    # a worker popped the job off the list, then died: RQ still says "queued"
+    assert redis.lrem(queue.key, 0, old_job) == 1
+    assert queue.fetch_job(old_job).get_status() == "queued"
+    assert reap_once(ctx, now=time.time() + 120) == [delivery_id]
+    assert client.store.get(delivery_id).job_id != old_job
+    run_jobs(client.settings)
+    assert client.store.get(delivery_id).status == "delivered"
+    assert len(sandbox.org_state()["contacts"]) == 1
+
+
+def test_job_started_by_a_worker_that_died_at_once_is_requeued(make_client, redis):
+    from datetime import UTC, datetime, timedelta
+
+    from rq.job import JobStatus
+
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    queue = Queue(client.settings.queue_name, connection=redis)
+    job = queue.fetch_job(client.store.get(delivery_id).job_id)
+    redis.lrem(queue.key, 0, job.id)
+    job.started_at = datetime.now(UTC) - timedelta(seconds=5)
+    job.set_status(JobStatus.STARTED)
+    job.save()
+    client.store.update(client.store.get(delivery_id), recheck_in=-1)  # due for a look now
+    # a moment after starting, the lease is about to be taken: leave it
+    assert reap_once(ctx, now=time.time() + 1) == []
+    assert client.store.get(delivery_id).job_id == job.id
+    # long after, with no lease ever taken, the worker is gone
+    assert reap_once(ctx, now=time.time() + 120) == [delivery_id]
