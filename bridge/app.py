@@ -34,6 +34,10 @@ HTTP_ERRORS = {
 def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
     app = Flask("oliai-bridge")
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # No 308 redirects (with an HTML body) for "//": a hook URL with a doubled slash is a 404
+    # that says so in JSON, like every other wrong URL.
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
     redis = redis if redis is not None else connect(settings.redis_url)
     queue = make_queue(redis, settings.queue_name)
     ingest = Ingest(settings, redis, queue)

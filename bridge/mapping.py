@@ -191,7 +191,9 @@ def search(expr: str, doc: dict[str, Any], where: str) -> Any:
     try:
         return _compiled(expr).search(doc)
     except JMESPathError as exc:
-        raise Unmappable(f"{where}: expression {expr!r} failed: {exc}", field=where) from None
+        # JMESPath's message quotes the value it choked on, which may be a whole payload
+        detail = str(exc)[:200]
+        raise Unmappable(f"{where}: expression {expr!r} failed: {detail}", field=where) from None
 
 
 def flatten(fields: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:

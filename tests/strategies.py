@@ -1,9 +1,9 @@
 """Hypothesis strategies for hostile webhook input: bodies, headers, JSON garbage, mutations of
 each source's own sample payloads, and the routes the adapters are run under.
 
-Used by ``tests/test_properties.py``. Sample payloads are read from ``tests/sources/test_<source>.py``
-when that module imports (it is edited independently); a small seed per source below keeps the
-mutation tests meaningful when it does not.
+Used by ``tests/test_properties.py``. Sample payloads are read from
+``tests/sources/test_<source>.py`` when that module imports (it is edited independently); a small
+seed per source below keeps the mutation tests meaningful when it does not.
 """
 
 from __future__ import annotations
@@ -123,7 +123,17 @@ ODD_STRINGS = (
     "form_response", "FORM_RESPONSE", "invitee.created", "contact.creation", "object.creation",
     "0-1", "create", "person", "deal", "form_submission", "customers/create", "lead.created",
     "IN", "US", "in", "ÉÉ", "ZZ", "1", "true", "SUBSCRIBED", "subscribed", "outbound_call",
+    "http://[", "https://[::1/landing?utm_source=fb", "//[x]:99/?utm_campaign=", "http://a:b@/",
+    "https://example.com/?utm_source=%ff&utm_medium=\x00",
 )  # fmt: skip
+
+#: Lone surrogates: not text, yet a JSON body may carry them as ``\ud800`` escapes.
+LONE_SURROGATES = st.builds(
+    lambda before, code, after: before + chr(code) + after,
+    st.text(max_size=4),
+    st.integers(0xD800, 0xDFFF),
+    st.text(max_size=4),
+)
 
 PHONES = st.sampled_from(
     ["+919876543210", "098765 43210", "9876543210", "+1 555 010 0000", "+15550000000", "+0"]
@@ -146,12 +156,13 @@ NUMBERS = (
 LEAVES = st.none() | st.booleans() | NUMBERS | ODD_TEXT | HUGE_TEXT
 
 
-def json_values(max_leaves: int = 30) -> st.SearchStrategy[Any]:
+def json_values(max_leaves: int = 20) -> st.SearchStrategy[Any]:
     """Nested garbage: dicts keyed by adapter vocabulary, lists, odd scalars."""
     return st.recursive(
         LEAVES,
-        lambda children: st.lists(children, max_size=5)
-        | st.dictionaries(KEYS, children, max_size=6),
+        lambda children: (
+            st.lists(children, max_size=5) | st.dictionaries(KEYS, children, max_size=6)
+        ),
         max_leaves=max_leaves,
     )
 
@@ -161,8 +172,15 @@ JSON_OBJECTS = st.dictionaries(KEYS, JSON_VALUES, max_size=8)
 
 
 def dumps(value: Any, ascii_only: bool = False) -> bytes:
-    """JSON as a sender would write it (NaN / Infinity included: Python's parser accepts them)."""
-    return json.dumps(value, ensure_ascii=ascii_only).encode()
+    """JSON as a sender would write it (NaN / Infinity included: Python's parser accepts them).
+
+    A lone surrogate becomes a ``\\udxxx`` escape when ``ascii_only``, else invalid UTF-8 bytes.
+    """
+    return json.dumps(value, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+def form_encode(pairs: list[tuple[str, str]]) -> bytes:
+    return urlencode(pairs, errors="surrogatepass").encode()
 
 
 # --- bodies and requests ---------------------------------------------------------------------
@@ -258,22 +276,44 @@ def xml_trees(max_leaves: int = 20) -> st.SearchStrategy[ET.Element]:
 
 
 def _xml_ok(text: str) -> bool:
-    return all(c in "\t\n\r" or 0x20 <= ord(c) <= 0xD7FF or 0xE000 <= ord(c) <= 0xFFFD for c in text)
+    return all(
+        c in "\t\n\r" or 0x20 <= ord(c) <= 0xD7FF or 0xE000 <= ord(c) <= 0xFFFD for c in text
+    )
 
 
-XML_BODIES = xml_trees().map(lambda e: ET.tostring(e, encoding="utf-8"))
+#: Encodings an XML declaration may name: readable, multi-byte, unknown, not text at all.
+XML_ENCODINGS = st.sampled_from(
+    ["utf-8", "UTF-8", "iso-8859-1", "us-ascii", "utf-16", "cp037", "shift_jis", "big5",
+     "utf-7", "bogus", "rot13", "base64", "idna", ""]
+)  # fmt: skip
+
+
+@st.composite
+def xml_bodies(draw) -> bytes:
+    body = ET.tostring(draw(xml_trees()), encoding="unicode").encode()
+    if draw(st.booleans()):
+        encoding = draw(XML_ENCODINGS)
+        body = f'<?xml version="1.0" encoding="{encoding}"?>'.encode() + body
+    return body
+
+
+XML_BODIES = xml_bodies()
 
 
 @st.composite
 def bodies(draw) -> tuple[bytes, str | None]:
     """(body, content type): bytes of every kind, with a fitting or a lying content type."""
-    kind = draw(st.sampled_from(["bytes", "json", "form", "multipart", "xml", "prefixed", "codec"]))
+    kind = draw(
+        st.sampled_from(
+            ["bytes", "json", "form", "multipart", "xml", "prefixed", "codec", "surrogates"]
+        )
+    )
     if kind == "bytes":
         body = draw(st.binary(max_size=600))
     elif kind == "json":
         body = dumps(draw(JSON_VALUES), draw(st.booleans()))
     elif kind == "form":
-        body = urlencode(draw(FORM_PAIRS)).encode()
+        body = form_encode(draw(FORM_PAIRS))
     elif kind == "multipart":
         body = multipart(draw(FORM_PAIRS))
         if draw(st.booleans()):
@@ -283,6 +323,9 @@ def bodies(draw) -> tuple[bytes, str | None]:
     elif kind == "prefixed":
         head = draw(st.sampled_from([b"{", b"[", b"<", b"<?xml", b"a=", b"\xef\xbb\xbf{", b" \n"]))
         body = head + draw(st.binary(max_size=200))
+    elif kind == "surrogates":  # valid JSON text whose strings are not valid Unicode
+        value = draw(st.dictionaries(KEYS, LONE_SURROGATES | JSON_VALUES, min_size=1, max_size=6))
+        body = dumps(value, draw(st.booleans()))
     else:  # the same JSON in an encoding the bridge does not read, or a broken one
         text = json.dumps(draw(JSON_OBJECTS), ensure_ascii=False)
         codec = draw(st.sampled_from(["utf-16", "utf-16-le", "utf-32", "latin-1", "cp1252"]))
@@ -380,7 +423,11 @@ SEEDS: dict[str, list[Any]] = {
                 "definition": {"fields": [{"id": "f1", "ref": "name", "title": "Your name"}]},
                 "answers": [
                     {"type": "text", "text": "Asha", "field": {"id": "f1", "type": "short_text"}},
-                    {"type": "phone_number", "phone_number": "+919876543210", "field": {"id": "f2"}},
+                    {
+                        "type": "phone_number",
+                        "phone_number": "+919876543210",
+                        "field": {"id": "f2"},
+                    },
                 ],
                 "hidden": {"utm": "x"},
             },
@@ -526,10 +573,12 @@ def mutations(draw, sample: Any, rounds: int = 4) -> Any:
         node = _get(value, path)
         op = draw(
             st.sampled_from(
-                ["replace", "leaf", "drop", "wrap", "stringify", "empty", "add", "dup"]
+                ["replace", "leaf", "drop", "wrap", "stringify", "empty", "add", "dup", "odd"]
             )
         )
-        if op == "replace":
+        if op == "odd":  # an odd string where the sender had any value
+            new = draw(LONE_SURROGATES | HUGE_TEXT | st.sampled_from(ODD_STRINGS))
+        elif op == "replace":
             new = draw(json_values(max_leaves=10))
         elif op == "leaf":
             new = draw(LEAVES)
@@ -569,9 +618,11 @@ def salesforce_message(records: list[Any], org: str = ORG_ID) -> bytes:
         notification = ET.SubElement(notifications, ns + "Notification")
         ET.SubElement(notification, ns + "Id").text = f"04l{index:012d}"
         sobject = ET.SubElement(notification, ns + "sObject")
-        for key, value in (record.items() if isinstance(record, dict) else []):
+        for key, value in record.items() if isinstance(record, dict) else []:
             tag = key if _xml_name(key) else "Field"
-            _xml_value(ET.SubElement(sobject, "{urn:sobject.enterprise.soap.sforce.com}" + tag), value)
+            _xml_value(
+                ET.SubElement(sobject, "{urn:sobject.enterprise.soap.sforce.com}" + tag), value
+            )
     return ET.tostring(envelope, encoding="utf-8")
 
 
