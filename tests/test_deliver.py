@@ -303,8 +303,7 @@ def test_store_keeps_deliveries_for_the_configured_time(make_client, run_jobs, s
     assert DeliveryStore(client.redis).get(delivery_id).status == "delivered"
 
 
-def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, run_jobs,
-                                                                   sandbox):
+def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, run_jobs, sandbox):
     import json
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -324,8 +323,9 @@ def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, 
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/alerts"
-        client = make_client(oliai={"api_key": sandbox.revoked_key},
-                             delivery={"alert_webhook_url": url})
+        client = make_client(
+            oliai={"api_key": sandbox.revoked_key}, delivery={"alert_webhook_url": url}
+        )
         delivery_id = post(client, LEAD)
         run_jobs(client.settings)
     finally:
