@@ -182,7 +182,7 @@ class Deliverer:
             except RateLimited as exc:
                 if exc.status is not None:  # the API's own 429, not our limiter
                     self.note_api(d, exc)
-                d.attempts -= 1  # nothing was refused for this lead's sake: not an attempt
+                d.attempts -= 1  # waiting out a rate limit is not an attempt at this lead
                 delay = exc.retry_after + random.uniform(0.05, 0.5)
                 metrics.count(self.redis, "retried", d.route, "rate_limited")
                 return self.reschedule(
