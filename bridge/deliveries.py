@@ -13,7 +13,7 @@ import json
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
 
 from redis import Redis
@@ -21,6 +21,9 @@ from redis.client import Pipeline
 
 from bridge import defaults
 from bridge.event import Event, InboundRequest, utcnow_iso
+
+if TYPE_CHECKING:
+    from bridge.config import Settings
 
 P = defaults.KEY_PREFIX
 HISTORY_MAX = 100
@@ -265,6 +268,15 @@ class DeliveryStore:
         self.redis = redis
         self.keep_delivered = int(keep_delivered_days * 86400)
         self.keep_failed = int(keep_failed_days * 86400)
+
+    @classmethod
+    def for_settings(cls, redis: Redis, settings: Settings) -> DeliveryStore:
+        """The store with the retention the config asks for."""
+        return cls(
+            redis,
+            keep_delivered_days=settings.delivery.keep_delivered_days,
+            keep_failed_days=settings.delivery.keep_failed_days,
+        )
 
     # --- writing -----------------------------------------------------------------------------
 

@@ -37,11 +37,17 @@ from bridge.exceptions import (
 from bridge.mapping import map_event
 from bridge.queue import enqueue, transaction
 from bridge.sources import get_source
-from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
+from bridge.sources.base import (
+    MAX_EVENT_ID_CHARS,
+    Accepted,
+    Outcome,
+    Reply,
+    Source,
+    error_reply,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_EVENT_ID_CHARS = 200
 #: Providers batch at most 100 records (Salesforce, HubSpot); a request carrying thousands is
 #: garbage or abuse, and mapping and storing each would hold a web worker for a minute.
 MAX_LEADS_PER_REQUEST = 1000
@@ -52,11 +58,7 @@ class Ingest:
         self.settings = settings
         self.redis = redis
         self.queue = queue
-        self.store = DeliveryStore(
-            redis,
-            keep_delivered_days=settings.delivery.keep_delivered_days,
-            keep_failed_days=settings.delivery.keep_failed_days,
-        )
+        self.store = DeliveryStore.for_settings(redis, settings)
 
     def handle(self, req: InboundRequest) -> Reply:
         route = self.settings.routes.get(req.route)
@@ -189,11 +191,9 @@ class Ingest:
                             pipe=pipe,
                             job_timeout=self.settings.delivery.job_timeout_seconds,
                         )
-                        self.store.add(pipe, delivery)
-                        self.store.log_on(pipe, delivery.id, "queued", delivery.job_id)
-                    else:
-                        self.store.add(pipe, delivery)
-                        self.store.log_on(pipe, delivery.id, delivery.status, delivery.reason)
+                    self.store.add(pipe, delivery)
+                    detail = delivery.job_id if delivery.status == "queued" else delivery.reason
+                    self.store.log_on(pipe, delivery.id, delivery.status, detail)
                     metrics.count_on(pipe, delivery.status, route.name)
                 pipe.execute()
         except RedisError:

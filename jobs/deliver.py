@@ -79,11 +79,7 @@ class Context:
         if self.queue is None:
             self.queue = make_queue(self.redis, self.settings.queue_name)
         if self.store is None:
-            self.store = DeliveryStore(
-                self.redis,
-                keep_delivered_days=self.settings.delivery.keep_delivered_days,
-                keep_failed_days=self.settings.delivery.keep_failed_days,
-            )
+            self.store = DeliveryStore.for_settings(self.redis, self.settings)
 
     def client_for(self, api_key: str) -> OliAIClient:
         base_url = self.settings.oliai.base_url

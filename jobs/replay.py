@@ -37,11 +37,7 @@ class Replayer:
     def __init__(self, settings: Settings, redis: Redis, store: DeliveryStore | None = None):
         self.settings = settings
         self.redis = redis
-        self.store = store or DeliveryStore(
-            redis,
-            keep_delivered_days=settings.delivery.keep_delivered_days,
-            keep_failed_days=settings.delivery.keep_failed_days,
-        )
+        self.store = store or DeliveryStore.for_settings(redis, settings)
         self.queue = make_queue(redis, settings.queue_name)
 
     def select(
