@@ -211,6 +211,7 @@ def cmd_check_config(args) -> int:
 
 def cmd_try(args) -> int:
     from bridge.event import Event, InboundRequest, utcnow_iso
+    from bridge.ingest import event_id_for
     from bridge.mapping import map_event
     from bridge.sources import get_source
 
@@ -245,7 +246,7 @@ def cmd_try(args) -> int:
             lead,
             route=route.name,
             source=source.name,
-            event_id=lead.event_id or f"{req.body_hash}:{index}",
+            event_id=event_id_for(req, lead, index, len(leads)),
             received_at=utcnow_iso(),
         )
         item: dict = {"event": event.to_dict()}

@@ -118,9 +118,7 @@ class Ingest:
         count: int,
         received_at: str,
     ) -> Delivery:
-        event_id = str(lead.event_id).strip()[:MAX_EVENT_ID_CHARS] if lead.event_id else ""
-        if not event_id:
-            event_id = req.body_hash if count == 1 else f"{req.body_hash}:{index}"
+        event_id = event_id_for(req, lead, index, count)
         event = Event.from_lead(
             lead,
             route=route.name,
@@ -204,6 +202,15 @@ class Ingest:
                     pass
             raise
         return accepted
+
+
+def event_id_for(req: InboundRequest, lead: Lead, index: int, count: int) -> str:
+    """What dedup keys on: the provider's id, else the body hash (with the lead's place in a
+    batch)."""
+    event_id = str(lead.event_id).strip()[:MAX_EVENT_ID_CHARS] if lead.event_id else ""
+    if event_id:
+        return event_id
+    return req.body_hash if count == 1 else f"{req.body_hash}:{index}"
 
 
 class _Handshake(Exception):
