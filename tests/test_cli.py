@@ -253,3 +253,14 @@ def test_admin_api_is_absent_without_a_token(make_client):
     client = make_client()
     r = client.get("/admin/failed", headers={"Authorization": "Bearer x"})
     assert r.status_code == 404
+
+
+def test_replay_all_passes_over_failures_whose_record_expired(make_client, redis):
+    from jobs.replay import Replayer
+
+    client = make_client()
+    redis.zadd("oliai-bridge:idx:failed", {"dlv_expired": time.time()})  # record gone, index not
+    results = Replayer(client.settings, redis).replay_many(
+        Replayer(client.settings, redis).select()
+    )
+    assert [(r.delivery_id, r.outcome) for r in results] == [("dlv_expired", "missing")]
