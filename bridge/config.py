@@ -442,19 +442,24 @@ def _flatten_errors(messages: Any, where: str) -> list[str]:
     return out
 
 
+#: The built-in config ``oliai-bridge dev`` writes (and ``try``/``failed``/``replay`` read)
+#: when no config file exists.
+DEMO_CONFIG = """\
+# Written by `oliai-bridge dev` because no config.toml was found. Copy config.example.toml to
+# config.toml to configure your own routes.
+[oliai]
+default_region = "IN"
+
+[[routes]]
+name = "demo"
+source = "generic"
+audience_name = "Bridge demo leads"
+on_duplicate = "update"
+"""
+
+
 def demo_settings_data() -> dict[str, Any]:
-    """The built-in config ``oliai-bridge dev`` uses when no config file exists."""
-    return {
-        "oliai": {"default_region": "IN"},
-        "routes": [
-            {
-                "name": "demo",
-                "source": "generic",
-                "audience_name": "Bridge demo leads",
-                "on_duplicate": "update",
-            }
-        ],
-    }
+    return tomllib.loads(DEMO_CONFIG)
 
 
 def config_exists(env: Mapping[str, str] | None = None) -> bool:

@@ -18,21 +18,8 @@ import time
 from pathlib import Path
 
 from bridge import defaults
-from bridge.config import Settings, config_exists
+from bridge.config import DEMO_CONFIG, Settings, config_exists
 from bridge.storage import EmbeddedRedis, die_with_parent, free_port
-
-DEMO_CONFIG = """\
-# Written by `oliai-bridge dev` because no config.toml was found. Copy config.example.toml to
-# config.toml to configure your own routes.
-[oliai]
-default_region = "IN"
-
-[[routes]]
-name = "demo"
-source = "generic"
-audience_name = "Bridge demo leads"
-on_duplicate = "update"
-"""
 
 
 def port_free(port: int) -> bool:
