@@ -343,11 +343,6 @@ class DeliveryStore:
         if own:
             pipe.execute()
 
-    def log(self, delivery_id: str, what: str, detail: str | None = None) -> None:
-        pipe = self.redis.pipeline(transaction=True)
-        self.log_on(pipe, delivery_id, what, detail)
-        pipe.execute()
-
     def last_history(self, delivery_id: str) -> dict[str, Any]:
         entry = self.redis.lindex(history_key(delivery_id), -1)
         return json.loads(entry) if entry else {}
@@ -433,6 +428,17 @@ class DeliveryStore:
             self.redis.zrem(IDX_FAILED, *gone)
             self.redis.zrem(IDX_RECEIVED, *gone)
             self.redis.zrem(IDX_ACTIVE, *gone)
+
+    def trim_indexes(self, now: float | None = None) -> int:
+        """Drop index entries older than the records they point at can live (records expire by
+        TTL; their index entries would otherwise stay for ever). Returns how many went."""
+        now = time.time() if now is None else now
+        removed = self.redis.zremrangebyscore(
+            IDX_RECEIVED, "-inf", now - max(self.keep_delivered, self.keep_failed)
+        )
+        for key in [IDX_FAILED, *self.redis.scan_iter(f"{IDX_FAILED}:*", count=1000)]:
+            removed += self.redis.zremrangebyscore(key, "-inf", now - self.keep_failed)
+        return removed
 
     def due_active(self, now: float | None = None, limit: int = 500) -> list[str]:
         now = time.time() if now is None else now

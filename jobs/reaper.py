@@ -31,6 +31,9 @@ LOCK_KEY = f"{defaults.KEY_PREFIX}reaper:lock"
 INTERVAL_SECONDS = 5.0
 #: How long a delivery may stay queued before we check that its job still exists.
 QUEUED_RECHECK_SECONDS = 60.0
+#: How often the listing indexes are trimmed of entries whose records have expired.
+TRIM_KEY = f"{defaults.KEY_PREFIX}reaper:trimmed"
+TRIM_EVERY_SECONDS = 600
 #: A scheduled retry this late means no scheduler is running: we enqueue it ourselves.
 OVERDUE = 3.0
 
@@ -42,6 +45,8 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
     store, redis = ctx.store, ctx.redis
     revived = []
     now = time.time() if now is None else now
+    if redis.set(TRIM_KEY, "1", nx=True, ex=TRIM_EVERY_SECONDS):
+        store.trim_indexes(now)
     for delivery_id in store.due_active(now):
         d = store.get(delivery_id)
         if d is None or d.terminal:

@@ -119,3 +119,17 @@ def test_job_started_by_a_worker_that_died_at_once_is_requeued(make_client, redi
     assert client.store.get(delivery_id).job_id == job.id
     # long after, with no lease ever taken, the worker is gone
     assert reap_once(ctx, now=time.time() + 120) == [delivery_id]
+
+
+def test_index_entries_of_expired_records_are_trimmed(make_client, redis):
+    client = make_client(delivery={"keep_delivered_days": 1, "keep_failed_days": 2})
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    now = time.time()
+    redis.zadd("oliai-bridge:idx:received", {"dlv_old": now - 3 * 86400})
+    redis.zadd("oliai-bridge:idx:failed", {"dlv_old": now - 3 * 86400, "dlv_new": now})
+    redis.zadd("oliai-bridge:idx:failed:route:leads", {"dlv_old": now - 3 * 86400})
+    reap_once(ctx)
+    assert redis.zrange("oliai-bridge:idx:received", 0, -1) == [delivery_id.encode()]
+    assert redis.zrange("oliai-bridge:idx:failed", 0, -1) == [b"dlv_new"]
+    assert redis.zcard("oliai-bridge:idx:failed:route:leads") == 0
