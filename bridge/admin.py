@@ -15,8 +15,8 @@ from flask import Blueprint, jsonify, request
 from redis import Redis
 from rq import Queue
 
-from bridge.config import Settings
 from bridge.deliveries import DeliveryStore
+from bridge.settings import Settings
 from bridge.sources.base import equal
 
 MAX_REPLAY_PER_REQUEST = 10_000

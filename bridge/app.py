@@ -15,11 +15,11 @@ from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 
-from bridge.config import Settings
 from bridge.event import InboundRequest
 from bridge.ingest import Ingest
 from bridge.metrics import registry_for
 from bridge.queue import make_queue
+from bridge.settings import Settings
 from bridge.storage import connect
 
 log = logging.getLogger(__name__)

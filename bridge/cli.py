@@ -13,9 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from bridge import defaults
-from bridge.config import Settings, build_settings, config_exists, demo_settings_data, load_settings
+from bridge.config import (
+    build_settings,
+    config_exists,
+    demo_settings_data,
+    load_settings,
+    log_level,
+)
 from bridge.exceptions import ConfigError, IngestError
+from bridge.settings import Settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO").upper(),
+        level=log_level(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
@@ -151,8 +157,8 @@ def cmd_web(args) -> int:
     settings = settings_for(args)
     for warning in settings.warnings:
         logging.getLogger("bridge").warning("config: %s", warning)
-    port = args.port or int(os.environ.get("PORT") or defaults.PORT)
-    workers = args.workers or int(os.environ.get("WEB_CONCURRENCY") or 2)
+    port = args.port or settings.port
+    workers = args.workers or settings.web_concurrency
     run_web(settings, host=args.host, port=port, workers=workers, threads=args.threads)
     return 0
 

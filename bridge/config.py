@@ -12,7 +12,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,99 +23,19 @@ from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validat
 
 from bridge import defaults
 from bridge.exceptions import ConfigError
+from bridge.settings import (
+    CONTACT_FIELDS,
+    LANGUAGE,
+    ROUTE_NAME,
+    DeliverySettings,
+    OliAISettings,
+    Route,
+    Settings,
+)
 
-ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-LANGUAGE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
-# Contact fields a route may map; aliases are accepted and folded to the first name.
-CONTACT_FIELDS = {
-    "name": "name",
-    "phoneNumber": "phoneNumber",
-    "phone": "phoneNumber",
-    "language": "language",
-    "email": "email",
-    "firstName": "firstName",
-    "first_name": "firstName",
-    "lastName": "lastName",
-    "last_name": "lastName",
-    "country": "country",
-}
 # Settings that may stay empty when their ${VAR} is unset (dev runs the sandbox without a key).
 OPTIONAL_ENV = {"oliai.api_key", "bridge.admin_token", "delivery.alert_webhook_url"}
-SECRET_KEYS = ("api_key", "secret", "token", "basic_auth", "verify_token", "access_token")
-
-
-@dataclass(frozen=True)
-class OliAISettings:
-    base_url: str = defaults.OLIAI_BASE_URL
-    api_key: str | None = field(default=None, repr=False)
-    default_region: str = defaults.DEFAULT_REGION
-    rate_window_seconds: float = defaults.RATE_WINDOW_SECONDS
-    general_per_minute: int = defaults.GENERAL_PER_MINUTE
-    bulk_per_minute: int = defaults.BULK_PER_MINUTE
-    timeout_seconds: float = defaults.OLIAI_TIMEOUT_SECONDS
-
-
-@dataclass(frozen=True)
-class DeliverySettings:
-    max_attempts: int = defaults.MAX_ATTEMPTS
-    retry_base_seconds: float = defaults.RETRY_BASE_SECONDS
-    retry_max_seconds: float = defaults.RETRY_MAX_SECONDS
-    job_timeout_seconds: int = defaults.JOB_TIMEOUT_SECONDS
-    keep_delivered_days: float = defaults.KEEP_DELIVERED_DAYS
-    keep_failed_days: float = defaults.KEEP_FAILED_DAYS
-    alert_webhook_url: str | None = field(default=None, repr=False)
-
-
-@dataclass(frozen=True)
-class Route:
-    """One ``[[routes]]`` entry. Secrets are kept out of ``repr``."""
-
-    name: str
-    source: str
-    audience_id: str | None = None
-    audience_name: str | None = None
-    on_duplicate: str = "update"
-    language: str | None = None
-    region: str = defaults.DEFAULT_REGION
-    fields: Mapping[str, str] = field(default_factory=dict)
-    metadata: Mapping[str, str] = field(default_factory=dict)
-    options: Mapping[str, Any] = field(default_factory=dict)
-    api_base_url: str | None = None
-    secret: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    basic_auth: str | None = field(default=None, repr=False)
-    verify_token: str | None = field(default=None, repr=False)
-    access_token: str | None = field(default=None, repr=False)
-    api_key: str | None = field(default=None, repr=False)
-
-    def secrets(self) -> list[str]:
-        return [v for v in (getattr(self, k) for k in SECRET_KEYS) if v]
-
-
-@dataclass(frozen=True)
-class Settings:
-    oliai: OliAISettings = field(default_factory=OliAISettings)
-    delivery: DeliverySettings = field(default_factory=DeliverySettings)
-    routes: Mapping[str, Route] = field(default_factory=dict)
-    redis_url: str | None = None
-    data_dir: str = defaults.DATA_DIR
-    max_body_bytes: int = defaults.MAX_BODY_BYTES
-    dedup_ttl_seconds: int = defaults.DEDUP_TTL_SECONDS
-    queue_name: str = defaults.QUEUE_NAME
-    admin_token: str | None = field(default=None, repr=False)
-    source_path: str | None = None
-    warnings: tuple[str, ...] = ()
-
-    def api_key_for(self, route: Route) -> str | None:
-        return route.api_key or self.oliai.api_key
-
-    def secrets(self) -> list[str]:
-        """Every secret value the settings hold (for redaction and for the leak tests)."""
-        out = [self.oliai.api_key, self.admin_token, self.delivery.alert_webhook_url]
-        for route in self.routes.values():
-            out.extend(route.secrets())
-        return [s for s in out if s]
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 # --- schemas -------------------------------------------------------------------------------
@@ -363,6 +283,7 @@ def build_settings(
                     f"{label}: no token set: anyone who knows the URL can post leads to it"
                 )
         routes[name] = route
+    process = process_settings(env, problems)
     if problems:
         raise ConfigError(problems)
     settings = Settings(
@@ -372,6 +293,7 @@ def build_settings(
         redis_url=env.get("REDIS_URL") or None,
         source_path=source_path,
         warnings=tuple(warnings),
+        **process,
         **bridge_vals,
     )
     if not settings.oliai.api_key and any(not r.api_key for r in routes.values()):
@@ -381,9 +303,32 @@ def build_settings(
     return settings
 
 
-def _with_warning(settings: Settings, warning: str) -> Settings:
-    from dataclasses import replace
+def process_settings(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
+    """What the platform sets for the process: ``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``."""
+    out: dict[str, Any] = {"log_level": log_level(env)}
+    for key, var, top in (("port", "PORT", 65535), ("web_concurrency", "WEB_CONCURRENCY", 256)):
+        value = env.get(var)
+        if not value:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            number = 0
+        if not 1 <= number <= top:
+            problems.append(f"{var}: must be a whole number from 1 to {top}, not {value!r}")
+        else:
+            out[key] = number
+    return out
 
+
+def log_level(env: Mapping[str, str] | None = None) -> str:
+    """``LOG_LEVEL`` (before any config is read, logging is set up with it)."""
+    env = os.environ if env is None else env
+    level = (env.get("LOG_LEVEL") or defaults.LOG_LEVEL).upper()
+    return level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO"
+
+
+def _with_warning(settings: Settings, warning: str) -> Settings:
     return replace(settings, warnings=settings.warnings + (warning,))
 
 

@@ -25,6 +25,12 @@ DEFAULT_RETRY_AFTER_SECONDS = 60.0
 OLIAI_TIMEOUT_SECONDS = 10.0
 OLIAI_CONNECT_TIMEOUT_SECONDS = 3.05
 
+#: Largest page the API serves (oliai-api.md §3); the pagination helpers always ask for it.
+OLIAI_MAX_PAGE_SIZE = 100
+
+#: Connections one client keeps open to the API: more than the calls one worker makes at once.
+OLIAI_POOL_SIZE = 10
+
 #: Largest webhook body accepted (413 above). Form builders send a few KB.
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -58,3 +64,9 @@ DATA_DIR = ".bridge-data"
 
 #: Web port when ``PORT`` is unset.
 PORT = 8000
+
+#: gunicorn processes when ``WEB_CONCURRENCY`` is unset: one per core of a small machine.
+WEB_CONCURRENCY = 2
+
+#: Log level when ``LOG_LEVEL`` is unset.
+LOG_LEVEL = "INFO"

@@ -23,7 +23,7 @@ from bridge import defaults
 from bridge.event import Event, InboundRequest, utcnow_iso
 
 if TYPE_CHECKING:
-    from bridge.config import Settings
+    from bridge.settings import Settings
 
 P = defaults.KEY_PREFIX
 HISTORY_MAX = 100

@@ -15,7 +15,6 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from bridge import metrics
-from bridge.config import Route, Settings
 from bridge.deliveries import (
     Delivery,
     DeliveryStore,
@@ -36,15 +35,9 @@ from bridge.exceptions import (
 )
 from bridge.mapping import map_event
 from bridge.queue import enqueue, transaction
+from bridge.settings import Route, Settings
 from bridge.sources import get_source
-from bridge.sources.base import (
-    MAX_EVENT_ID_CHARS,
-    Accepted,
-    Outcome,
-    Reply,
-    Source,
-    error_reply,
-)
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Accepted, Outcome, Reply, Source, error_reply
 
 log = logging.getLogger(__name__)
 

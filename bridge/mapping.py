@@ -6,17 +6,17 @@ metadata. Pure: ``oliai-bridge try``, replay ``--remap`` and the tests call it d
 from __future__ import annotations
 
 import json
-import re
 from functools import lru_cache
 from typing import Any
 
 import jmespath
 from jmespath.exceptions import JMESPathError
 
-from bridge.config import LANGUAGE, Route
 from bridge.event import Event
 from bridge.exceptions import Unmappable
 from bridge.phone import InvalidPhone, to_e164
+from bridge.settings import LANGUAGE, Route
+from bridge.values import squash, text
 
 MAX_NAME_CHARS = 100
 MAX_METADATA_KEYS = 50
@@ -210,10 +210,6 @@ def flatten(fields: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
     return out
 
 
-def squash(key: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", key.rsplit(".", 1)[-1].lower())
-
-
 def guess(
     flat: dict[str, Any],
     exact: tuple[str, ...],
@@ -253,15 +249,6 @@ def _phoneish(value: Any) -> bool:
 
 def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip()) or value in ([], {})
-
-
-def text(value: Any) -> str:
-    if value is None or isinstance(value, (dict, bool)):
-        return ""
-    if isinstance(value, list):
-        parts = (text(v) for v in value)  # once per item: nested lists stay linear
-        return " ".join(p for p in parts if p).strip()
-    return " ".join(str(value).split())
 
 
 def scalar(value: Any) -> str | int | float | bool | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from gunicorn.app.base import BaseApplication
 
-from bridge.config import Settings
+from bridge.settings import Settings
 
 #: The access log shows the path without its query string: ``?token=`` must never be logged.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'

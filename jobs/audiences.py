@@ -14,8 +14,8 @@ import secrets
 from redis import Redis
 
 from bridge import defaults
-from bridge.config import Route
 from bridge.exceptions import Deferred
+from bridge.settings import Route
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ from redis import Redis
 from rq import Queue, get_current_job
 
 from bridge import defaults, metrics
-from bridge.config import Route, Settings, load_settings
 from bridge.deliveries import Delivery, DeliveryStore
 from bridge.event import Event
 from bridge.exceptions import (
@@ -46,6 +45,7 @@ from bridge.exceptions import (
 )
 from bridge.mapping import map_event
 from bridge.queue import enqueue, make_queue, transaction
+from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from jobs.audiences import forget_audience, resolve_audience
 from jobs.oliai import OliAIClient
@@ -103,6 +103,8 @@ class Context:
         return cached
 
 
+#: The worker's context: ``oliai-bridge worker`` (``jobs.worker``) sets it once at start with
+#: the settings it loaded; RQ calls ``deliver`` with the delivery id alone.
 _context: Context | None = None
 
 
@@ -114,13 +116,8 @@ def configure(settings: Settings, redis: Redis) -> Context:
 
 
 def context() -> Context:
-    global _context
     if _context is None:
-        # Started by a plain ``rq worker``: read the same config the bridge would.
-        from bridge.storage import connect
-
-        settings = load_settings()
-        _context = Context(settings=settings, redis=connect(settings.redis_url))
+        raise RuntimeError("deliveries run in `oliai-bridge worker`, which configures them")
     return _context
 
 

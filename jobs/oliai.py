@@ -22,6 +22,7 @@ from urllib.parse import quote
 import requests
 from requests.adapters import HTTPAdapter
 
+from bridge import defaults
 from bridge.exceptions import (
     ApiError,
     ApiForbidden,
@@ -37,12 +38,9 @@ from bridge.exceptions import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TIMEOUT = (3.05, 10.0)  # (connect, read) seconds
-#: Wait this long when a 429 carries no usable Retry-After (#3).
-DEFAULT_RETRY_AFTER = 60.0
-#: Largest page the API serves; the pagination helpers always ask for it.
-MAX_PAGE_SIZE = 100
-POOL_SIZE = 10
+DEFAULT_TIMEOUT = (defaults.OLIAI_CONNECT_TIMEOUT_SECONDS, defaults.OLIAI_TIMEOUT_SECONDS)
+DEFAULT_RETRY_AFTER = defaults.DEFAULT_RETRY_AFTER_SECONDS
+MAX_PAGE_SIZE = defaults.OLIAI_MAX_PAGE_SIZE
 GENERAL = "general"
 BULK = "bulk"
 
@@ -148,7 +146,9 @@ class OliAIClient:
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=POOL_SIZE, pool_maxsize=POOL_SIZE)
+            adapter = HTTPAdapter(
+                pool_connections=defaults.OLIAI_POOL_SIZE, pool_maxsize=defaults.OLIAI_POOL_SIZE
+            )
             session.mount("http://", adapter)
             session.mount("https://", adapter)
         self._session = session

@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from bridge.config import Settings
 from bridge.deliveries import IDX_FAILED, Delivery, DeliveryStore, request_from_raw
 from bridge.event import Event
 from bridge.exceptions import IngestError
 from bridge.mapping import map_event
 from bridge.queue import enqueue, make_queue, transaction
+from bridge.settings import Settings
 from bridge.sources import get_source
 
 

@@ -15,8 +15,8 @@ import socket
 from redis import Redis
 from rq import SimpleWorker
 
-from bridge.config import Settings
 from bridge.queue import make_queue
+from bridge.settings import Settings
 from jobs.deliver import configure
 from jobs.reaper import ReaperThread
 

@@ -14,7 +14,7 @@ import hmac
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +25,14 @@ from bridge.exceptions import (
     SignatureInvalid,
     StorageUnavailable,
 )
-from bridge.mapping import squash, text
 from bridge.parsing import parse_body
+from bridge.values import country_code, id_text, squash, text
 
 if TYPE_CHECKING:
     import requests
 
-    from bridge.config import Route
     from bridge.event import Event
+    from bridge.settings import Route
 
 TOKEN_HEADER = "x-bridge-token"
 TOKEN_QUERY = "token"
@@ -40,9 +40,6 @@ TOKEN_QUERY = "token"
 #: Event ids an adapter takes from a body or a header are cut to this length (as ``bridge.ingest``
 #: cuts every event id).
 MAX_EVENT_ID_CHARS = 200
-#: Provider record ids (HubSpot contacts, Pipedrive persons) are cut to this length: real ones
-#: are short, and a hostile body must not grow the keys built from them.
-MAX_ID_CHARS = 100
 #: Error text quoted from a provider's API is cut to this length.
 MAX_ERROR_CHARS = 300
 
@@ -345,73 +342,6 @@ def check_timestamp(
             f"timestamp is {int(abs(now - value))} s away from now (tolerance {int(tolerance)} s)",
             reason="stale_timestamp",
         )
-
-
-# --- helpers adapters share --------------------------------------------------------------
-#
-# Providers send one field as a string in one payload and as a number in the next, pad values
-# with spaces and repeat labels. These read such values the same way in every adapter.
-
-
-def clean_text(value: Any, kinds: tuple[type, ...] = (str, int, float)) -> str | None:
-    """``value`` as stripped text when it is one of ``kinds``; None otherwise, or when blank.
-
-    A bool is never text (``isinstance(True, int)`` holds, but ``"True"`` is no name or number).
-    ``kinds`` narrows what an adapter accepts: ``(str,)`` where a provider's typed fields are
-    strings, ``(str, int)`` where a float would be a value gone wrong (an id that lost digits).
-    """
-    if isinstance(value, bool) or not isinstance(value, kinds):
-        return None
-    return str(value).strip() or None
-
-
-def id_text(value: Any, max_chars: int | None = MAX_ID_CHARS) -> str | None:
-    """An id sent as a string or an integer (providers' own samples often send numbers) as text,
-    cut to ``max_chars`` (None: whole); None for anything else."""
-    found = clean_text(value, (str, int))
-    return found if found is None or max_chars is None else found[:max_chars]
-
-
-def first_text(fields: Mapping[str, Any], keys: Iterable[str]) -> str | None:
-    """The text (``clean_text``) of the first of ``keys`` that has some: hint keys, best first."""
-    return next((found for key in keys if (found := clean_text(fields.get(key)))), None)
-
-
-def country_code(value: Any) -> str | None:
-    """``value`` when it is an ISO 3166 alpha-2 code (two letters, any case), upper-cased."""
-    code = value.strip() if isinstance(value, str) else ""
-    return code.upper() if len(code) == 2 and code.isalpha() else None
-
-
-def first_country(fields: Mapping[str, Any], keys: Iterable[str]) -> str | None:
-    """The first of ``keys`` whose value is a country code (``country_code``), upper-cased."""
-    return next((code for key in keys if (code := country_code(fields.get(key)))), None)
-
-
-def present(value: Any) -> bool:
-    """Whether a scalar value is worth a field: not None, not blank. Objects and lists are not
-    (an adapter that keeps nested values picks them out itself)."""
-    if value is None or isinstance(value, (dict, list)):
-        return False
-    return not (isinstance(value, str) and not value.strip())
-
-
-def put_field(
-    fields: dict[str, Any], key: str, value: Any, repeats: dict[str, int] | None = None
-) -> None:
-    """Add without overwriting: a repeated key gets `` (2)``, `` (3)``...
-
-    Form builders let two questions share a label; both answers must reach the contact.
-    ``repeats`` (one dict per lead) remembers the next number to try for each key, so a payload
-    repeating one key thousands of times costs linear, not quadratic, time."""
-    if key in fields:
-        memo = repeats if repeats is not None else {}
-        n = memo.get(key, 2)
-        while f"{key} ({n})" in fields:
-            n += 1
-        memo[key] = n + 1
-        key = f"{key} ({n})"
-    fields[key] = value
 
 
 # --- flat records: Zapier's contract, shared by WordPress plugins' key/value bodies ------

@@ -10,19 +10,18 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
+from bridge.settings import Route
 from bridge.sources.base import (
     Source,
     check_signed,
     check_timestamp,
-    clean_text,
     equal,
     hmac_digest,
-    present,
     require_header,
 )
+from bridge.values import clean_text, present
 
 SIGNATURE_HEADER = "calendly-webhook-signature"
 LEAD_EVENT = "invitee.created"

@@ -14,11 +14,12 @@ import re
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.parsing import xml_to_data
-from bridge.sources.base import Source, clean_text, first_country, first_text
+from bridge.settings import Route
+from bridge.sources.base import Source
+from bridge.values import clean_text, first_country, first_text
 
 #: Record wrappers of the advanced body; their keys become the lead's fields.
 RECORD_KEYS = ("contact", "lead")

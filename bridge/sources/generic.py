@@ -11,10 +11,10 @@ from __future__ import annotations
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.parsing import xml_to_data
+from bridge.settings import Route
 from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
-from bridge.mapping import text
 from bridge.parsing import parse_body, parse_json
+from bridge.settings import Route
 from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
+from bridge.values import text
 
 # Keys of the script's envelope: not answers.
 ENVELOPE = set(

@@ -25,25 +25,22 @@ from bridge.sources.base import (
     Source,
     check_signed,
     check_timestamp,
-    clean_text,
     equal,
     fetch_reference,
-    first_country,
-    first_text,
     hmac_digest,
-    id_text,
     provider_get,
     redact,
     refused_fetch,
     require_header,
     require_secret,
 )
+from bridge.values import clean_text, first_country, first_text, id_text
 
 if TYPE_CHECKING:
     import requests
 
-    from bridge.config import Route
     from bridge.event import Event
+    from bridge.settings import Route
 
 DEFAULT_API_BASE_URL = "https://api.hubapi.com"
 #: Contact properties fetched for a Webhooks API event; ``properties`` in the route adds more.

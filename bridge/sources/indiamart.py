@@ -12,11 +12,12 @@ import html
 import re
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
 from bridge.phone import InvalidPhone, to_e164
-from bridge.sources.base import Source, clean_text, country_code, id_text
+from bridge.settings import Route
+from bridge.sources.base import Source
+from bridge.values import clean_text, country_code, id_text
 
 # Where the buyer's number may be, best first.
 PHONE_KEYS = ("SENDER_MOBILE", "SENDER_MOBILE_ALT", "SENDER_PHONE", "SENDER_PHONE_ALT")

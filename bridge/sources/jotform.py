@@ -12,12 +12,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
-from bridge.mapping import text
 from bridge.parsing import parse_json
-from bridge.sources.base import MAX_EVENT_ID_CHARS, Source, country_code
+from bridge.settings import Route
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
+from bridge.values import country_code, text
 
 ANSWER_KEY = re.compile(r"^q\d+_(.+)$")
 NAME_PARTS = {"first", "middle", "last", "prefix", "suffix"}

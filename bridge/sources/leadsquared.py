@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid, StorageUnavailable
+from bridge.settings import Route
 from bridge.sources.base import (
     TOKEN_HEADER,
     TOKEN_QUERY,
@@ -25,12 +25,11 @@ from bridge.sources.base import (
     Reply,
     Source,
     check_basic_auth,
-    clean_text,
     default_reply,
     equal,
     error_reply,
-    first_text,
 )
+from bridge.values import clean_text, first_text
 
 #: LeadSquared's own example of a custom auth header, accepted besides ``X-Bridge-Token``.
 API_KEY_HEADER = "x-api-key"

@@ -16,21 +16,19 @@ from urllib.parse import quote
 
 import requests
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid
+from bridge.settings import Route
 from bridge.sources.base import (
     Reply,
     Source,
     check_signed,
-    clean_text,
-    country_code,
     equal,
     hmac_digest,
-    id_text,
     provider_get,
     redact,
 )
+from bridge.values import clean_text, country_code, id_text
 
 if TYPE_CHECKING:
     from bridge.event import Event

@@ -15,21 +15,14 @@ from urllib.parse import quote
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError
-from bridge.sources.base import (
-    Source,
-    clean_text,
-    fetch_reference,
-    id_text,
-    provider_get,
-    redact,
-    refused_fetch,
-)
+from bridge.sources.base import Source, fetch_reference, provider_get, redact, refused_fetch
+from bridge.values import clean_text, id_text
 
 if TYPE_CHECKING:
     import requests
 
-    from bridge.config import Route
     from bridge.event import Event
+    from bridge.settings import Route
 
 DEFAULT_API_BASE_URL = "https://api.pipedrive.com"
 #: v1 action names → the v2 names the route's ``actions`` option uses.

@@ -14,22 +14,20 @@ from typing import Any
 from xml.etree.ElementTree import Element
 from xml.sax.saxutils import escape
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import IngestError, MalformedBody, SignatureInvalid, StorageUnavailable
 from bridge.parsing import local_name, media_kind, parse_xml, xml_to_data
+from bridge.settings import Route
 from bridge.sources.base import (
     MAX_EVENT_ID_CHARS,
     Outcome,
     Reply,
     Source,
     check_shared_credentials,
-    clean_text,
     default_reply,
     equal,
-    first_country,
-    first_text,
 )
+from bridge.values import clean_text, first_country, first_text
 
 XSI = "{http://www.w3.org/2001/XMLSchema-instance}"
 SOAP_CONTENT_TYPE = "text/xml; charset=utf-8"

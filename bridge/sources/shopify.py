@@ -11,21 +11,19 @@ import base64
 import binascii
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
 from bridge.phone import InvalidPhone, to_e164
+from bridge.settings import Route
 from bridge.sources.base import (
     MAX_EVENT_ID_CHARS,
     Source,
     check_signed,
-    clean_text,
-    country_code,
     equal,
     hmac_digest,
-    present,
     require_header,
 )
+from bridge.values import clean_text, country_code, present
 
 SIGNATURE_HEADER = "x-shopify-hmac-sha256"
 LEAD_TOPIC = "customers/create"

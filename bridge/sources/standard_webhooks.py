@@ -12,9 +12,9 @@ import base64
 import binascii
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
+from bridge.settings import Route
 from bridge.sources.base import (
     MAX_EVENT_ID_CHARS,
     Source,

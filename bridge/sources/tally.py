@@ -11,19 +11,18 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
-from bridge.mapping import text
+from bridge.settings import Route
 from bridge.sources.base import (
     MAX_EVENT_ID_CHARS,
     Source,
     check_signed,
     equal,
     hmac_digest,
-    put_field,
     require_header,
 )
+from bridge.values import put_field, text
 
 SIGNATURE_HEADER = "tally-signature"
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid
-from bridge.mapping import text
+from bridge.settings import Route
 from bridge.sources.base import (
     MAX_EVENT_ID_CHARS,
     Source,
@@ -26,6 +25,7 @@ from bridge.sources.base import (
     hmac_digest,
     require_header,
 )
+from bridge.values import text
 
 SIGNATURE_HEADER = "x-webflow-signature"
 TIMESTAMP_HEADER = "x-webflow-timestamp"

@@ -21,11 +21,11 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody
-from bridge.mapping import text
-from bridge.sources.base import MAX_EVENT_ID_CHARS, Source, country_code, flat_record_lead
+from bridge.settings import Route
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source, flat_record_lead
+from bridge.values import country_code, text
 
 GRAVITY_KEY = re.compile(r"^(\d+)(?:\.(\d+))?$")
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")

@@ -14,20 +14,19 @@ import re
 from typing import Any
 from xml.etree.ElementTree import Element
 
-from bridge.config import Route
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import IngestError, MalformedBody, SignatureInvalid
 from bridge.parsing import parse_body, xml_to_data
+from bridge.settings import Route
 from bridge.sources.base import (
     TOKEN_HEADER,
     TOKEN_QUERY,
     Source,
     check_basic_auth,
     check_shared_credentials,
-    clean_text,
-    country_code,
     equal,
 )
+from bridge.values import clean_text, country_code
 
 #: The body parameter that may carry the route's token.
 BODY_TOKEN_KEY = "token"

@@ -1,0 +1,108 @@
+"""The validated settings: plain frozen values with no behaviour beyond reading them.
+
+``bridge.config`` builds them from TOML and the environment; everything else receives them.
+This module imports nothing of the project but ``bridge.defaults``, so any module may use it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bridge import defaults
+
+ROUTE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LANGUAGE = re.compile(r"^[a-z]{2,3}-[A-Z]{2}$")
+# Contact fields a route may map; aliases are accepted and folded to the first name.
+CONTACT_FIELDS = {
+    "name": "name",
+    "phoneNumber": "phoneNumber",
+    "phone": "phoneNumber",
+    "language": "language",
+    "email": "email",
+    "firstName": "firstName",
+    "first_name": "firstName",
+    "lastName": "lastName",
+    "last_name": "lastName",
+    "country": "country",
+}
+SECRET_KEYS = ("api_key", "secret", "token", "basic_auth", "verify_token", "access_token")
+
+
+@dataclass(frozen=True)
+class OliAISettings:
+    base_url: str = defaults.OLIAI_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    default_region: str = defaults.DEFAULT_REGION
+    rate_window_seconds: float = defaults.RATE_WINDOW_SECONDS
+    general_per_minute: int = defaults.GENERAL_PER_MINUTE
+    bulk_per_minute: int = defaults.BULK_PER_MINUTE
+    timeout_seconds: float = defaults.OLIAI_TIMEOUT_SECONDS
+
+
+@dataclass(frozen=True)
+class DeliverySettings:
+    max_attempts: int = defaults.MAX_ATTEMPTS
+    retry_base_seconds: float = defaults.RETRY_BASE_SECONDS
+    retry_max_seconds: float = defaults.RETRY_MAX_SECONDS
+    job_timeout_seconds: int = defaults.JOB_TIMEOUT_SECONDS
+    keep_delivered_days: float = defaults.KEEP_DELIVERED_DAYS
+    keep_failed_days: float = defaults.KEEP_FAILED_DAYS
+    alert_webhook_url: str | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One ``[[routes]]`` entry. Secrets are kept out of ``repr``."""
+
+    name: str
+    source: str
+    audience_id: str | None = None
+    audience_name: str | None = None
+    on_duplicate: str = "update"
+    language: str | None = None
+    region: str = defaults.DEFAULT_REGION
+    fields: Mapping[str, str] = field(default_factory=dict)
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    options: Mapping[str, Any] = field(default_factory=dict)
+    api_base_url: str | None = None
+    secret: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    basic_auth: str | None = field(default=None, repr=False)
+    verify_token: str | None = field(default=None, repr=False)
+    access_token: str | None = field(default=None, repr=False)
+    api_key: str | None = field(default=None, repr=False)
+
+    def secrets(self) -> list[str]:
+        return [v for v in (getattr(self, k) for k in SECRET_KEYS) if v]
+
+
+@dataclass(frozen=True)
+class Settings:
+    oliai: OliAISettings = field(default_factory=OliAISettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
+    routes: Mapping[str, Route] = field(default_factory=dict)
+    redis_url: str | None = None
+    data_dir: str = defaults.DATA_DIR
+    max_body_bytes: int = defaults.MAX_BODY_BYTES
+    dedup_ttl_seconds: int = defaults.DEDUP_TTL_SECONDS
+    queue_name: str = defaults.QUEUE_NAME
+    admin_token: str | None = field(default=None, repr=False)
+    source_path: str | None = None
+    warnings: tuple[str, ...] = ()
+    #: From the environment of the process (``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``).
+    port: int = defaults.PORT
+    web_concurrency: int = defaults.WEB_CONCURRENCY
+    log_level: str = defaults.LOG_LEVEL
+
+    def api_key_for(self, route: Route) -> str | None:
+        return route.api_key or self.oliai.api_key
+
+    def secrets(self) -> list[str]:
+        """Every secret value the settings hold (for redaction and for the leak tests)."""
+        out = [self.oliai.api_key, self.admin_token, self.delivery.alert_webhook_url]
+        for route in self.routes.values():
+            out.extend(route.secrets())
+        return [s for s in out if s]
