@@ -148,6 +148,15 @@ class ValidationFailed(PermanentApiError):
     """400: the API's ``message`` (a string, or several joined) says what is wrong."""
 
 
+class PayloadRefused(ValidationFailed):
+    """A body OliAI would refuse, caught by ``jobs.payloads`` before any request (no status):
+    the message names the field."""
+
+    def __init__(self, message: str, *, field: str | None = None):
+        self.field = field
+        super().__init__(f"refused before sending: {message}")
+
+
 class Unauthorized(PermanentApiError):
     """401: key missing, unknown, revoked or expired."""
 

@@ -35,6 +35,7 @@ from bridge.exceptions import (
     Unreachable,
     ValidationFailed,
 )
+from jobs import payloads
 
 log = logging.getLogger(__name__)
 
@@ -186,18 +187,20 @@ class OliAIClient:
             body["language"] = language
         if metadata is not None:
             body["metadata"] = metadata
-        return self._request("POST", "/contacts", json=body)
+        return self._request("POST", "/contacts", json=payloads.CONTACT.dump(body))
 
     def update_contact(self, contact_id: str, **fields: Any) -> dict:
         """PATCH with fields by their API names (``phoneNumber``...); ``metadata`` is replaced."""
-        return self._request("PATCH", f"/contacts/{_seg(contact_id)}", json=fields)
+        path = f"/contacts/{_seg(contact_id)}"
+        return self._request("PATCH", path, json=payloads.CONTACT_PATCH.dump(fields))
 
     def delete_contact(self, contact_id: str) -> dict:
         return self._request("DELETE", f"/contacts/{_seg(contact_id)}")
 
     def bulk_upsert_contacts(self, contacts: list[dict]) -> dict:
         """``POST /contacts/bulk``: ``{created, updated, failed, contacts}``; map by phone."""
-        return self._request("POST", "/contacts/bulk", json={"contacts": contacts}, rate=BULK)
+        body = payloads.BULK.dump({"contacts": contacts})
+        return self._request("POST", "/contacts/bulk", json=body, rate=BULK)
 
     # --- audiences ---------------------------------------------------------------------------
 
@@ -221,12 +224,14 @@ class OliAIClient:
 
     def add_audience_contacts(self, audience_id: str, contact_ids: Iterable[str]) -> dict:
         path = f"/audiences/{_seg(audience_id)}/contacts"
-        return self._request("POST", path, json={"contactIds": list(contact_ids)})
+        body = payloads.MEMBERS.dump({"contactIds": list(contact_ids)})
+        return self._request("POST", path, json=body)
 
     def remove_audience_contacts(self, audience_id: str, contact_ids: Iterable[str]) -> dict:
         # The POST form, because some HTTP stacks drop the body of a DELETE (#17).
         path = f"/audiences/{_seg(audience_id)}/contacts/remove"
-        return self._request("POST", path, json={"contactIds": list(contact_ids)})
+        body = payloads.MEMBERS.dump({"contactIds": list(contact_ids)})
+        return self._request("POST", path, json=body)
 
     def list_audience_contacts(
         self, audience_id: str, page: int = 1, limit: int = 20, search: str | None = None
@@ -299,6 +304,7 @@ class OliAIClient:
             body["audienceId"] = audience_id
         if webhook_url is not None:
             body["webhookUrl"] = webhook_url
+        body = payloads.IMPORT.dump(body)
         result = self._request("POST", "/imports/api/bulk", json=body, rate=BULK)
         return _both_ids(result)
 
