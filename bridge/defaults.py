@@ -18,6 +18,22 @@ BULK_PER_MINUTE = 10
 #: disagree and for other clients of the same key (unknowns #2 suggests ~50/60).
 RATE_HEADROOM = 0.85
 
+#: Lanes of delivery work: leads from webhooks go ``live``; backfills, imports and replays go
+#: ``backfill``, which may only use part of a key's budget and always yields to live work.
+LIVE_LANE = "live"
+BACKFILL_LANE = "backfill"
+LANES = (LIVE_LANE, BACKFILL_LANE)
+
+#: Share of each budget (general and bulk) a backfill may not touch: live leads always find
+#: tokens even while a deep backfill drains the same key.
+LIVE_RESERVE = 0.25
+
+#: Another program spending the same key shows as 429s we did not expect. Our own budget for
+#: the key then halves (at most once per half window) and grows back by this share of the
+#: budget per window without a 429 (AIMD), never below ``AIMD_MIN_SHARE``.
+AIMD_STEP = 0.1
+AIMD_MIN_SHARE = 0.1
+
 #: A 429 without a usable ``Retry-After`` pauses the key for a whole window (unknowns #3).
 DEFAULT_RETRY_AFTER_SECONDS = 60.0
 
