@@ -29,6 +29,9 @@ RUNTIME_FIELDS: dict[str, type] = {
     "campaign_seconds_per_contact": float,
     "campaign_max_seconds": float,
     "import_delay_ms": float,
+    # Rows the API refuses for reasons no client can check first (a do-not-call list): tests
+    # of per-row outcomes need a refusal that passes every documented rule.
+    "refused_phones": list,
 }
 
 
@@ -55,6 +58,7 @@ class Options:
     campaign_seconds_per_contact: float = 1.0
     campaign_max_seconds: float = 60.0
     import_delay_ms: float = 200.0
+    refused_phones: list[str] = field(default_factory=list)
     quiet: bool = False
 
     def __post_init__(self) -> None:
@@ -91,6 +95,10 @@ def _problems(values: dict) -> list[str]:
     problems = []
     for name, value in values.items():
         wanted = RUNTIME_FIELDS[name]
+        if wanted is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                problems.append(f"{name} must be a list of strings")
+            continue
         if wanted is bool:
             if not isinstance(value, bool):
                 problems.append(f"{name} must be true or false")

@@ -240,7 +240,7 @@ class Store:
     def create_contact(self, org_id: str, body: object) -> dict:
         with self._lock:
             org = self._org(org_id)
-            fields_ = _contact_fields(_object(body), partial=False)
+            fields_ = self._allowed(_contact_fields(_object(body), partial=False))
             if fields_["phoneNumber"] in org.phones:
                 # #8: the standard shape and a plain message, deliberately without the id.
                 raise ApiFailure(409, "Contact with this phone number already exists")
@@ -250,7 +250,7 @@ class Store:
         with self._lock:
             org = self._org(org_id)
             contact = self._contact(org, contact_id)
-            changes = _contact_fields(_object(body), partial=True)
+            changes = self._allowed(_contact_fields(_object(body), partial=True))
             phone = changes.get("phoneNumber")
             if phone is not None and org.phones.get(phone, contact_id) != contact_id:
                 raise ApiFailure(409, "Contact with this phone number already exists")
@@ -279,7 +279,7 @@ class Store:
             results = []
             for item in items:
                 try:
-                    fields_ = _contact_fields(_object(item), partial=False)
+                    fields_ = self._allowed(_contact_fields(_object(item), partial=False))
                 except ApiFailure:
                     # #7: an invalid item is counted and left out, the rest still go in.
                     failed += 1
@@ -289,6 +289,12 @@ class Store:
                 updated += not was_created
                 results.append(public(contact))
             return {"created": created, "updated": updated, "failed": failed, "contacts": results}
+
+    def _allowed(self, fields_: dict) -> dict:
+        """Refuse a number on the configured do-not-call list (``refused_phones``)."""
+        if fields_.get("phoneNumber") in self.options.refused_phones:
+            raise ApiFailure(400, "phoneNumber is on the organization's do-not-call list")
+        return fields_
 
     def _contact(self, org: Org, contact_id: str) -> dict:
         contact = org.contacts.get(contact_id)
@@ -653,6 +659,11 @@ class Store:
             else:
                 for row in rows:
                     fields_ = _import_fields(row)
+                    if (
+                        fields_ is not None
+                        and fields_["phoneNumber"] in self.options.refused_phones
+                    ):
+                        fields_ = None
                     if fields_ is None:
                         record["failed"] += 1
                         continue
