@@ -59,6 +59,7 @@ OPTIONAL_FIELDS = (
     "contact_id",
     "audience_id",
     "failed_index",
+    "batch_id",
 )  # not terminal; score = when the reaper should look at it
 
 
@@ -99,6 +100,10 @@ class Delivery:
     job_seq: int = 0
     #: The reason code this delivery is listed under in the failed indexes (None: not listed).
     failed_index: str | None = None
+    #: ``live`` or ``backfill`` (``jobs.lanes``); None for a delivery queued as its own RQ job.
+    lane: str | None = None
+    #: The batch a worker claimed it into, while it works on it.
+    batch_id: str | None = None
 
     @property
     def terminal(self) -> bool:
@@ -127,6 +132,8 @@ class Delivery:
             "reason",
             "job_id",
             "failed_index",
+            "lane",
+            "batch_id",
         ):
             value = getattr(self, key)
             if value is not None:
@@ -166,6 +173,8 @@ class Delivery:
             job_id=d.get("job_id") or None,
             job_seq=int(d.get("job_seq") or 0),
             failed_index=d.get("failed_index"),
+            lane=d.get("lane") or None,
+            batch_id=d.get("batch_id") or None,
         )
 
     def summary(self) -> dict[str, Any]:

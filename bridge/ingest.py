@@ -1,8 +1,9 @@
 """How a webhook becomes stored deliveries: verify, parse, normalize, map, dedup, store, enqueue.
 
 ``Ingest.handle`` is the whole web-side path for one request, independent of Flask. A 2xx is
-only ever answered after the delivery and its job are in Redis (one MULTI/EXEC); a Redis failure
-becomes ``StorageUnavailable`` (503 + Retry-After), never a 2xx.
+only ever answered after the delivery and its ticket in the lane's pending set are in Redis
+(one MULTI/EXEC, ``jobs.lanes``); a Redis failure becomes ``StorageUnavailable`` (503 +
+Retry-After), never a 2xx. The first lead of an idle lane also starts its drain job.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from bridge import metrics
+from bridge import defaults, metrics
 from bridge.deliveries import (
     Delivery,
     DeliveryStore,
@@ -34,10 +35,11 @@ from bridge.exceptions import (
     Unmappable,
 )
 from bridge.mapping import map_event
-from bridge.queue import enqueue, transaction
+from bridge.queue import transaction
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.sources.base import MAX_EVENT_ID_CHARS, Accepted, Outcome, Reply, Source, error_reply
+from jobs.lanes import Kick, lane_kid, requeue
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,14 @@ MAX_LEADS_PER_REQUEST = 1000
 
 
 class Ingest:
-    def __init__(self, settings: Settings, redis: Redis, queue: Queue):
+    def __init__(
+        self, settings: Settings, redis: Redis, queue: Queue, lane: str = defaults.LIVE_LANE
+    ):
         self.settings = settings
         self.redis = redis
         self.queue = queue
+        #: Webhooks are live leads; a backfill (an import of old leads) uses the other lane.
+        self.lane = lane
         self.store = DeliveryStore.for_settings(redis, settings)
 
     def handle(self, req: InboundRequest) -> Reply:
@@ -147,6 +153,8 @@ class Ingest:
         accepted: list[Accepted] = []
         fresh: list[Delivery] = []
         claimed: list[str] = []
+        kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
+        results: list = []
         try:
             for delivery in deliveries:
                 key = dedup_key(route.name, delivery.event.event_id)
@@ -176,17 +184,17 @@ class Ingest:
                         delivery.contact = redact(delivery.contact, hidden)
                     delivery.raw_id = raw_id
                     if delivery.status == "queued":
-                        enqueue(
-                            self.queue,
-                            delivery,
-                            pipe=pipe,
-                            job_timeout=self.settings.delivery.job_timeout_seconds,
-                        )
+                        delivery.lane = self.lane
+                        kid = lane_kid(self.settings, route)
+                        requeue(pipe, delivery, kid)
+                        kick.arm(pipe, kid, delivery.lane)
                     self.store.add(pipe, delivery)
-                    detail = delivery.job_id if delivery.status == "queued" else delivery.reason
+                    detail = (
+                        f"{delivery.lane} lane" if delivery.status == "queued" else delivery.reason
+                    )
                     self.store.log_on(pipe, delivery.id, delivery.status, detail)
                     metrics.count_on(pipe, delivery.status, route.name)
-                pipe.execute()
+                results = pipe.execute()
         except RedisError:
             if claimed:
                 try:
@@ -194,6 +202,11 @@ class Ingest:
                 except RedisError:
                     pass
             raise
+        try:
+            kick.fire(results)
+        except RedisError as exc:
+            # Stored already: the reaper starts the lane's drain if nobody else does.
+            log.warning("route %s: stored, but no drain started (%s)", route.name, exc)
         return accepted
 
 

@@ -34,6 +34,7 @@ from bridge.exceptions import (
     Conflict,
     Deferred,
     NotFound,
+    PayloadRefused,
     PermanentApiError,
     ProviderFetchError,
     RateLimited,
@@ -47,7 +48,9 @@ from bridge.mapping import map_event
 from bridge.queue import enqueue, make_queue, transaction
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
+from jobs import payloads
 from jobs.audiences import forget_audience, resolve_audience
+from jobs.lanes import NO_KEY, Lanes, lane_kid, now_ms, requeue
 from jobs.oliai import OliAIClient
 from jobs.ratelimit import RateLimiter, key_id
 
@@ -74,12 +77,28 @@ class Context:
     store: DeliveryStore = None  # type: ignore[assignment]
     http: requests.Session = field(default_factory=requests.Session)
     clients: dict[tuple[str, str], OliAIClient] = field(default_factory=dict)
+    lanes: Lanes = None  # type: ignore[assignment]
 
     def __post_init__(self):
         if self.queue is None:
             self.queue = make_queue(self.redis, self.settings.queue_name)
         if self.store is None:
             self.store = DeliveryStore.for_settings(self.redis, self.settings)
+        if self.lanes is None:
+            self.lanes = Lanes(self.redis)
+
+    def kid_for(self, d: Delivery) -> str:
+        """The key id ``d`` queues under now (its route's key, per the current settings)."""
+        route = self.settings.routes.get(d.route)
+        return lane_kid(self.settings, route) if route is not None else NO_KEY
+
+    def api_key_for_kid(self, kid: str) -> str | None:
+        """The configured API key whose id is ``kid`` (None: no longer configured)."""
+        keys = [self.settings.oliai.api_key, *(r.api_key for r in self.settings.routes.values())]
+        for api_key in keys:
+            if api_key and key_id(api_key) == kid:
+                return api_key
+        return None
 
     def client_for(self, api_key: str) -> OliAIClient:
         base_url = self.settings.oliai.base_url
@@ -144,6 +163,11 @@ class Deliverer:
         if job is not None and d.job_id and job.id != d.job_id:
             log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
             return "stale"
+        return self.attempt(d)
+
+    def attempt(self, d: Delivery, *, counted: bool = False) -> str:
+        """One attempt at ``d`` alone (its own job, or a lead a drain sends by itself);
+        ``counted``: the attempt is already recorded (a batch sends this one alone after all)."""
         route = self.settings.routes.get(d.route)
         if route is None:
             return self.fail(d, "route_removed", f"route {d.route!r} is no longer configured")
@@ -167,8 +191,10 @@ class Deliverer:
             )
 
         d.status = "delivering"
-        d.attempts += 1
-        self.store.update(d, "attempt", f"attempt {d.attempts}", recheck_in=LEASE_SECONDS)
+        d.batch_id = None  # from here on its own lease says it is alive
+        if not counted:
+            d.attempts += 1
+            self.store.update(d, "attempt", f"attempt {d.attempts}", recheck_in=LEASE_SECONDS)
         with self.lease(d.id):
             try:
                 self.work(d, route, client, kid)
@@ -193,7 +219,8 @@ class Deliverer:
                     return self.transient(d, f"fetching the lead: {exc.message}")
                 return self.fail(d, "fetch_failed", f"fetching the lead: {exc.message}")
             except PermanentApiError as exc:
-                self.note_api(d, exc)
+                if not isinstance(exc, PayloadRefused):  # refused here: the API said nothing
+                    self.note_api(d, exc)
                 return self.fail(d, reason_code(exc), str(exc))
             except Unmappable as exc:
                 return self.skip(d, exc.message)
@@ -256,12 +283,13 @@ class Deliverer:
 
     def upsert(self, contact: dict, route: Route, client: OliAIClient) -> tuple[str, str]:
         """Create the contact; on 409 find it by phone and update it (or leave it)."""
+        body = payloads.contact(contact)  # a row OliAI would refuse fails here, field named
         try:
             created = client.create_contact(
-                contact["name"],
-                contact["phoneNumber"],
-                language=contact.get("language"),
-                metadata=contact.get("metadata") or None,
+                body["name"],
+                body["phoneNumber"],
+                language=body.get("language"),
+                metadata=body.get("metadata") or None,
             )
             return created["id"], "contact_created"
         except Conflict:
@@ -281,7 +309,7 @@ class Deliverer:
             changes["metadata"] = merged
         if not changes:
             return existing["id"], "contact_unchanged"
-        client.update_contact(existing["id"], **changes)
+        client.update_contact(existing["id"], **payloads.contact_patch(changes))
         return existing["id"], "contact_updated"
 
     # --- outcomes --------------------------------------------------------------------------
@@ -289,13 +317,18 @@ class Deliverer:
     def reschedule(self, d: Delivery, delay: float, what: str | None, detail: str | None) -> str:
         pipe = transaction(self.redis)
         d.status = "retrying"
-        enqueue(
-            self.ctx.queue,
-            d,
-            pipe=pipe,
-            delay=delay,
-            job_timeout=self.settings.delivery.job_timeout_seconds,
-        )
+        if d.lane:
+            # Back in its lane, due after ``delay``: the drain that runs it wakes up for it.
+            kid = self.ctx.kid_for(d)
+            requeue(pipe, d, kid, due_ms=now_ms() + int(delay * 1000))
+        else:
+            enqueue(
+                self.ctx.queue,
+                d,
+                pipe=pipe,
+                delay=delay,
+                job_timeout=self.settings.delivery.job_timeout_seconds,
+            )
         # The reaper looks just after the due time, in case no scheduler promotes it.
         self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 4)
         pipe.execute()

@@ -12,13 +12,15 @@ from dataclasses import dataclass
 
 from redis import Redis
 
+from bridge import defaults
 from bridge.deliveries import IDX_FAILED, Delivery, DeliveryStore, request_from_raw
 from bridge.event import Event
 from bridge.exceptions import IngestError
 from bridge.mapping import map_event
-from bridge.queue import enqueue, make_queue, transaction
+from bridge.queue import make_queue, transaction
 from bridge.settings import Settings
 from bridge.sources import get_source
+from jobs.lanes import Kick, lane_kid, requeue
 
 
 @dataclass
@@ -118,12 +120,17 @@ class Replayer:
         d.status = "queued"
         d.failures = 0
         d.reason_code = d.reason = None
+        # Replays are backfill: they drain behind live leads and leave them a share of the key.
+        d.lane = defaults.BACKFILL_LANE
+        kid = lane_kid(self.settings, route)
         pipe = transaction(self.redis)
-        enqueue(self.queue, d, pipe=pipe, job_timeout=self.settings.delivery.job_timeout_seconds)
+        kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
+        requeue(pipe, d, kid)
+        kick.arm(pipe, kid, d.lane)
         self.store.update(
-            d, "replayed", ("remapped; " if remap else "") + f"job {d.job_id}", pipe=pipe
+            d, "replayed", ("remapped; " if remap else "") + f"{d.lane} lane", pipe=pipe
         )
-        pipe.execute()
+        kick.fire(pipe.execute())
         return ReplayResult(d.id, "requeued", contact["phoneNumber"] if contact else "")
 
     def contact_for(self, d: Delivery, *, remap: bool) -> tuple[dict | None, Event]:

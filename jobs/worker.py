@@ -17,10 +17,20 @@ from rq import SimpleWorker
 
 from bridge.queue import make_queue
 from bridge.settings import Settings
+from jobs.batch import STOPPING
 from jobs.deliver import configure
 from jobs.reaper import ReaperThread
 
 log = logging.getLogger(__name__)
+
+
+class BridgeWorker(SimpleWorker):
+    """A ``SimpleWorker`` that tells a running drain when it is asked to stop, so the drain
+    hands its lane on after the batch in hand instead of working through its whole slice."""
+
+    def handle_warm_shutdown_request(self) -> None:
+        STOPPING.set()
+        super().handle_warm_shutdown_request()
 
 
 def run_worker(
@@ -29,7 +39,8 @@ def run_worker(
     """Work until stopped; True when stopped on purpose (a signal, or burst mode done)."""
     ctx = configure(settings, redis)
     queue = make_queue(redis, settings.queue_name)
-    worker = SimpleWorker(
+    STOPPING.clear()
+    worker = BridgeWorker(
         [queue],
         connection=redis,
         name=name or f"bridge-{socket.gethostname()}-{os.getpid()}",

@@ -8,6 +8,7 @@ import pytest
 from rq import Queue
 
 from bridge.deliveries import DeliveryStore
+from jobs.lanes import Lanes, lane_kid
 from jobs.ratelimit import RateLimiter
 from jobs.replay import Replayer
 from tests.bridge_fixtures import route_dict
@@ -34,7 +35,15 @@ def history(client, delivery_id):
 
 
 def scheduled_at(client, delivery_id) -> float:
+    """When the delivery's next try is due: its ticket's score in its lane (or, queued as its
+    own RQ job, that job's time in the scheduled registry)."""
     d = client.store.get(delivery_id)
+    if d.lane:
+        due = Lanes(client.redis).due_ms(
+            d, lane_kid(client.settings, client.settings.routes[d.route])
+        )
+        assert due, f"{delivery_id} is not waiting in its lane"
+        return due / 1000
     queue = Queue(client.settings.queue_name, connection=client.redis)
     when = queue.scheduled_job_registry.get_scheduled_time(d.job_id)
     return when.replace(tzinfo=UTC).timestamp() if when.tzinfo is None else when.timestamp()
@@ -102,7 +111,8 @@ def test_409_skip_leaves_the_contact_but_adds_it_to_the_audience(make_client, ru
 
 def test_429_reschedules_at_retry_after_and_pauses_the_key(make_client, run_jobs, sandbox):
     # The API allows fewer calls than our limiter believes: the API's 429 must take over.
-    sandbox.configure(general_limit=4)
+    # (Four leads go out together: bulk upsert, audience lookup and creation, audience add.)
+    sandbox.configure(general_limit=3)
     client = make_client()
     ids = [post(client, {"name": f"L{i}", "phone": f"98765432{i:02d}"}) for i in range(4)]
     started = time.time()
@@ -195,17 +205,31 @@ def test_permanent_400_fails_at_once_with_the_api_message(make_client, run_jobs,
     client = make_client(
         routes=[route_dict(fields={"phoneNumber": "fields.phone", "language": "fields.lang"})]
     )
-    # a language the mapping accepts but the API rejects is a permanent 400
-    sandbox.configure(fail_rate=0.0)
+    # a number every documented rule accepts but the API refuses (its do-not-call list): our
+    # own checks cannot see it coming, so this is the API's permanent 400
+    sandbox.configure(fail_rate=0.0, refused_phones=["+919876543210"])
     delivery_id = post(client, {**LEAD, "lang": "hi-IN"})
+    run_jobs(client.settings)
     d = client.store.get(delivery_id)
-    d.contact["metadata"] = "not an object"  # what an API-side validation failure looks like
+    assert d.status == "failed" and d.reason_code == "invalid"
+    assert d.attempts == 1
+    assert d.last_api["status"] == 400 and "do-not-call" in d.last_api["message"]
+    assert contacts(sandbox) == []
+
+
+def test_a_body_oliai_would_refuse_fails_before_any_request(make_client, run_jobs, sandbox):
+    client = make_client()
+    delivery_id = post(client, LEAD)
+    d = client.store.get(delivery_id)
+    d.contact["metadata"] = "not an object"  # what the API would answer 400 to
     client.store.update(d)
     run_jobs(client.settings)
     d = client.store.get(delivery_id)
     assert d.status == "failed" and d.reason_code == "invalid"
     assert d.attempts == 1
-    assert d.last_api["status"] == 400 and "metadata" in d.last_api["message"]
+    assert "metadata" in d.reason and "refused before sending" in d.reason
+    assert d.last_api is None  # the API was never asked
+    assert sandbox.requests() == []  # no request, so no rate-limit token spent on it
     assert contacts(sandbox) == []
 
 

@@ -8,6 +8,7 @@ from rq import Queue
 
 from bridge.app import create_app
 from bridge.storage import free_port
+from jobs.lanes import lane_kid, pending_key
 from tests.bridge_fixtures import route_dict
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}
@@ -34,10 +35,16 @@ def test_accepted_lead_is_stored_and_queued_before_the_202(client):
         "phoneNumber": "+919876543210",
         "metadata": {"city": "Mumbai"},
     }
-    # the job is in RQ's queue and carries only the delivery id
-    assert queued_job_ids(client) == [d.job_id]
-    job = Queue(client.settings.queue_name, connection=client.redis).fetch_job(d.job_id)
-    assert job.args == (delivery_id,)
+    # its ticket waits in the live lane of its API key, and that lane's drain job is in RQ's
+    # queue, carrying only the key's hash and the lane (never the key, nor the lead)
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    assert d.lane == "live" and d.job_id == f"{delivery_id}-1"
+    pending = client.redis.zrange(pending_key(kid, "live"), 0, -1)
+    assert pending == [d.job_id.encode()]
+    [job_id] = queued_job_ids(client)
+    job = Queue(client.settings.queue_name, connection=client.redis).fetch_job(job_id)
+    assert job.func_name == "jobs.batch.drain" and job.args == (kid, "live")
+    assert client.settings.oliai.api_key not in repr(job.args)
     status = client.get(f"/deliveries/{delivery_id}").json
     assert status["status"] == "queued"
     assert [h["what"] for h in status["history"]] == ["received", "queued"]
@@ -78,6 +85,8 @@ def test_repeat_by_body_is_a_duplicate_and_makes_no_job(client):
         "duplicate": True,
     }
     assert len(queued_job_ids(client)) == 1
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    assert client.redis.zcard(pending_key(kid, "live")) == 1
 
 
 def test_idempotency_key_decides_repeats(client):

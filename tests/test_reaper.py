@@ -5,6 +5,7 @@ import time
 from rq import Queue
 
 from jobs.deliver import configure, lease_key
+from jobs.lanes import lane_kid, pending_key
 from jobs.reaper import reap_once
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210"}
@@ -48,16 +49,34 @@ def test_a_running_delivery_with_a_live_lease_is_left_alone(make_client, redis):
     assert client.store.get(delivery_id).job_id == d.job_id
 
 
-def test_queued_delivery_whose_job_vanished_is_requeued(make_client, redis):
+def test_queued_delivery_whose_ticket_vanished_is_requeued(make_client, redis):
     client = make_client()
     ctx = configure(client.settings, redis)
     delivery_id = accepted(client)
-    job_id = client.store.get(delivery_id).job_id
-    Queue(client.settings.queue_name, connection=redis).fetch_job(job_id).delete()
+    d = client.store.get(delivery_id)
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    assert redis.zrem(pending_key(kid, d.lane), d.job_id) == 1  # lost, as if never stored
     assert reap_once(ctx, now=time.time() + 120) == [delivery_id]
-    assert Queue(client.settings.queue_name, connection=redis).get_job_ids() == [
-        client.store.get(delivery_id).job_id
-    ]
+    d = client.store.get(delivery_id)
+    assert d.status == "queued" and d.job_id.endswith("-2")
+    assert redis.zrange(pending_key(kid, d.lane), 0, -1) == [d.job_id.encode()]
+
+
+def test_lane_whose_drain_job_vanished_gets_a_new_one(make_client, redis, run_jobs, sandbox):
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    delivery_id = accepted(client)
+    queue = Queue(client.settings.queue_name, connection=redis)
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    old_trigger = ctx.lanes.trigger(kid, "live")
+    queue.fetch_job(old_trigger).delete()
+    assert queue.get_job_ids() == []
+    assert reap_once(ctx, now=time.time() + 120) == []  # the lead itself is fine where it is
+    new_trigger = ctx.lanes.trigger(kid, "live")
+    assert new_trigger != old_trigger and queue.get_job_ids() == [new_trigger]
+    run_jobs(client.settings)
+    assert client.store.get(delivery_id).status == "delivered"
+    assert len(sandbox.org_state()["contacts"]) == 1
 
 
 def test_queued_delivery_with_its_job_waiting_is_left_alone(make_client, redis):
@@ -81,25 +100,28 @@ def test_overdue_retry_is_enqueued_when_no_scheduler_runs(make_client, redis, ru
     assert client.store.get(delivery_id).status == "delivered"
 
 
-def test_job_taken_by_a_worker_that_died_before_starting_it_is_requeued(
+def test_drain_taken_by_a_worker_that_died_before_starting_it_is_restarted(
     make_client, redis, run_jobs, sandbox
 ):
     client = make_client()
     ctx = configure(client.settings, redis)
     delivery_id = accepted(client)
     queue = Queue(client.settings.queue_name, connection=redis)
-    old_job = client.store.get(delivery_id).job_id
-    # a worker popped the job off the list, then died: RQ still says "queued"
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    old_job = ctx.lanes.trigger(kid, "live")
+    # a worker popped the drain job off the list, then died: RQ still says "queued"
     assert redis.lrem(queue.key, 0, old_job) == 1
     assert queue.fetch_job(old_job).get_status() == "queued"
-    assert reap_once(ctx, now=time.time() + 120) == [delivery_id]
-    assert client.store.get(delivery_id).job_id != old_job
+    assert reap_once(ctx, now=time.time() + 120) == []
+    assert ctx.lanes.trigger(kid, "live") != old_job
     run_jobs(client.settings)
     assert client.store.get(delivery_id).status == "delivered"
     assert len(sandbox.org_state()["contacts"]) == 1
 
 
-def test_job_started_by_a_worker_that_died_at_once_is_requeued(make_client, redis):
+def test_drain_started_by_a_worker_that_died_at_once_is_restarted(
+    make_client, redis, run_jobs, sandbox
+):
     from datetime import UTC, datetime, timedelta
 
     from rq.job import JobStatus
@@ -108,17 +130,20 @@ def test_job_started_by_a_worker_that_died_at_once_is_requeued(make_client, redi
     ctx = configure(client.settings, redis)
     delivery_id = accepted(client)
     queue = Queue(client.settings.queue_name, connection=redis)
-    job = queue.fetch_job(client.store.get(delivery_id).job_id)
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    job = queue.fetch_job(ctx.lanes.trigger(kid, "live"))
     redis.lrem(queue.key, 0, job.id)
     job.started_at = datetime.now(UTC) - timedelta(seconds=5)
     job.set_status(JobStatus.STARTED)
     job.save()
-    client.store.update(client.store.get(delivery_id), recheck_in=-1)  # due for a look now
-    # a moment after starting, the lease is about to be taken: leave it
+    # a moment after starting, the drain's lease is about to be taken: leave it
     assert reap_once(ctx, now=time.time() + 1) == []
-    assert client.store.get(delivery_id).job_id == job.id
+    assert ctx.lanes.trigger(kid, "live") == job.id
     # long after, with no lease ever taken, the worker is gone
-    assert reap_once(ctx, now=time.time() + 120) == [delivery_id]
+    reap_once(ctx, now=time.time() + 120)
+    assert ctx.lanes.trigger(kid, "live") != job.id
+    run_jobs(client.settings)
+    assert client.store.get(delivery_id).status == "delivered"
 
 
 def test_index_entries_of_expired_records_are_trimmed(make_client, redis):
