@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import threading
 import time
@@ -177,6 +178,10 @@ class Drainer:
             return "another drain has this lane"
         # A wake-up handles what is due by its time even if it runs a little early.
         self.wake_at_ms = int(wake_at_ms or 0)
+        if wake_at_ms:
+            wake = wake_key(self.kid, self.lane)
+            if self.redis.get(wake) == str(self.wake_at_ms).encode():
+                self.redis.delete(wake)  # this is that wake-up: a later one is needed anew
         with self.keepalive(), RateLimiter.for_lane(self.lane):
             try:
                 return self.loop()
@@ -208,9 +213,6 @@ class Drainer:
             plan = self.plan(ready)
             if self.limiter is not None:
                 wait = self.limiter.wait_time(plan.rate_class)
-                if wait > 0 and plan.kind != "single" and not self.limiter.wait_time(GENERAL):
-                    # The bulk budget is spent but general tokens are free: send one alone.
-                    plan, wait = Plan("single", 1, GENERAL), 0.0
                 if wait > 0:
                     if self.wait_inline(wait):
                         continue
@@ -311,7 +313,7 @@ class Drainer:
         scheduled = self.redis.get(wake)
         # A wake-up already due has fired (it may be this very run): a later one is needed.
         if scheduled is None or not now_ms() < int(scheduled) <= due_ms:
-            self.redis.set(wake, due_ms, px=ttl)
+            self.redis.set(wake, math.ceil(due_ms / 1000) * 1000, px=ttl)
             enqueue_drain(
                 self.ctx.queue,
                 self.kid,
@@ -474,7 +476,13 @@ class Drainer:
         rows = list(by_phone.values())
         size = self.bulk_size()
         for start in range(0, len(rows), size):
-            self.upsert_chunk(work, rows[start : start + size])
+            try:
+                self.upsert_chunk(work, rows[start : start + size])
+            except RateLimited as exc:
+                # The bulk budget ran out: the rest waits for it, the upserted go on.
+                rest = [d for group in rows[start:] for d in group if d.id in work.active]
+                work.rate_limited(exc, rest)
+                return
 
     def upsert_chunk(self, work: Work, rows: list[list[Delivery]]) -> None:
         items = [payloads.contact(group[-1].contact or {}) for group in rows]
@@ -817,16 +825,17 @@ class Work:
             self.drainer.deliverer.fail(d, reason_code(exc), str(exc))
             self.active.pop(d.id, None)
 
-    def rate_limited(self, exc: RateLimited) -> None:
+    def rate_limited(self, exc: RateLimited, deliveries: list[Delivery] | None = None) -> None:
         delay = exc.retry_after + random.uniform(0.05, 0.5)
-        pending = self.pending()
+        pending = self.pending() if deliveries is None else deliveries
         for d in pending:
             if exc.status is not None:  # the API's own 429, not our limiter
                 self.drainer.deliverer.note_api(d, exc)
             d.attempts -= 1  # waiting out a rate limit is not an attempt at these leads
         if pending:
             metrics.count(self.drainer.redis, "retried", pending[0].route, "rate_limited")
-        self.later(delay, "rate_limited", f"{exc.message}: next try in {delay:.1f} s")
+        detail = f"{exc.message}: next try in {delay:.1f} s"
+        self.later(delay, "rate_limited", detail, pending)
 
     def transient(self, exc: ApiError | None, message: str | None = None) -> None:
         message = message or str(exc)
@@ -855,10 +864,12 @@ class Work:
                 f"{message} (attempt {failures} of {cfg.max_attempts}; next in {delay:.1f} s)",
             )
 
-    def later(self, delay: float, what: str, detail: str) -> None:
+    def later(
+        self, delay: float, what: str, detail: str, deliveries: list[Delivery] | None = None
+    ) -> None:
         """Back to the lane, due in ``delay`` seconds; what is saved (contact ids) stays."""
         drainer = self.drainer
-        deliveries = self.pending()
+        deliveries = self.pending() if deliveries is None else deliveries
         for start in range(0, len(deliveries), WRITE_CHUNK):
             pipe = transaction(drainer.redis)
             for d in deliveries[start : start + WRITE_CHUNK]:
@@ -866,7 +877,7 @@ class Work:
                 requeue(pipe, d, drainer.kid, due_ms=now_ms() + int(delay * 1000))
                 drainer.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 4)
             pipe.execute()
-        self.active.clear()
+        self.done(deliveries)
 
 
 def _epoch(value: object) -> float | None:

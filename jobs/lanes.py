@@ -208,9 +208,11 @@ def enqueue_drain(
     if at_ms is None:
         queue.enqueue(DRAIN_FUNC, kid, lane, **options)
     else:
-        # RQ's scheduled registry keeps whole seconds: round up, never run before the due time.
-        when = datetime.fromtimestamp(math.ceil(at_ms / 1000), UTC)
-        queue.enqueue_at(when, DRAIN_FUNC, kid, lane, at_ms, **options)
+        # RQ's scheduled registry keeps whole seconds: round up, never run before the due time;
+        # the job then handles everything due by the second it was scheduled for.
+        second = math.ceil(at_ms / 1000)
+        when = datetime.fromtimestamp(second, UTC)
+        queue.enqueue_at(when, DRAIN_FUNC, kid, lane, second * 1000, **options)
     return job_id
 
 

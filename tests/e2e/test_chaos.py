@@ -87,9 +87,13 @@ def wait_settled(stack, ids, timeout):
 
 @pytest.mark.timeout(400)
 def test_chaos_ledger_balances(make_stack, sandbox, redis_server):
+    # Leads that queue up share requests (a bulk upsert and an audience add for many leads):
+    # a small bulk cap (which the bridge has to discover) and more frequent faults make sure a
+    # few dozen of those shared requests fail.
     sandbox.configure(
-        fail_rate=0.05,
-        fail_after_commit_rate=0.10,
+        fail_rate=0.15,
+        fail_after_commit_rate=0.2,
+        bulk_max_items=10,
         fail_after_commit_mode="mixed",
         general_limit=300,
     )

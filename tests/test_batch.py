@@ -1,0 +1,256 @@
+"""Leads that queue up for one key go out together: per-lead outcomes of /contacts/bulk and of
+imports, batch sizes, lost answers and dead workers, against the sandbox over HTTP."""
+
+import time
+
+import pytest
+
+from bridge.deliveries import DeliveryStore
+from jobs.batch import bulk_size_key
+from jobs.deliver import configure
+from jobs.lanes import Lanes, lane_kid
+from jobs.reaper import reap_once
+from tests.bridge_fixtures import route_dict
+
+
+def phone(i: int) -> str:
+    return f"+9198765{i:05d}"
+
+
+def post_many(client, count, start=0, route="leads", refused=()):
+    ids = []
+    for i in range(start, start + count):
+        r = client.post(f"/hooks/{route}", json={"name": f"Lead {i}", "phone": phone(i)})
+        assert r.status_code == 202, r.json
+        ids.append(r.json["deliveryId"])
+    return ids
+
+
+def calls(sandbox, since=None):
+    """``(method, path, status)`` of every API request, paths without the ids."""
+    out = []
+    for e in sandbox.requests(since):
+        path = e["path"].removeprefix("/v1")
+        if path.startswith("/audiences/") and path.endswith("/contacts"):
+            path = "/audiences/:id/contacts"
+        elif path.startswith("/imports/") and path.endswith("/status"):
+            path = "/imports/:id/status"
+        out.append((e["method"], path, e["status"]))
+    return out
+
+
+def whats(store, delivery_id):
+    return [h["what"] for h in store.history(delivery_id)]
+
+
+def drain_all(client, run_jobs, ids, rounds=30):
+    """Run the workers (promoting scheduled wake-ups) until every delivery has an outcome."""
+    for _ in range(rounds):
+        run_jobs(client.settings, promote_scheduled=True)
+        if all(client.store.get(i).terminal for i in ids):
+            return
+        time.sleep(0.3)
+    statuses = [client.store.get(i).status for i in ids]
+    stuck = next(i for i in ids if not client.store.get(i).terminal)
+    counts = {s: statuses.count(s) for s in set(statuses)}
+    raise AssertionError(f"not settled: {counts}; e.g. {client.store.history(stuck)[-4:]}")
+
+
+def test_each_lead_of_a_batch_gets_its_own_outcome(make_client, run_jobs, sandbox):
+    sandbox.configure(refused_phones=[phone(2)])
+    client = make_client()
+    ids = post_many(client, 5)
+    tampered = client.store.get(ids[3])
+    tampered.contact["metadata"] = {"nested": {"not": "flat"}}
+    client.store.update(tampered)
+    run_jobs(client.settings)
+
+    good = [ids[0], ids[1], ids[4]]
+    assert [client.store.get(i).status for i in good] == ["delivered"] * 3
+    api_refused, own_refused = client.store.get(ids[2]), client.store.get(ids[3])
+    assert api_refused.status == "failed" and api_refused.reason_code == "invalid"
+    assert api_refused.last_api["status"] == 400
+    assert "do-not-call" in api_refused.last_api["message"]
+    assert own_refused.status == "failed" and own_refused.reason_code == "invalid"
+    assert "metadata.nested" in own_refused.reason and own_refused.last_api is None
+
+    sent = calls(sandbox)
+    # one bulk upsert for the four rows that passed our checks, one audience add for the
+    # three it took, and the left-out row alone, which the API refuses with its reason
+    assert sent.count(("POST", "/contacts/bulk", 200)) == 1
+    assert sent.count(("POST", "/audiences/:id/contacts", 200)) == 1
+    assert [c for c in sent if c[1] == "/contacts"] == [("POST", "/contacts", 400)]
+    state = sandbox.org_state()
+    assert sorted(c["phoneNumber"] for c in state["contacts"]) == [phone(0), phone(1), phone(4)]
+    [audience] = state["audiences"]
+    assert audience["contactCount"] == 3
+    for i in good:  # neighbours are not retried for the refused rows
+        d = client.store.get(i)
+        assert d.attempts == 1 and d.failures == 0
+        assert whats(client.store, i)[-4:] == [
+            "attempt",
+            "contact_upserted",
+            "audience_added",
+            "delivered",
+        ]
+        assert d.contact_id in audience["contactIds"]
+    assert "retry_scheduled" not in whats(client.store, ids[2])
+
+
+def test_a_refused_batch_size_is_halved_and_remembered(make_client, run_jobs, sandbox, redis):
+    sandbox.configure(bulk_max_items=2)
+    client = make_client()
+    ids = post_many(client, 5)
+    run_jobs(client.settings)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    assert int(redis.get(bulk_size_key(kid))) == 2
+    bulk = [c for c in calls(sandbox) if c[1] == "/contacts/bulk"]
+    assert bulk[:2] == [("POST", "/contacts/bulk", 400)] * 2  # 5 rows, then 3
+    assert all(c[2] == 200 for c in bulk[2:])
+    assert len(sandbox.org_state()["contacts"]) == 5
+
+    started = time.time()
+    more = post_many(client, 4, start=5)
+    run_jobs(client.settings)
+    assert {client.store.get(i).status for i in more} == {"delivered"}
+    # the remembered size is used at once: no refused request this time
+    assert [c for c in calls(sandbox, started) if c[1] == "/contacts/bulk"] == [
+        ("POST", "/contacts/bulk", 200)
+    ] * 2
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_a_lost_bulk_answer_makes_no_second_contact(make_client, run_jobs, sandbox, mode):
+    client = make_client()
+    ids = post_many(client, 6)
+    sandbox.configure(fail_after_commit_rate=1.0, fail_after_commit_mode=mode)
+    run_jobs(client.settings)
+    assert {client.store.get(i).status for i in ids} == {"retrying"}
+    assert len(sandbox.org_state()["contacts"]) == 6  # the upsert happened; its answer did not
+    sandbox.configure(fail_after_commit_rate=0.0)
+    drain_all(client, run_jobs, ids)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    state = sandbox.org_state()
+    phones = [c["phoneNumber"] for c in state["contacts"]]
+    assert sorted(phones) == [phone(i) for i in range(6)]
+    [audience] = state["audiences"]
+    assert audience["contactCount"] == 6
+    assert sum(1 for c in calls(sandbox) if c[1] == "/contacts/bulk") >= 2  # sent again
+    for i in ids:
+        assert "retry_scheduled" in whats(client.store, i)
+
+
+def import_client(make_client, sandbox, **oliai):
+    # Two bulk requests a window make a few hundred leads a deep backlog: an import's job.
+    return make_client(oliai={"bulk_per_minute": 2, **oliai})
+
+
+def test_a_deep_backlog_goes_through_one_import(make_client, run_jobs, sandbox):
+    client = import_client(make_client, sandbox)
+    ids = post_many(client, 520)
+    run_jobs(client.settings)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    sent = calls(sandbox)
+    assert sent.count(("POST", "/imports/api/bulk", 201)) == 1
+    assert not [c for c in sent if c[1] in ("/contacts/bulk", "/contacts")]
+    assert ("GET", "/imports/:id/status", 200) in sent
+    state = sandbox.org_state()
+    [imported] = state["imports"]
+    assert imported["status"] == "COMPLETED" and imported["total"] == 520
+    [audience] = state["audiences"]
+    assert audience["contactCount"] == 520 == len(state["contacts"])
+    history = client.store.history(ids[0])
+    assert [h["what"] for h in history][-5:] == [
+        "attempt",
+        "import_sent",
+        "audience_added",
+        "imported",
+        "delivered",
+    ]
+    assert imported["id"] in history[-4]["detail"]
+    status = client.get(f"/deliveries/{ids[0]}").json
+    assert status["status"] == "delivered" and status["audienceId"] == audience["id"]
+
+
+def test_an_import_with_errors_sends_every_row_again_with_answers_per_row(
+    make_client, run_jobs, sandbox
+):
+    client = make_client(oliai={"bulk_per_minute": 10})  # 8 a window: 801 rows and more import
+    sandbox.configure(refused_phones=[phone(7)])
+    ids = post_many(client, 820)
+    drain_all(client, run_jobs, ids)
+    statuses = [client.store.get(i).status for i in ids]
+    assert statuses.count("delivered") == 819
+    refused = client.store.get(ids[7])
+    assert refused.status == "failed" and "do-not-call" in refused.last_api["message"]
+    assert whats(client.store, ids[7])[-3:] == ["import_incomplete", "attempt", "failed"]
+    sent = calls(sandbox)
+    assert sent.count(("POST", "/imports/api/bulk", 201)) == 1  # not imported a second time
+    assert [c for c in sent if c[1] == "/contacts"] == [("POST", "/contacts", 400)]
+    state = sandbox.org_state()
+    phones = [c["phoneNumber"] for c in state["contacts"]]
+    assert len(phones) == len(set(phones)) == 819
+    assert state["audiences"][0]["contactCount"] == 819
+
+
+@pytest.mark.parametrize("mode", ["500", "drop"])
+def test_a_lost_import_answer_is_looked_up_not_sent_again(make_client, run_jobs, sandbox, mode):
+    audience = sandbox.client().create_audience("Imported")
+    client = make_client(
+        routes=[route_dict(audience_name=None, audience_id=audience["id"])],
+        oliai={"bulk_per_minute": 2},
+    )
+    ids = post_many(client, 510)
+    started = time.time()
+    sandbox.configure(fail_after_commit_rate=1.0, fail_after_commit_mode=mode)
+    run_jobs(client.settings)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    sent = calls(sandbox, started)
+    assert [c[1] for c in sent if c[0] == "POST"] == ["/imports/api/bulk"]  # sent once
+    assert ("GET", "/imports", 200) in sent  # looked for after the lost answer
+    [imported] = sandbox.org_state()["imports"]
+    assert imported["id"] in client.store.history(ids[0])[-4]["detail"]
+    assert sandbox.org_state()["audiences"][0]["contactCount"] == 510
+
+
+def test_a_batch_whose_worker_died_goes_back_to_its_lane(make_client, run_jobs, sandbox, redis):
+    client = make_client()
+    ctx = configure(client.settings, redis)
+    ids = post_many(client, 3)
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    lanes = Lanes(redis)
+    # a worker claims the three, then dies before sending anything (its lease lapses)
+    batch_id, tickets = lanes.claim(
+        kid, "live", 100, job_id="drain-dead", horizon_ms=int(time.time() * 1000), lease_ms=15_000
+    )
+    assert len(tickets) == 3 and lanes.ready_count(kid, "live", int(time.time() * 1000)) == 0
+    redis.delete(f"oliai-bridge:lease:batch:{batch_id}")
+    assert reap_once(ctx) == []  # not due yet: leases are looked at when they would lapse
+    assert sorted(reap_once(ctx, now=time.time() + 20)) == sorted(ids)
+    assert lanes.batch(batch_id) is None
+    for i in ids:
+        assert "recovered" in whats(client.store, i)
+    run_jobs(client.settings)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    assert len(sandbox.org_state()["contacts"]) == 3
+
+
+def test_a_stale_ticket_does_nothing(make_client, run_jobs, sandbox, redis):
+    client = make_client()
+    [delivery_id] = post_many(client, 1)
+    d = client.store.get(delivery_id)
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    old_ticket = d.job_id
+    run_jobs(client.settings)
+    assert client.store.get(delivery_id).status == "delivered"
+    # the old ticket turns up again (a recovered batch's copy): nothing is sent for it
+    redis.zadd(f"oliai-bridge:pending:{kid}:live", {old_ticket: 0})
+    Lanes(redis).redis.delete(f"oliai-bridge:trigger:{kid}:live")
+    started = time.time()
+    from jobs.lanes import kick_lanes
+
+    kick_lanes(redis, configure(client.settings, redis).queue, [(kid, "live")], 60)
+    run_jobs(client.settings)
+    assert sandbox.requests(since=started) == []
+    assert DeliveryStore(redis).get(delivery_id).attempts == 1
