@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import tempfile
 import threading
@@ -65,6 +66,7 @@ def start_sandbox() -> tuple[str, object]:
     from sandbox.server import create_app
 
     options = Options(keys=[API_KEY], general_limit=10**7, bulk_limit=10**7, quiet=True)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = make_server("127.0.0.1", 0, create_app(options), threaded=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_port}/v1", server

@@ -12,6 +12,7 @@ import base64
 import json
 import secrets
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, quote_plus
@@ -109,13 +110,13 @@ class Delivery:
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def to_hash(self) -> dict[str, str]:
+    def to_hash(self, only: Collection[str] | None = None) -> dict[str, str]:
+        """The hash fields (``only``: just those, for a write that changes a few)."""
         out = {
             "id": self.id,
             "route": self.route,
             "source": self.source,
             "status": self.status,
-            "event": json.dumps(self.event.to_dict()),
             "received_at": self.received_at,
             "updated_at": self.updated_at or self.received_at,
             "lead_index": str(self.lead_index),
@@ -138,9 +139,13 @@ class Delivery:
             value = getattr(self, key)
             if value is not None:
                 out[key] = value
-        if self.contact is not None:
+        if only is not None:
+            out = {k: v for k, v in out.items() if k in only}
+        if only is None or "event" in only:
+            out["event"] = json.dumps(self.event.to_dict())
+        if self.contact is not None and (only is None or "contact" in only):
             out["contact"] = json.dumps(self.contact)
-        if self.last_api is not None:
+        if self.last_api is not None and (only is None or "last_api" in only):
             out["last_api"] = json.dumps(self.last_api)
         return out
 
@@ -326,8 +331,10 @@ class DeliveryStore:
         *,
         pipe: Pipeline | None = None,
         recheck_in: float = 60.0,
+        only: Collection[str] | None = None,
     ) -> None:
-        """Save ``delivery`` (all fields) and log ``what`` in its history."""
+        """Save ``delivery`` (all fields, or ``only`` those and its status) and log ``what`` in
+        its history."""
         own = pipe is None
         pipe = pipe or self.redis.pipeline(transaction=True)
         now = time.time()
@@ -341,8 +348,14 @@ class DeliveryStore:
                 pipe.persist(key)
                 pipe.persist(history_key(delivery.id))
             pipe.zadd(IDX_ACTIVE, {delivery.id: now + recheck_in})
-        pipe.hset(key, mapping=delivery.to_hash())
-        unset = [name for name in OPTIONAL_FIELDS if getattr(delivery, name) is None]
+        if only is not None:
+            only = {*only, "status", "updated_at"}
+        pipe.hset(key, mapping=delivery.to_hash(only))
+        unset = [
+            name
+            for name in OPTIONAL_FIELDS
+            if getattr(delivery, name) is None and (only is None or name in only)
+        ]
         if unset:
             pipe.hdel(key, *unset)
         if what:

@@ -111,6 +111,8 @@ CLOCK_SKEW_SECONDS = 120
 BULK_SIZE_TTL = 3600
 FINAL_IMPORT = ("COMPLETED", "COMPLETED_WITH_ERRORS", "FAILED")
 NO_API_KEY = "no OliAI API key is configured for this route"
+#: What a delivery's last write clears: a delivered lead keeps no reason and no batch.
+FINAL_FIELDS = ("reason_code", "reason", "last_api", "failed_index")
 
 
 def drain(kid: str, lane: str, wake_at_ms: int | None = None) -> str:
@@ -169,6 +171,8 @@ class Drainer:
         self.started = time.monotonic()
         self.wake_at_ms = 0
         self.held: set[str] = set()  # batch ids whose lease this drain keeps alive
+        self.importing: set[str] = set()  # claimed batches that became imports
+        self.imported_rows: dict[str, list[Delivery]] = {}  # their leads, while this run lasts
         self.audiences: dict[str, str] = {}
 
     # --- the loop ----------------------------------------------------------------------------
@@ -365,6 +369,8 @@ class Drainer:
 
     def end_batch(self, batch_id: str) -> None:
         self.held.discard(batch_id)
+        if batch_id in self.importing:
+            return  # now an import's record, kept until the import is confirmed
         pipe = self.redis.pipeline(transaction=False)
         self.lanes.end_batch(pipe, batch_id)
         pipe.execute()
@@ -442,16 +448,18 @@ class Drainer:
             self.deliverer.fail(d, reason_code(exc), str(exc))
         if not valid:
             return
-        detail = f"with {len(valid) - 1} other lead(s) of batch {batch_id}"
-        self.mark(valid, "attempt", lambda d: f"attempt {d.attempts}, {detail}", attempt=True)
         work = Work(self, valid)
         try:
             if import_ok:
-                valid = self.try_import(work)
-            upsert = [d for d in valid if not d.contact_id and d.id in work.active]
-            if upsert:
-                self.upsert(work, upsert)
-            self.add_to_audiences(work, [d for d in valid if d.id in work.active])
+                self.try_import(work, batch_id)
+            rest = work.pending()
+            if rest:
+                detail = f"with {len(rest) - 1} other lead(s) of batch {batch_id}"
+                work.attempt(rest, lambda d: f"attempt {d.attempts}, {detail}")
+                upsert = [d for d in rest if not d.contact_id]
+                if upsert:
+                    self.upsert(work, upsert)
+                self.add_to_audiences(work, [d for d in rest if d.id in work.active])
         except RateLimited as exc:
             work.rate_limited(exc)
         except Deferred as exc:
@@ -520,7 +528,12 @@ class Drainer:
                 else:
                     d.contact_id = contact_id
                     done.append(d)
-        self.mark(done, "contact_upserted", lambda d: f"{d.contact_id} (/contacts/bulk)")
+        self.mark(
+            done,
+            "contact_upserted",
+            lambda d: f"{d.contact_id} (/contacts/bulk)",
+            only=("contact_id",),
+        )
 
     # --- audiences -----------------------------------------------------------------------------
 
@@ -562,15 +575,17 @@ class Drainer:
         return self.audiences[route.name]
 
     def finish(self, deliveries: list[Delivery], audience_id: str, note: str | None = None) -> None:
-        """In the audience: delivered."""
+        """In the audience: delivered (``note``: the import that put them there)."""
+        changed = ("audience_id", "audience_added", "contact_id", "batch_id", *FINAL_FIELDS)
         for start in range(0, len(deliveries), WRITE_CHUNK):
             pipe = transaction(self.redis)
+            routes: dict[str, int] = {}
             for d in deliveries[start : start + WRITE_CHUNK]:
                 d.audience_id = audience_id
                 d.audience_added = True
-                self.store.update(d, "audience_added", audience_id, pipe=pipe)
-                if note:
-                    self.store.log_on(pipe, d.id, "imported", note)
+                self.store.log_on(
+                    pipe, d.id, *(("imported", note) if note else ("audience_added", audience_id))
+                )
                 d.status = "delivered"
                 d.reason_code = d.reason = None
                 d.last_api = None
@@ -578,8 +593,10 @@ class Drainer:
                 what = f"contact {d.contact_id} in audience {d.audience_id}"
                 if d.contact_id is None:
                     what = f"in audience {d.audience_id}"
-                self.store.update(d, "delivered", what, pipe=pipe)
-                metrics.count_on(pipe, "delivered", d.route)
+                self.store.update(d, "delivered", what, pipe=pipe, only=changed)
+                routes[d.route] = routes.get(d.route, 0) + 1
+            for route, count in routes.items():
+                metrics.count_on(pipe, "delivered", route, amount=count)
             pipe.execute()
 
     def mark(
@@ -590,21 +607,24 @@ class Drainer:
         *,
         attempt: bool = False,
         recheck_in: float = LEASE_SECONDS,
+        only: tuple[str, ...] | None = None,
     ) -> None:
-        """Record a step for each of ``deliveries`` (``attempt``: one more attempt begins)."""
+        """Record a step for each of ``deliveries`` (``attempt``: one more attempt begins;
+        ``only``: the fields it changes)."""
         for start in range(0, len(deliveries), WRITE_CHUNK):
             pipe = transaction(self.redis)
             for d in deliveries[start : start + WRITE_CHUNK]:
                 if attempt:
                     d.status = "delivering"
                     d.attempts += 1
-                self.store.update(d, what, detail(d), pipe=pipe, recheck_in=recheck_in)
+                self.store.update(d, what, detail(d), pipe=pipe, recheck_in=recheck_in, only=only)
             pipe.execute()
 
     # --- imports -------------------------------------------------------------------------------
 
-    def try_import(self, work: Work) -> list[Delivery]:
-        """Send the rows an import can carry; returns the deliveries still to do here."""
+    def try_import(self, work: Work, batch_id: str) -> None:
+        """Send the rows an import can carry (the claimed batch becomes the import's record);
+        the rest stay in ``work`` for /contacts/bulk."""
         candidates = [d for d in work.pending() if not d.contact_id and not d.audience_added]
         flagged = set()
         if candidates:
@@ -622,23 +642,20 @@ class Drainer:
                 continue  # a metadata key the import format reserves: /contacts/bulk takes it
             route = self.settings.routes[d.route]
             by_audience.setdefault(self.audience_for(route), []).append((d, row))
-        sent: list[Delivery] = []
-        for audience_id, rows in by_audience.items():
-            if len(rows) < IMPORT_MIN_ROWS:
-                continue
-            if not self.redis.set(
-                import_lock_key(self.kid), self.job_id, nx=True, px=IMPORT_LOCK_MS
-            ):
-                break  # one import at a time per key, so a lost answer can be looked up
-            if self.send_import(audience_id, rows):
-                sent.extend(d for d, _ in rows)
-            else:
-                self.redis.delete(import_lock_key(self.kid))
-        work.done(sent)
-        return work.pending()
+        audience_id, rows = max(by_audience.items(), key=lambda kv: len(kv[1]), default=("", []))
+        if len(rows) < IMPORT_MIN_ROWS:
+            return
+        if not self.redis.set(import_lock_key(self.kid), self.job_id, nx=True, px=IMPORT_LOCK_MS):
+            return  # one import at a time per key, so a lost answer can be looked up
+        if self.send_import(work, batch_id, audience_id, rows):
+            work.done(d for d, _ in rows)
+        else:
+            self.redis.delete(import_lock_key(self.kid))
 
-    def send_import(self, audience_id: str, rows: list[tuple[Delivery, dict]]) -> bool:
-        """POST the import and record it for polling; False: not sent, do these rows here."""
+    def send_import(
+        self, work: Work, batch_id: str, audience_id: str, rows: list[tuple[Delivery, dict]]
+    ) -> bool:
+        """POST the import and keep the batch for polling; False: not sent, do these rows here."""
         by_phone: dict[str, dict] = {}
         for _, row in rows:
             by_phone[row["phoneNumber"]] = row  # one row per phone (#26), the latest wins
@@ -647,67 +664,55 @@ class Drainer:
         size = len(json.dumps(body_rows).encode())
         if size > limit:
             return False  # several smaller imports would do; /contacts/bulk takes them instead
-        import_batch = f"i{random.getrandbits(64):016x}"
         sent_at = time.time()
-        tickets = [d.job_id for d, _ in rows]
-        pipe = self.redis.pipeline(transaction=True)
-        pipe.hset(
-            batch_key(import_batch),
+        self.redis.hset(
+            batch_key(batch_id),
             mapping={
-                "kid": self.kid,
-                "lane": self.lane,
-                "job": self.job_id,
-                "tickets": json.dumps(tickets),
+                "tickets": json.dumps([d.job_id for d, _ in rows]),
                 "phase": "sending",
                 "sent_at": f"{sent_at:.3f}",
                 "total": len(body_rows),
                 "audience": audience_id,
             },
         )
-        pipe.zadd(f"{P}batches", {import_batch: now_ms() + int(LEASE_SECONDS * 1000)})
-        pipe.set(batch_lease_key(import_batch), self.job_id, px=int(LEASE_SECONDS * 1000))
-        pipe.execute()
-        self.held.add(import_batch)
         try:
-            try:
-                answer = self.client.bulk_import(body_rows, audience_id=audience_id)
-                import_id = str(answer.get("importId") or "")
-            except ValidationFailed as exc:
-                if exc.status == 413:
-                    self.redis.set(import_bytes_key(self.kid), max(1, size // 2), ex=BULK_SIZE_TTL)
-                log.info("key %s: import of %d rows refused (%s)", self.kid, len(body_rows), exc)
-                self.end_batch(import_batch)
-                return False
-            except TransientApiError:
-                import_id = self.find_sent_import(sent_at, len(body_rows))
-                if not import_id:
-                    raise
-                log.info("key %s: the import's answer was lost; found it: %s", self.kid, import_id)
+            answer = self.client.bulk_import(body_rows, audience_id=audience_id)
+            import_id = str(answer.get("importId") or "")
+        except ValidationFailed as exc:
+            if exc.status == 413:
+                self.redis.set(import_bytes_key(self.kid), max(1, size // 2), ex=BULK_SIZE_TTL)
+            log.info("key %s: import of %d rows refused (%s)", self.kid, len(body_rows), exc)
+            return False
+        except TransientApiError:
+            import_id = self.find_sent_import(sent_at, len(body_rows)) or ""
             if not import_id:
-                self.end_batch(import_batch)
-                return False
-        except BaseException:
-            self.end_batch(import_batch)
-            raise
-        first_poll = now_ms() + int(IMPORT_POLL_FIRST * 1000)
+                raise
+            log.info("key %s: the import's answer was lost; found it: %s", self.kid, import_id)
+        if not import_id:
+            return False
         pipe = self.redis.pipeline(transaction=True)
         pipe.hset(
-            batch_key(import_batch),
+            batch_key(batch_id),
             mapping={"phase": "importing", "import_id": import_id, "interval": IMPORT_POLL_FIRST},
         )
         pipe.sadd(known_imports_key(self.kid), import_id)
         pipe.expire(known_imports_key(self.kid), 86400)
-        pipe.zadd(importing_key(self.kid, self.lane), {import_batch: first_poll})
-        pipe.zrem(f"{P}batches", import_batch)
-        pipe.delete(batch_lease_key(import_batch))
+        pipe.zadd(
+            importing_key(self.kid, self.lane),
+            {batch_id: now_ms() + int(IMPORT_POLL_FIRST * 1000)},
+        )
+        pipe.zrem(f"{P}batches", batch_id)
+        pipe.delete(batch_lease_key(batch_id))
         pipe.execute()
-        self.held.discard(import_batch)
-        for d, _ in rows:
-            d.batch_id = import_batch  # alive while the import is: the reaper leaves it be
-        self.mark(
+        self.held.discard(batch_id)
+        self.importing.add(batch_id)
+        self.imported_rows[batch_id] = [d for d, _ in rows]
+        work.attempt(
             [d for d, _ in rows],
-            "import_sent",
-            lambda d: f"import {import_id} of {len(body_rows)} rows into audience {audience_id}",
+            lambda d: (
+                f"attempt {d.attempts}: import {import_id} of {len(body_rows)} rows "
+                f"into audience {audience_id}"
+            ),
             recheck_in=IMPORT_GIVE_UP_SECONDS,
         )
         return True
@@ -768,12 +773,13 @@ class Drainer:
                 pipe.execute()
                 return
             state = "GAVE_UP"
-        deliveries = self.load(record["tickets"])
+        deliveries = self.imported_rows.pop(import_batch, None) or self.load(record["tickets"])
         counts = ", ".join(
             f"{k} {status[k]}" for k in ("total", "created", "updated", "failed") if k in status
         )
         if state == "COMPLETED":
-            self.finish(deliveries, record["audience"], note=f"import {import_id}: {counts}")
+            note = f"import {import_id} into audience {record['audience']}: {counts}"
+            self.finish(deliveries, record["audience"], note=note)
         else:
             # Which rows failed is not said (#27): every row goes through /contacts/bulk, whose
             # answer is per row (the imported ones are upserted again, harmlessly).
@@ -806,6 +812,12 @@ class Work:
         self.drainer = drainer
         self.active: dict[str, Delivery] = {d.id: d for d in deliveries}
         self.alone: list[Delivery] = []
+        self.counted: set[str] = set()  # leads whose attempt is recorded
+
+    def attempt(self, deliveries: list[Delivery], detail, **kw) -> None:
+        """One more attempt at each of ``deliveries`` begins (recorded before any request)."""
+        self.drainer.mark(deliveries, "attempt", detail, attempt=True, only=("attempts",), **kw)
+        self.counted.update(d.id for d in deliveries)
 
     def pending(self) -> list[Delivery]:
         return list(self.active.values())
@@ -831,7 +843,9 @@ class Work:
         for d in pending:
             if exc.status is not None:  # the API's own 429, not our limiter
                 self.drainer.deliverer.note_api(d, exc)
-            d.attempts -= 1  # waiting out a rate limit is not an attempt at these leads
+            if d.id in self.counted:
+                d.attempts -= 1  # waiting out a rate limit is not an attempt at these leads
+                self.counted.discard(d.id)
         if pending:
             metrics.count(self.drainer.redis, "retried", pending[0].route, "rate_limited")
         detail = f"{exc.message}: next try in {delay:.1f} s"
