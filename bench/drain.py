@@ -282,7 +282,8 @@ def measure_fairness(stack: Stack, leads: Leads, backlog: int, probes: int, clie
         spend.set()
         spender.join(10)
     log = stack.sandbox_requests()
-    a_429 = sum(1 for e in log if e["status"] == 429 and e["org"] == "org_1")
+    a_429 = [e for e in log if e["status"] == 429 and e["org"] == "org_1"]
+    bridge_429 = sum(1 for e in a_429 if not e["path"].endswith("/flows"))
     from bridge.metrics import read_counters
 
     a_done = read_counters(stack.redis).get(f"delivered|{ROUTE}", 0)
@@ -292,7 +293,8 @@ def measure_fairness(stack: Stack, leads: Leads, backlog: int, probes: int, clie
         "p50": pct(latencies, 50),
         "max": max(latencies) if latencies else float("nan"),
         "late": late,
-        "a_429": a_429,
+        "a_429": len(a_429),
+        "a_429_bridge": bridge_429,
         "a_delivered_meanwhile": a_done - 2,
     }
 
@@ -379,8 +381,9 @@ def report(res: dict, command: str, started: str, elapsed: float) -> str:
         f = res["fairness"]
         lines.append("-" * 78)
         lines.append(
-            f"2. fairness: key A {f['backlog']} leads queued and spent flat out elsewhere "
-            f"({f['a_429']} 429s for A); {f['probes']} leads for key B, one worker"
+            f"2. fairness: key A {f['backlog']} leads queued and spent flat out by another "
+            f"program (429s on A: {f['a_429']}, {f['a_429_bridge']} of them the bridge's); "
+            f"{f['probes']} leads for key B, one worker"
         )
         lines.append(
             f"   key B 202 -> delivered: p50 {f['p50']:.3f} s, max {f['max']:.3f} s "
