@@ -21,6 +21,7 @@ from bridge.metrics import registry_for
 from bridge.queue import make_queue
 from bridge.settings import Settings
 from bridge.storage import connect
+from jobs.lanes import IMPORT_HINT_PATH, Lanes, kick_lanes
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
     ingest = Ingest(settings, redis, queue)
     store = ingest.store
     metrics_registry = registry_for(redis, settings.queue_name)
+    lanes = Lanes(redis)
     app.extensions["oliai_bridge"] = {
         "settings": settings,
         "redis": redis,
@@ -103,6 +105,20 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
         except RedisError:
             return _error(503, "storage_unavailable", "Redis is unreachable: retry later")
         return jsonify(body)
+
+    @app.post(IMPORT_HINT_PATH)
+    def import_done():
+        """OliAI's import-completion webhook: a hint that the lane should poll the import now.
+        The token in the URL (kept out of the access log with the rest of the query) is the
+        only proof it comes from OliAI; the answer is the same for every wrong guess."""
+        try:
+            lane = lanes.import_hint(request.args.get("batch", ""), request.args.get("token", ""))
+            if lane is None:
+                return _error(404, "unknown_import", "no import is waiting for this address")
+            kick_lanes(redis, queue, [lane], settings.delivery.job_timeout_seconds)
+        except RedisError:
+            return _error(503, "storage_unavailable", "Redis is unreachable: retry later")
+        return Response(status=204)
 
     from bridge.admin import admin_blueprint
 

@@ -69,6 +69,7 @@ class BridgeSchema(Schema):
     data_dir = fields.String()
     queue_name = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
     admin_token = fields.String(allow_none=True)
+    public_url = fields.Url(allow_none=True, require_tld=False, schemes={"http", "https"})
 
 
 class DeliverySchema(Schema):

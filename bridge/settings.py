@@ -90,6 +90,9 @@ class Settings:
     dedup_ttl_seconds: int = defaults.DEDUP_TTL_SECONDS
     queue_name: str = defaults.QUEUE_NAME
     admin_token: str | None = field(default=None, repr=False)
+    #: Where OliAI can reach this bridge (``https://bridge.example.com``): imports then tell it
+    #: when they are done (a hint; polling confirms). None: polling alone.
+    public_url: str | None = None
     source_path: str | None = None
     warnings: tuple[str, ...] = ()
     #: From the environment of the process (``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``).

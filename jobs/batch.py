@@ -31,11 +31,13 @@ import json
 import logging
 import math
 import random
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 from rq import get_current_job
 
@@ -65,12 +67,14 @@ from jobs.deliver import (
     reason_code,
 )
 from jobs.lanes import (
+    IMPORT_HINT_PATH,
     Lanes,
     batch_key,
     batch_lease_key,
     delivery_id_of,
     drain_lease_key,
     enqueue_drain,
+    hint_digest,
     importing_key,
     kick_lanes,
     new_job_id,
@@ -665,18 +669,25 @@ class Drainer:
         if size > limit:
             return False  # several smaller imports would do; /contacts/bulk takes them instead
         sent_at = time.time()
-        self.redis.hset(
-            batch_key(batch_id),
-            mapping={
-                "tickets": json.dumps([d.job_id for d, _ in rows]),
-                "phase": "sending",
-                "sent_at": f"{sent_at:.3f}",
-                "total": len(body_rows),
-                "audience": audience_id,
-            },
-        )
+        record = {
+            "tickets": json.dumps([d.job_id for d, _ in rows]),
+            "phase": "sending",
+            "sent_at": f"{sent_at:.3f}",
+            "total": len(body_rows),
+            "audience": audience_id,
+        }
+        webhook_url = None
+        if self.settings.public_url:
+            # OliAI's completion webhook is unsigned (#28): an unguessable token in its URL.
+            token = secrets.token_urlsafe(24)
+            record["hint"] = hint_digest(token)
+            query = urlencode({"batch": batch_id, "token": token})
+            webhook_url = f"{self.settings.public_url.rstrip('/')}{IMPORT_HINT_PATH}?{query}"
+        self.redis.hset(batch_key(batch_id), mapping=record)
         try:
-            answer = self.client.bulk_import(body_rows, audience_id=audience_id)
+            answer = self.client.bulk_import(
+                body_rows, audience_id=audience_id, webhook_url=webhook_url
+            )
             import_id = str(answer.get("importId") or "")
         except ValidationFailed as exc:
             if exc.status == 413:

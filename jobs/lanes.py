@@ -16,6 +16,8 @@ delivery id, itself ordered by time), else the epoch milliseconds a retry is due
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import secrets
@@ -44,6 +46,8 @@ TRIGGER_TTL_MS = 10 * 60 * 1000
 FAILURE_TTL = 24 * 3600
 #: Key id for leads of a route without any API key: they fail visibly when claimed.
 NO_KEY = "nokey"
+#: Where OliAI's import-completion webhook reaches the bridge (``bridge.app``).
+IMPORT_HINT_PATH = "/oliai/imports/done"
 
 # KEYS: pending, batches, batch hash, batch lease
 # ARGV: now_ms, max tickets, batch id, key id, lane, job id, lease_ms, delivery key prefix
@@ -133,6 +137,11 @@ def ticket_of(delivery: Delivery) -> str:
 
 def delivery_id_of(ticket: str) -> str:
     return ticket.rpartition("-")[0]
+
+
+def hint_digest(token: str) -> str:
+    """What Redis keeps of an import's webhook token (the token itself is a secret)."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def now_ms() -> int:
@@ -310,6 +319,17 @@ class Lanes:
     def trigger(self, kid: str, lane: str) -> str | None:
         value = self.redis.get(trigger_key(kid, lane))
         return value.decode() if value else None
+
+    def import_hint(self, batch_id: str, token: str) -> tuple[str, str] | None:
+        """OliAI says an import is done: if ``token`` is the one its webhook URL carried, poll
+        it now (returns its lane, to be kicked); None: no such import waiting, or a wrong token.
+        Only a hint: the drain still asks ``/imports/:id/status``."""
+        record = self.redis.hmget(batch_key(batch_id), "hint", "phase", "kid", "lane")
+        hint, phase, kid, lane = (v.decode() if v else "" for v in record)
+        if not hint or phase != "importing" or not hmac.compare_digest(hint, hint_digest(token)):
+            return None
+        self.redis.zadd(importing_key(kid, lane), {batch_id: 0}, xx=True)
+        return kid, lane
 
     def lanes(self) -> list[tuple[str, str]]:
         out = []

@@ -104,8 +104,10 @@ def make_client(redis, make_settings):
 @pytest.fixture
 def run_jobs(redis):
     """``run_jobs(settings, promote_scheduled=False)``: run every queued job with a real RQ
-    worker in this process until the queue is empty; returns how many ran."""
+    worker in this process until the queue is empty; returns how many leads were waiting for
+    it (tickets in the lanes' pending sets, plus deliveries queued as their own job)."""
     from jobs.deliver import configure
+    from jobs.lanes import Lanes, pending_key
 
     def run(settings: Settings, *, promote_scheduled: bool = False) -> int:
         configure(settings, redis)
@@ -115,7 +117,12 @@ def run_jobs(redis):
             for job_id in registry.get_job_ids():
                 registry.remove(job_id)
                 queue.enqueue_job(queue.fetch_job(job_id))
-        before = queue.count
+        ready = int(time.time() * 1000)
+        before = sum(
+            redis.zcount(pending_key(kid, lane), "-inf", ready)
+            for kid, lane in Lanes(redis).lanes()
+        )
+        before += sum(1 for job_id in queue.get_job_ids() if not job_id.startswith("drain-"))
         worker = SimpleWorker([queue], connection=redis)
         worker.work(burst=True, logging_level="WARNING")
         return before

@@ -249,3 +249,61 @@ def test_a_stale_ticket_does_nothing(make_client, run_jobs, sandbox, redis):
     run_jobs(client.settings)
     assert sandbox.requests(since=started) == []
     assert DeliveryStore(redis).get(delivery_id).attempts == 1
+
+
+def test_an_import_done_hint_needs_its_token(make_client, redis):
+    from jobs.lanes import batch_key, hint_digest, importing_key, trigger_key
+
+    client = make_client()
+    kid = lane_kid(client.settings, client.settings.routes["leads"])
+    far = int(time.time() * 1000) + 60_000
+    redis.hset(
+        batch_key("bwaiting"),
+        mapping={"phase": "importing", "hint": hint_digest("right"), "kid": kid, "lane": "live"},
+    )
+    redis.zadd(importing_key(kid, "live"), {"bwaiting": far})
+    for query in ("batch=bwaiting&token=wrong", "batch=bother&token=right", "token=right"):
+        r = client.post(f"/oliai/imports/done?{query}", json={"status": "COMPLETED"})
+        assert r.status_code == 404 and r.json["error"] == "unknown_import"
+    assert redis.zscore(importing_key(kid, "live"), "bwaiting") == far
+    assert redis.get(trigger_key(kid, "live")) is None
+    r = client.post("/oliai/imports/done?batch=bwaiting&token=right", json={"id": "imp_1"})
+    assert r.status_code == 204
+    assert redis.zscore(importing_key(kid, "live"), "bwaiting") == 0  # polled at once
+    assert redis.get(trigger_key(kid, "live")) is not None  # by a drain started for it
+    assert b"right" not in b"".join(redis.hvals(batch_key("bwaiting")))  # only its digest
+
+
+def test_oliai_saying_an_import_is_done_wakes_its_lane(make_settings, run_jobs, sandbox, redis):
+    import threading
+
+    from werkzeug.serving import make_server
+
+    from bridge.app import create_app
+    from bridge.storage import free_port
+
+    port = free_port()
+    settings = make_settings(
+        oliai={"bulk_per_minute": 2}, bridge={"public_url": f"http://127.0.0.1:{port}"}
+    )
+    server = make_server("127.0.0.1", port, create_app(settings, redis=redis), threaded=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = create_app(settings, redis=redis).test_client()
+        client.store = DeliveryStore(redis)
+        client.settings = settings
+        # the import takes a while: the drain's polls back off to several seconds apart
+        sandbox.configure(import_delay_ms=6000)
+        ids = post_many(client, 510)
+        run_jobs(settings)
+        assert {client.store.get(i).status for i in ids} == {"delivering"}
+        queue = configure(settings, redis).queue
+        deadline = time.monotonic() + 30
+        while not queue.get_job_ids() and time.monotonic() < deadline:
+            time.sleep(0.05)  # until OliAI's webhook has started the lane's drain
+        run_jobs(settings)  # queued jobs only: the scheduled wake-up is not promoted
+    finally:
+        server.shutdown()
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    [imported] = sandbox.org_state()["imports"]
+    assert imported["status"] == "COMPLETED"
