@@ -183,6 +183,8 @@ class Deliverer:
             # would return at the same instant and all but a few would wait again.
             spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
             said = self.store.last_history(d.id).get("what") == "rate_limited"
+            if counted:
+                d.attempts -= 1  # its batch counted an attempt that never reached the API
             return self.reschedule(
                 d,
                 wait + spread,
