@@ -76,6 +76,19 @@ def used_memory(redis: Redis) -> int:
     return int(redis.info("memory")["used_memory"])
 
 
+def by_family(redis: Redis) -> dict[str, int]:
+    """``MEMORY USAGE`` summed by key family (``d``, ``d:log``, ``raw``, ``dedup``, ``idx``...)."""
+    out: dict[str, int] = {}
+    for key in redis.scan_iter(count=1000):
+        name = key.decode()
+        parts = name.split(":")
+        family = parts[0] if parts[0] == "rq" else parts[1] if len(parts) > 1 else name
+        if family == "d" and name.endswith(":log"):
+            family = "d:log"
+        out[family] = out.get(family, 0) + int(redis.memory_usage(key, samples=0) or 0)
+    return out
+
+
 def measure_memory(leads: int = 1000, warmup: int = 20) -> dict:
     """Bytes per queued and per delivered lead; starts and stops its own Redis and sandbox."""
     from rq import SimpleWorker
@@ -140,19 +153,26 @@ def measure_memory(leads: int = 1000, warmup: int = 20) -> dict:
         warm = [post(n) for n in range(warmup)]
         deliver(warm, 60)
         time.sleep(0.2)
-        before = used_memory(redis)
+        before, families0 = used_memory(redis), by_family(redis)
         started = time.monotonic()
         ids = [post(n) for n in range(warmup, warmup + leads)]
         ingest_seconds = time.monotonic() - started
-        queued = used_memory(redis)
+        queued, families1 = used_memory(redis), by_family(redis)
         deliver(ids, 600)
-        delivered = used_memory(redis)
+        delivered, families2 = used_memory(redis), by_family(redis)
+
+        def per_lead(families: dict[str, int]) -> dict[str, float]:
+            rows = {k: (v - families0.get(k, 0)) / leads for k, v in families.items()}
+            return {k: v for k, v in sorted(rows.items(), key=lambda kv: -kv[1]) if v >= 1}
+
         return {
             "leads": leads,
             "body_bytes": len(lead_body(warmup)),
             "queued_bytes_per_lead": (queued - before) / leads,
             "delivered_bytes_per_lead": (delivered - before) / leads,
             "ingest_seconds": ingest_seconds,
+            "queued_by_family": per_lead(families1),
+            "delivered_by_family": per_lead(families2),
         }
     finally:
         sandbox.shutdown()
@@ -160,12 +180,17 @@ def measure_memory(leads: int = 1000, warmup: int = 20) -> dict:
 
 
 def report(res: dict) -> str:
+    def families(rows: dict[str, float]) -> str:
+        return ", ".join(f"{k} {v:.0f}" for k, v in rows.items())
+
     return (
         f"redis memory: {res['leads']} webhooks of {res['body_bytes']} bytes (INFO memory "
         f"used_memory)\n"
         f"   per queued lead     {res['queued_bytes_per_lead']:7.0f} bytes   (target <= 2048)\n"
         f"   per delivered lead  {res['delivered_bytes_per_lead']:7.0f} bytes   (target <= 1536, "
-        "kept for history)"
+        "kept for history)\n"
+        f"   queued, by key family (MEMORY USAGE): {families(res['queued_by_family'])}\n"
+        f"   delivered, by key family:             {families(res['delivered_by_family'])}"
     )
 
 
