@@ -1,6 +1,8 @@
-"""The hand-off between the web side and the workers: one RQ job per delivery attempt.
+"""The RQ queue, and the old hand-off: one RQ job per delivery attempt.
 
-The job carries only the delivery id. Each (re)scheduling gets a fresh job id
+Leads now wait in their lane (``jobs.lanes``), drained by one job per lane; ``enqueue`` remains
+for deliveries queued as their own job before lanes existed. The job carries only the
+delivery id. Each (re)scheduling gets a fresh job id
 (``<delivery id>-<seq>``) recorded on the delivery, so a stale job (a duplicate trigger, or the
 job a crashed worker left behind) sees that it is no longer current and does nothing.
 """
