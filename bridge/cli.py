@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default $PORT or 8000")
     p.add_argument("--workers", type=int, default=None, help="default $WEB_CONCURRENCY or 2")
-    p.add_argument("--threads", type=int, default=4)
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("worker", help="deliver queued leads to OliAI")
@@ -159,7 +158,7 @@ def cmd_web(args) -> int:
         logging.getLogger("bridge").warning("config: %s", warning)
     port = args.port or settings.port
     workers = args.workers or settings.web_concurrency
-    run_web(settings, host=args.host, port=port, workers=workers, threads=args.threads)
+    run_web(settings, host=args.host, port=port, workers=workers)
     return 0
 
 
