@@ -131,7 +131,8 @@ def test_a_slow_but_honest_sender_within_the_allowance_is_served(make_stack, san
     sock = connect(stack.url)
     head = (
         b"POST /hooks/open?token=open-token HTTP/1.1\r\nHost: bridge\r\nConnection: close\r\n"
-        b"Content-Type: application/json\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n"
+        b"Content-Type: application/json\r\n"
+        b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n"
     )
     for piece in (head[:20], head[20:], body[:10], body[10:]):
         sock.sendall(piece)
