@@ -84,3 +84,10 @@ BODY_MIN_BYTES_PER_SECOND = 64 * 1024
 #: Connections one web process holds open at once (each costs a greenlet, a few KB): hundreds
 #: of stalled ones leave room for real senders until their deadline closes them.
 WORKER_CONNECTIONS = 1000
+
+#: ``[routes.campaign]``: a window campaign collects the leads of this many minutes.
+CAMPAIGN_WINDOW_MINUTES = 15
+
+#: A per-lead campaign costs about five general API calls (audience, member, lookup, create,
+#: start): five a minute spends about half of the 60/min budget, leaving the rest for contacts.
+CAMPAIGN_PER_LEAD_MAX_PER_MINUTE = 5
