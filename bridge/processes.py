@@ -137,7 +137,9 @@ class Children:
     ) -> subprocess.Popen:
         """Start ``python *args`` as ``name``; with ``pipe_stdout`` its stdout is a text pipe."""
         if name in self.procs:
-            raise ValueError(f"a child named {name!r} is running already")
+            if self.procs[name].poll() is None:
+                raise ValueError(f"a child named {name!r} is running already")
+            self.stop(name)  # reap what is left of the one that exited
         env = env if env is not None else self.env if self.env is not None else os.environ
         popen: dict[str, Any] = {"env": dict(env), "cwd": self.cwd}
         if pipe_stdout:
