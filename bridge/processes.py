@@ -41,7 +41,10 @@ class StartFailed(RuntimeError):
 
 
 def die_with_parent(parent_pid: int | None = None) -> None:
-    """In the child: get SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``)."""
+    """In the child: get SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Strictly, when the parent *thread* ends: start children from the main thread.
+    """
     if not sys.platform.startswith("linux"):
         return
     import ctypes
