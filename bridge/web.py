@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import errno
 import io
+from collections.abc import Callable
+from typing import Any
 
 from gevent import Timeout, getcurrent
 from gunicorn.app.base import BaseApplication
@@ -29,8 +31,11 @@ WORKER_CLASS = "bridge.web.GuardedWorker"
 
 
 class BridgeWeb(BaseApplication):
-    def __init__(self, settings: Settings, options: dict):
-        self.settings = settings
+    """gunicorn run in-process, serving what ``load_app`` builds (in each worker, after the
+    fork, so that each gets its own Redis connections)."""
+
+    def __init__(self, load_app: Callable[[], Any], options: dict):
+        self.load_app = load_app
         self.options = options
         super().__init__()
 
@@ -40,21 +45,11 @@ class BridgeWeb(BaseApplication):
                 self.cfg.set(key, value)
 
     def load(self):
-        from bridge.app import create_app
-
-        # Runs in each gunicorn worker after the fork: each gets its own Redis connections.
-        return ReadDeadlines(create_app(self.settings), self.settings.max_body_bytes)
+        return self.load_app()
 
 
-def run_web(
-    settings: Settings,
-    *,
-    host: str,
-    port: int,
-    workers: int,
-    access_log: bool = True,
-) -> None:
-    options = {
+def gunicorn_options(host: str, port: int, workers: int, *, access_log: bool = True) -> dict:
+    return {
         "bind": f"{host}:{port}",
         "workers": workers,
         "worker_class": WORKER_CLASS,
@@ -70,7 +65,22 @@ def run_web(
         "proc_name": "oliai-bridge-web",
         "forwarded_allow_ips": "*",
     }
-    BridgeWeb(settings, options).run()
+
+
+def run_web(
+    settings: Settings,
+    *,
+    host: str,
+    port: int,
+    workers: int,
+    access_log: bool = True,
+) -> None:
+    def load_app():
+        from bridge.app import create_app
+
+        return ReadDeadlines(create_app(settings), settings.max_body_bytes)
+
+    BridgeWeb(load_app, gunicorn_options(host, port, workers, access_log=access_log)).run()
 
 
 # --- deadlines for reading a request ---------------------------------------------------------
