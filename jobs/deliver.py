@@ -27,7 +27,6 @@ from rq import Queue, get_current_job
 
 from bridge import defaults, metrics
 from bridge.deliveries import Delivery, DeliveryStore
-from bridge.event import Event
 from bridge.exceptions import (
     ApiError,
     ApiForbidden,
@@ -43,7 +42,7 @@ from bridge.exceptions import (
     Unmappable,
     ValidationFailed,
 )
-from bridge.mapping import map_event
+from bridge.pipeline import fetched_event, map_lead
 from bridge.queue import enqueue, make_queue, transaction
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
@@ -216,21 +215,14 @@ class Deliverer:
                 lead = source.fetch(
                     d.event, route, self.ctx.http, self.settings.oliai.timeout_seconds
                 )
-                d.event = Event.from_lead(
-                    lead,
-                    route=d.route,
-                    source=d.source,
-                    event_id=d.event.event_id,
-                    received_at=d.event.received_at,
-                )
-                d.event.fetch = None
+                d.event = fetched_event(d.event, lead)
                 self.store.update(
                     d,
                     "fetched",
                     f"lead fields: {', '.join(sorted(d.event.fields))}",
                     recheck_in=LEASE_SECONDS,
                 )
-            d.contact = map_event(d.event, route)
+            d.contact = map_lead(d.event, route).contact_or_raise()
             self.store.update(d, "mapped", d.contact["phoneNumber"], recheck_in=LEASE_SECONDS)
         if not d.contact_id:
             d.contact_id, what = self.upsert(d.contact, route, client)
