@@ -139,9 +139,7 @@ class Deliverer:
             return "missing"
         if d.terminal:
             return d.status
-        job = get_current_job()
-        if job is not None and d.job_id and job.id != d.job_id:
-            log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
+        if self.stale(d):
             return "stale"
         route = self.settings.routes.get(d.route)
         if route is None:
@@ -150,21 +148,38 @@ class Deliverer:
         if not api_key:
             return self.fail(d, "no_api_key", "no OliAI API key is configured for this route")
         client = self.ctx.client_for(api_key)
-        kid = key_id(api_key)
-        wait = client.limiter.wait_time() if client.limiter is not None else 0.0
-        if wait > 0:
-            # No token for this key now: come back when one is free, without counting an
-            # attempt. Spread the comeback over part of the window, or every waiting job
-            # would return at the same instant and all but a few would wait again.
-            spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
-            said = self.store.last_history(d.id).get("what") == "rate_limited"
-            return self.reschedule(
-                d,
-                wait + spread,
-                None if said else "rate_limited",
-                f"no token free for this API key: next try in {wait + spread:.1f} s",
-            )
+        waiting = self.wait_for_token(d, client)
+        if waiting is not None:
+            return waiting
+        return self.attempt(d, route, client, key_id(api_key))
 
+    def stale(self, d: Delivery) -> bool:
+        """True when this job is not the delivery's current one (a duplicate or late job)."""
+        job = get_current_job()
+        if job is not None and d.job_id and job.id != d.job_id:
+            log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
+            return True
+        return False
+
+    def wait_for_token(self, d: Delivery, client: OliAIClient) -> str | None:
+        """Reschedule the delivery when its key has no token free now (its status then), without
+        counting an attempt; None when it may go."""
+        wait = client.limiter.wait_time() if client.limiter is not None else 0.0
+        if wait <= 0:
+            return None
+        # Spread the comeback over part of the window, or every waiting job would return at
+        # the same instant and all but a few would wait again.
+        spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
+        said = self.store.last_history(d.id).get("what") == "rate_limited"
+        return self.reschedule(
+            d,
+            wait + spread,
+            None if said else "rate_limited",
+            f"no token free for this API key: next try in {wait + spread:.1f} s",
+        )
+
+    def attempt(self, d: Delivery, route: Route, client: OliAIClient, kid: str) -> str:
+        """One attempt at the steps left, under the lease; every outcome is decided here."""
         d.status = "delivering"
         d.attempts += 1
         self.store.update(d, "attempt", f"attempt {d.attempts}", recheck_in=LEASE_SECONDS)
