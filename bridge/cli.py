@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bridge.config import (
     build_settings,
@@ -22,6 +23,9 @@ from bridge.config import (
 )
 from bridge.exceptions import ConfigError, IngestError
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from bridge.pipeline import LeadResult
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,9 +295,8 @@ def cmd_flows(args) -> int:
 
 
 def cmd_try(args) -> int:
-    from bridge.event import Event, InboundRequest, utcnow_iso
-    from bridge.ingest import event_id_for
-    from bridge.mapping import map_event
+    from bridge.event import InboundRequest, utcnow_iso
+    from bridge.pipeline import map_request
     from bridge.sources import get_source
 
     settings = settings_for(args, demo_ok=True)
@@ -317,32 +320,26 @@ def cmd_try(args) -> int:
         "leads": [],
     }
     try:
-        leads = source.normalize(req, source.parse(req), route)
+        results = map_request(req, route, source, utcnow_iso())
     except IngestError as exc:
         print(json.dumps({**out, "error": exc.to_dict()}, indent=2))
         return 1
-    status = 0
-    for index, lead in enumerate(leads):
-        event = Event.from_lead(
-            lead,
-            route=route.name,
-            source=source.name,
-            event_id=event_id_for(req, lead, index, len(leads)),
-            received_at=utcnow_iso(),
-        )
-        item: dict = {"event": event.to_dict()}
-        if event.fetch:
-            item["contact"] = None
-            item["note"] = "the worker fetches this lead from the provider's API first"
-        else:
-            try:
-                item["contact"] = map_event(event, route)
-            except IngestError as exc:
-                item["error"] = exc.to_dict()
-                status = 1
-        out["leads"].append(item)
+    out["leads"] = [try_item(result) for result in results]
     print(json.dumps(out, indent=2, ensure_ascii=False))
-    return status
+    return 1 if any("error" in item for item in out["leads"]) else 0
+
+
+def try_item(result: LeadResult) -> dict:
+    """One lead as ``try`` shows it: the event, and the contact or why there is none."""
+    item: dict = {"event": result.event.to_dict()}
+    if result.fetch:
+        item["contact"] = None
+        item["note"] = "the worker fetches this lead from the provider's API first"
+    elif result.unmappable is not None:
+        item["error"] = result.unmappable.to_dict()
+    else:
+        item["contact"] = result.contact
+    return item
 
 
 def guess_type(path: str) -> str:
