@@ -14,13 +14,13 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote, quote_plus
 
 from redis import Redis
 from redis.client import Pipeline
 
 from bridge import defaults
 from bridge.event import Event, InboundRequest, utcnow_iso
+from bridge.redaction import redact
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
@@ -186,33 +186,6 @@ class Delivery:
             "audienceId": self.audience_id,
             "phoneNumber": (self.contact or {}).get("phoneNumber"),
         }
-
-
-#: Shorter "secrets" are not searched for in payloads: they would match ordinary text.
-MIN_REDACTED_CHARS = 6
-REDACTED = "[redacted]"
-
-
-def redact(value: Any, secrets: list[str]) -> Any:
-    """``value`` with every secret (and its URL-encoded form) replaced, at any depth."""
-    secrets = [s for s in secrets if s and len(s) >= MIN_REDACTED_CHARS]
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-                value = value.replace(form, REDACTED)
-        return value
-    if isinstance(value, bytes):
-        for secret in secrets:
-            for form in {secret, quote(secret, safe=""), quote_plus(secret)}:
-                value = value.replace(form.encode(), REDACTED.encode())
-        return value
-    if isinstance(value, dict):
-        return {redact(k, secrets): redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
-        return [redact(v, secrets) for v in value]
-    return value
 
 
 def raw_record(

@@ -21,7 +21,6 @@ from bridge.deliveries import (
     dedup_key,
     new_delivery_id,
     raw_record,
-    redact,
 )
 from bridge.event import Event, InboundRequest, Lead, utcnow_iso
 from bridge.exceptions import (
@@ -35,6 +34,7 @@ from bridge.exceptions import (
 )
 from bridge.mapping import map_event
 from bridge.queue import enqueue, transaction
+from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.sources.base import MAX_EVENT_ID_CHARS, Accepted, Outcome, Reply, Source, error_reply
