@@ -51,7 +51,7 @@ if str(REPO) not in sys.path:
 import requests  # noqa: E402
 from redis import Redis  # noqa: E402
 
-from bridge.deliveries import delivery_key, history_key  # noqa: E402
+from bridge import keys  # noqa: E402
 from bridge.storage import EmbeddedRedis, die_with_parent, free_port  # noqa: E402
 
 API_KEY = "sk_live_" + "benchmark".ljust(32, "7")
@@ -367,13 +367,13 @@ class Stack:
     def statuses(self, ids: list[str]) -> list[str | None]:
         pipe = self.redis.pipeline(transaction=False)
         for i in ids:
-            pipe.hget(delivery_key(i), "status")
+            pipe.hget(keys.delivery(i), "status")
         return [s.decode() if s else None for s in pipe.execute()]
 
     def field(self, ids: list[str], name: str) -> list[str | None]:
         pipe = self.redis.pipeline(transaction=False)
         for i in ids:
-            pipe.hget(delivery_key(i), name)
+            pipe.hget(keys.delivery(i), name)
         return [s.decode() if s else None for s in pipe.execute()]
 
     def histories(self, ids: list[str]) -> list[list[dict]]:
@@ -381,7 +381,7 @@ class Stack:
         for start in range(0, len(ids), 500):
             pipe = self.redis.pipeline(transaction=False)
             for i in ids[start : start + 500]:
-                pipe.lrange(history_key(i), 0, -1)
+                pipe.lrange(keys.history(i), 0, -1)
             out += [[json.loads(x) for x in h] for h in pipe.execute()]
         return out
 

@@ -14,11 +14,10 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from bridge import metrics
+from bridge import keys, metrics
 from bridge.deliveries import (
     Delivery,
     DeliveryStore,
-    dedup_key,
     new_delivery_id,
     raw_record,
 )
@@ -149,7 +148,7 @@ class Ingest:
         claimed: list[str] = []
         try:
             for delivery in deliveries:
-                key = dedup_key(route.name, delivery.event.event_id)
+                key = keys.dedup(route.name, delivery.event.event_id)
                 if self.redis.set(key, delivery.id, nx=True, ex=ttl):
                     claimed.append(key)
                     fresh.append(delivery)

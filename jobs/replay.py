@@ -12,7 +12,8 @@ from dataclasses import dataclass
 
 from redis import Redis
 
-from bridge.deliveries import IDX_FAILED, Delivery, DeliveryStore, request_from_raw
+from bridge import keys
+from bridge.deliveries import Delivery, DeliveryStore, request_from_raw
 from bridge.event import Event
 from bridge.exceptions import IngestError
 from bridge.mapping import map_event
@@ -68,7 +69,7 @@ class Replayer:
     def _still_failed(self, delivery_id: str) -> bool:
         # The index itself, not the record: an expired record left in the index must move the
         # offset too, or the same page would come back for ever.
-        return self.redis.zscore(IDX_FAILED, delivery_id) is not None
+        return self.redis.zscore(keys.FAILED, delivery_id) is not None
 
     def replay_many(
         self,
