@@ -1,201 +1,36 @@
-"""Deliveries in Redis: one record per accepted lead, its history, and the indexes that list them.
+"""Deliveries in Redis: the records, their history, and the indexes that list them.
 
-A delivery is the source of truth for a lead's fate; the RQ job that works on it carries only
-its id. Statuses: ``queued`` → ``delivering`` → ``delivered``, or ``retrying`` (a job is
-scheduled), or ``failed`` / ``skipped`` with a reason (both replayable). Nothing here holds a
-secret: the raw payload keeps only the headers an adapter declared safe and drops ``?token=``.
+``DeliveryStore`` reads and writes ``bridge.record.Delivery`` records under the keys of
+``bridge.keys``; every multi-key change is one MULTI/EXEC transaction.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
 from redis.client import Pipeline
 
 from bridge import defaults, keys
-from bridge.event import Event, InboundRequest, utcnow_iso
-from bridge.redaction import redact
+from bridge.event import utcnow_iso
+from bridge.record import (
+    OPTIONAL_FIELDS,
+    Delivery,
+    new_delivery_id,
+    raw_record,
+    request_from_raw,
+)
 
 if TYPE_CHECKING:
     from bridge.settings import Settings
 
+# The record and its helpers lived here first; code elsewhere still imports them from here.
+__all__ = ["Delivery", "DeliveryStore", "new_delivery_id", "raw_record", "request_from_raw"]
+
 HISTORY_MAX = 100
-TERMINAL = ("delivered", "failed", "skipped")
-ACTIVE = ("queued", "delivering", "retrying")
-#: Fields removed from the hash when unset (``to_hash`` leaves them out).
-OPTIONAL_FIELDS = (
-    "reason_code",
-    "reason",
-    "contact",
-    "last_api",
-    "contact_id",
-    "audience_id",
-    "failed_index",
-)
-
-
-def new_delivery_id() -> str:
-    """Sortable by time, unguessable: ``dlv_<ms hex><random>``."""
-    return f"dlv_{int(time.time() * 1000):x}{secrets.token_hex(6)}"
-
-
-@dataclass
-class Delivery:
-    id: str
-    route: str
-    source: str
-    status: str
-    event: Event
-    received_at: str
-    updated_at: str = ""
-    raw_id: str | None = None
-    lead_index: int = 0
-    contact: dict[str, Any] | None = None
-    contact_id: str | None = None
-    audience_id: str | None = None
-    audience_added: bool = False
-    attempts: int = 0
-    failures: int = 0
-    reason_code: str | None = None
-    reason: str | None = None
-    last_api: dict[str, Any] | None = None
-    job_id: str | None = None
-    job_seq: int = 0
-    #: The reason code this delivery is listed under in the failed indexes (None: not listed).
-    failed_index: str | None = None
-
-    @property
-    def terminal(self) -> bool:
-        return self.status in TERMINAL
-
-    def to_hash(self) -> dict[str, str]:
-        out = {
-            "id": self.id,
-            "route": self.route,
-            "source": self.source,
-            "status": self.status,
-            "event": json.dumps(self.event.to_dict()),
-            "received_at": self.received_at,
-            "updated_at": self.updated_at or self.received_at,
-            "lead_index": str(self.lead_index),
-            "attempts": str(self.attempts),
-            "failures": str(self.failures),
-            "job_seq": str(self.job_seq),
-            "audience_added": "1" if self.audience_added else "",
-        }
-        for key in (
-            "raw_id",
-            "contact_id",
-            "audience_id",
-            "reason_code",
-            "reason",
-            "job_id",
-            "failed_index",
-        ):
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        if self.contact is not None:
-            out["contact"] = json.dumps(self.contact)
-        if self.last_api is not None:
-            out["last_api"] = json.dumps(self.last_api)
-        return out
-
-    @classmethod
-    def from_hash(cls, h: dict[bytes, bytes]) -> Delivery:
-        d = {k.decode(): v.decode() for k, v in h.items()}
-
-        def loads(key: str) -> Any:
-            return json.loads(d[key]) if d.get(key) else None
-
-        return cls(
-            id=d["id"],
-            route=d["route"],
-            source=d["source"],
-            status=d["status"],
-            event=Event.from_dict(json.loads(d["event"])),
-            received_at=d["received_at"],
-            updated_at=d.get("updated_at", ""),
-            raw_id=d.get("raw_id"),
-            lead_index=int(d.get("lead_index") or 0),
-            contact=loads("contact"),
-            contact_id=d.get("contact_id") or None,
-            audience_id=d.get("audience_id") or None,
-            audience_added=d.get("audience_added") == "1",
-            attempts=int(d.get("attempts") or 0),
-            failures=int(d.get("failures") or 0),
-            reason_code=d.get("reason_code") or None,
-            reason=d.get("reason") or None,
-            last_api=loads("last_api"),
-            job_id=d.get("job_id") or None,
-            job_seq=int(d.get("job_seq") or 0),
-            failed_index=d.get("failed_index"),
-        )
-
-    def summary(self) -> dict[str, Any]:
-        """What ``GET /deliveries/<id>`` and ``failed list`` show: no raw payload, no secret."""
-        return {
-            "deliveryId": self.id,
-            "route": self.route,
-            "source": self.source,
-            "status": self.status,
-            "eventId": self.event.event_id,
-            "receivedAt": self.received_at,
-            "updatedAt": self.updated_at,
-            "attempts": self.attempts,
-            "reasonCode": self.reason_code,
-            "reason": self.reason,
-            "lastApiAnswer": self.last_api,
-            "contactId": self.contact_id,
-            "audienceId": self.audience_id,
-            "phoneNumber": (self.contact or {}).get("phoneNumber"),
-        }
-
-
-def raw_record(
-    req: InboundRequest, kept_headers: tuple[str, ...], secrets: list[str] | None = None
-) -> dict[str, Any]:
-    """The request as stored for replay --remap: body, content type, safe headers, query.
-
-    Route secrets are redacted even from the body: some senders echo the hook URL, token and
-    all, inside the payload (Jotform's ``webhookURL``).
-    """
-    req = InboundRequest(
-        method=req.method,
-        route=req.route,
-        body=redact(req.body, secrets or []),
-        headers=req.headers,
-        query=req.query,
-    )
-    headers = {"content-type": req.header("content-type") or ""}
-    for name in kept_headers:
-        value = req.header(name)
-        if value is not None:
-            headers[name] = value
-    query = {k: v for k, v in req.query.items() if k != "token"}
-    return {
-        "method": req.method,
-        "route": req.route,
-        "headers": headers,
-        "query": query,
-        "body_b64": base64.b64encode(req.body).decode(),
-    }
-
-
-def request_from_raw(raw: dict[str, Any]) -> InboundRequest:
-    return InboundRequest(
-        method=raw.get("method", "POST"),
-        route=raw.get("route", ""),
-        body=base64.b64decode(raw.get("body_b64", "")),
-        headers=dict(raw.get("headers") or {}),
-        query=dict(raw.get("query") or {}),
-    )
 
 
 class DeliveryStore:
@@ -275,8 +110,9 @@ class DeliveryStore:
                 pipe.persist(key)
                 pipe.persist(keys.history(delivery.id))
             pipe.zadd(keys.ACTIVE, {delivery.id: now + recheck_in})
-        pipe.hset(key, mapping=delivery.to_hash())
-        unset = [name for name in OPTIONAL_FIELDS if getattr(delivery, name) is None]
+        stored = delivery.to_hash()
+        pipe.hset(key, mapping=stored)
+        unset = [name for name in OPTIONAL_FIELDS if name not in stored]
         if unset:
             pipe.hdel(key, *unset)
         if what:

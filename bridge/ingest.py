@@ -15,12 +15,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from bridge import keys, metrics
-from bridge.deliveries import (
-    Delivery,
-    DeliveryStore,
-    new_delivery_id,
-    raw_record,
-)
+from bridge.deliveries import DeliveryStore
 from bridge.event import Event, InboundRequest, Lead, utcnow_iso
 from bridge.exceptions import (
     IngestError,
@@ -33,6 +28,7 @@ from bridge.exceptions import (
 )
 from bridge.mapping import map_event
 from bridge.queue import enqueue, transaction
+from bridge.record import Delivery, new_delivery_id, raw_record
 from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source

@@ -26,7 +26,7 @@ from redis import Redis
 from rq import Queue, get_current_job
 
 from bridge import defaults, keys, metrics
-from bridge.deliveries import Delivery, DeliveryStore
+from bridge.deliveries import DeliveryStore
 from bridge.event import Event
 from bridge.exceptions import (
     ApiError,
@@ -45,6 +45,7 @@ from bridge.exceptions import (
 )
 from bridge.mapping import map_event
 from bridge.queue import enqueue, make_queue, transaction
+from bridge.record import Delivery
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from jobs.audiences import forget_audience, resolve_audience

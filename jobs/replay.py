@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from redis import Redis
 
 from bridge import keys
-from bridge.deliveries import Delivery, DeliveryStore, request_from_raw
+from bridge.deliveries import DeliveryStore
 from bridge.event import Event
 from bridge.exceptions import IngestError
 from bridge.mapping import map_event
 from bridge.queue import enqueue, make_queue, transaction
+from bridge.record import Delivery, request_from_raw
 from bridge.settings import Settings
 from bridge.sources import get_source
 
