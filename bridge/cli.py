@@ -61,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default $PORT or 8000")
     p.add_argument("--workers", type=int, default=None, help="default $WEB_CONCURRENCY or 2")
-    p.add_argument("--threads", type=int, default=4)
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("worker", help="deliver queued leads to OliAI")
@@ -77,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the config: OK, or every problem")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("flows", help="the voice flows of the configured API key(s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flows)
 
     p = sub.add_parser("try", help="map a sample payload to a contact; sends nothing")
     p.add_argument("route")
@@ -159,7 +162,7 @@ def cmd_web(args) -> int:
         logging.getLogger("bridge").warning("config: %s", warning)
     port = args.port or settings.port
     workers = args.workers or settings.web_concurrency
-    run_web(settings, host=args.host, port=port, workers=workers, threads=args.threads)
+    run_web(settings, host=args.host, port=port, workers=workers)
     return 0
 
 
@@ -212,7 +215,79 @@ def cmd_check_config(args) -> int:
     )
     for warning in settings.warnings:
         print(f"  warning: {warning}")
-    return 0
+    problems = campaign_flow_problems(settings)
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1 if problems else 0
+
+
+def api_clients(settings: Settings) -> dict[str, tuple[object, list]]:
+    """One OliAI client per configured API key (by key id), with the routes that use it."""
+    from jobs.oliai import OliAIClient
+    from jobs.ratelimit import key_id
+
+    clients: dict[str, tuple[object, list]] = {}
+    for route in settings.routes.values():
+        api_key = settings.api_key_for(route)
+        if not api_key:
+            continue
+        kid = key_id(api_key)
+        if kid not in clients:
+            clients[kid] = (OliAIClient(settings.oliai.base_url, api_key), [])
+        clients[kid][1].append(route)
+    return clients
+
+
+def campaign_flow_problems(settings: Settings) -> list[str]:
+    """Each ``[routes.campaign]`` flow exists for its key, checked when the API answers."""
+    from bridge.exceptions import ApiError, TransientApiError, Unauthorized
+    from jobs.campaigns import flow_problems
+
+    problems: list[str] = []
+    for client, routes in api_clients(settings).values():
+        for route in routes:
+            if route.campaign is None:
+                continue
+            try:
+                found = flow_problems(client, route.campaign)
+            except (TransientApiError, Unauthorized) as exc:
+                print(f"  warning: routes[{route.name}].campaign: flow not checked: {exc}")
+                continue
+            except ApiError as exc:
+                found = [f"flows could not be listed: {exc}"]
+            problems += [f"routes[{route.name}].campaign.{p}" for p in found]
+    return problems
+
+
+def cmd_flows(args) -> int:
+    from bridge.exceptions import ApiError
+
+    settings = settings_for(args, demo_ok=True)
+    clients = api_clients(settings)
+    if not clients:
+        print("no API key configured (set OLIAI_API_KEY or [oliai] api_key)", file=sys.stderr)
+        return 1
+    status = 0
+    out = []
+    for kid, (client, routes) in clients.items():
+        try:
+            flows = list(client.iter_pages(client.list_flows))
+        except ApiError as exc:
+            print(f"key {kid} ({', '.join(r.name for r in routes)}): {exc}", file=sys.stderr)
+            status = 1
+            continue
+        out.append({"key": kid, "routes": [r.name for r in routes], "flows": flows})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return status
+    for entry in out:
+        print(f"key {entry['key']} (routes: {', '.join(entry['routes'])})")
+        for flow in entry["flows"]:
+            language = flow.get("language") or ""
+            print(f"  {flow.get('id', ''):<28} {language:<6} {flow.get('name', '')}")
+        if not entry["flows"]:
+            print("  (no voice flows: create one in the OliAI dashboard)")
+    return status
 
 
 def cmd_try(args) -> int:
