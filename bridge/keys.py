@@ -90,6 +90,21 @@ def audience_lock(key_id: str, name_hash: str) -> str:
     return f"{audience(key_id, name_hash)}:lock"
 
 
+def flow(key_id: str, name_hash: str) -> str:
+    """String with a TTL: a voice flow name's id for one API key (``jobs.campaigns``)."""
+    return f"{KEY_PREFIX}flow:{key_id}:{name_hash}"
+
+
+def campaign_rate(route: str, minute: int) -> str:
+    """String with a TTL: per-lead campaigns the route started in that minute (epoch minutes)."""
+    return f"{KEY_PREFIX}camp:rate:{route}:{minute}"
+
+
+def campaign_window(route: str, start: int) -> str:
+    """A campaign window's state: its audience id, then its campaign id once created."""
+    return f"{KEY_PREFIX}camp:win:{route}:{start}"
+
+
 #: String with a TTL: held by the one worker whose reaper runs (``jobs.reaper``).
 REAPER_LOCK = f"{KEY_PREFIX}reaper:lock"
 #: String with a TTL: set when the listing indexes were last trimmed.
