@@ -16,15 +16,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from bridge import metrics
-from bridge.deliveries import (
-    Delivery,
-    DeliveryStore,
-    dedup_key,
-    new_delivery_id,
-    raw_record,
-    redact,
-)
+from bridge import keys, metrics
+from bridge.deliveries import DeliveryStore
 from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
     IngestError,
@@ -35,6 +28,8 @@ from bridge.exceptions import (
 )
 from bridge.pipeline import LeadResult, map_request
 from bridge.queue import enqueue, transaction
+from bridge.record import Delivery, new_delivery_id, raw_record
+from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
@@ -99,7 +94,7 @@ class Ingest:
         claimed: list[str] = []
         try:
             for delivery in deliveries:
-                key = dedup_key(route.name, delivery.event.event_id)
+                key = keys.dedup(route.name, delivery.event.event_id)
                 if self.redis.set(key, delivery.id, nx=True, ex=ttl):
                     claimed.append(key)
                     fresh.append(delivery)

@@ -15,11 +15,10 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
-from bridge import defaults
+from bridge import keys
 
 log = logging.getLogger(__name__)
 
-STATS_KEY = f"{defaults.KEY_PREFIX}stats"
 SEP = "|"
 
 # counter name → (help, label names)
@@ -44,17 +43,17 @@ def field_name(name: str, *labels: str) -> str:
 def count(redis: Redis, name: str, *labels: str, amount: int = 1) -> None:
     """Best effort: a metric must never turn an accepted webhook into an error."""
     try:
-        redis.hincrby(STATS_KEY, field_name(name, *labels), amount)
+        redis.hincrby(keys.STATS, field_name(name, *labels), amount)
     except RedisError as exc:
         log.debug("metric %s not counted: %s", name, exc)
 
 
 def count_on(pipe: Pipeline, name: str, *labels: str, amount: int = 1) -> None:
-    pipe.hincrby(STATS_KEY, field_name(name, *labels), amount)
+    pipe.hincrby(keys.STATS, field_name(name, *labels), amount)
 
 
 def read_counters(redis: Redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in redis.hgetall(STATS_KEY).items()}
+    return {k.decode(): int(v) for k, v in redis.hgetall(keys.STATS).items()}
 
 
 class RedisCollector(Collector):

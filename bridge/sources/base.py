@@ -193,14 +193,6 @@ def refused_fetch(provider: str, status: int, what: str, detail: str) -> Provide
     )
 
 
-def redact(message: str, route: Route, mask: str = "***") -> str:
-    """A provider's error text as it may be stored and shown: every secret of the route masked
-    (an API may echo the token it was sent) and cut to ``MAX_ERROR_CHARS``."""
-    for secret in route.secrets():
-        message = message.replace(secret, mask)
-    return message[:MAX_ERROR_CHARS]
-
-
 # --- answers -----------------------------------------------------------------------------
 
 

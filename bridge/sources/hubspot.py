@@ -21,7 +21,9 @@ from urllib.parse import quote, urlencode, urlsplit
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid
+from bridge.redaction import redact
 from bridge.sources.base import (
+    MAX_ERROR_CHARS,
     Source,
     check_signed,
     check_timestamp,
@@ -29,7 +31,6 @@ from bridge.sources.base import (
     fetch_reference,
     hmac_digest,
     provider_get,
-    redact,
     refused_fetch,
     require_header,
     require_secret,
@@ -365,7 +366,7 @@ def _api_error(resp: Any, route: Route) -> str:
         text = ": ".join(parts) or resp.reason or "error"
     else:
         text = resp.reason or "error"
-    return redact(text, route)
+    return redact(text, route.secrets(), min_chars=1)[:MAX_ERROR_CHARS]
 
 
 def _scalar(value: Any) -> bool:

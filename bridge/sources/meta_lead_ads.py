@@ -18,15 +18,16 @@ import requests
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid
+from bridge.redaction import redact
 from bridge.settings import Route
 from bridge.sources.base import (
+    MAX_ERROR_CHARS,
     Reply,
     Source,
     check_signed,
     equal,
     hmac_digest,
     provider_get,
-    redact,
 )
 from bridge.values import clean_text, country_code, id_text
 
@@ -242,7 +243,8 @@ def graph_error(status: int, data: Any, route: Route) -> ProviderFetchError:
         or error.get("is_transient") is True
         or (isinstance(code, int) and (code in TRANSIENT_CODES or 80000 <= code < 80100))
     )
-    return ProviderFetchError(redact(text, route, "[redacted]"), transient=transient, status=status)
+    text = redact(text, route.secrets(), min_chars=1)[:MAX_ERROR_CHARS]
+    return ProviderFetchError(text, transient=transient, status=status)
 
 
 def lead_from_node(node: dict[str, Any], event: Event, lead_id: str) -> Lead:
