@@ -15,7 +15,8 @@ from urllib.parse import quote
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError
-from bridge.sources.base import Source, fetch_reference, provider_get, redact, refused_fetch
+from bridge.sources.base import Source, redact
+from bridge.sources.fetching import fetch_reference, provider_get, refused_fetch
 from bridge.values import clean_text, id_text
 
 if TYPE_CHECKING:
