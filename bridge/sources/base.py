@@ -91,6 +91,10 @@ class Source:
     #: True for providers that count any status but 200 as a failed delivery: every 2xx answer
     #: is sent as 200.
     answers_200 = False
+    #: True when the event id comes from a header the signature does not cover: a body already
+    #: accepted is then a duplicate whatever id it comes with, so a captured request re-sent
+    #: under a new id is not delivered twice.
+    dedups_body = False
 
     # --- configuration ---------------------------------------------------------------------
 

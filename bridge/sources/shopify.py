@@ -59,6 +59,9 @@ class ShopifySource(Source):
     # deletes the subscription: such a customer is recorded as skipped and acknowledged.
     unmappable = "accept"
     schemes = (SCHEME,)
+    # The event id, X-Shopify-Webhook-Id, is not signed: anyone holding one captured request
+    # could mint new ids for it. The signed body (the customer, created once) is deduplicated too.
+    dedups_body = True
     kept_headers = (
         "x-shopify-topic",
         "x-shopify-webhook-id",
