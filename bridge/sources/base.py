@@ -79,7 +79,7 @@ class Source:
     signs = False
     #: How the provider signs, as data (``bridge.signatures.Scheme``): alternatives the provider
     #: sends side by side or instead of each other. A source whose scheme cannot be said as data
-    #: (HubSpot) overrides ``check_signature`` instead.
+    #: (HubSpot) overrides ``verify`` instead.
     schemes: tuple[Scheme, ...] = ()
     #: "reject": an unmappable submission gets a 422 (the sender shows it to its user);
     #: "accept": it is recorded as a ``skipped`` delivery and acknowledged, for providers that
