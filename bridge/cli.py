@@ -12,6 +12,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bridge.config import (
     build_settings,
@@ -22,6 +23,9 @@ from bridge.config import (
 )
 from bridge.exceptions import ConfigError, IngestError
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from bridge.pipeline import LeadResult
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default $PORT or 8000")
     p.add_argument("--workers", type=int, default=None, help="default $WEB_CONCURRENCY or 2")
-    p.add_argument("--threads", type=int, default=4)
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("worker", help="deliver queued leads to OliAI")
@@ -77,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the config: OK, or every problem")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("flows", help="the voice flows of the configured API key(s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flows)
 
     p = sub.add_parser("try", help="map a sample payload to a contact; sends nothing")
     p.add_argument("route")
@@ -159,7 +166,7 @@ def cmd_web(args) -> int:
         logging.getLogger("bridge").warning("config: %s", warning)
     port = args.port or settings.port
     workers = args.workers or settings.web_concurrency
-    run_web(settings, host=args.host, port=port, workers=workers, threads=args.threads)
+    run_web(settings, host=args.host, port=port, workers=workers)
     return 0
 
 
@@ -212,13 +219,84 @@ def cmd_check_config(args) -> int:
     )
     for warning in settings.warnings:
         print(f"  warning: {warning}")
-    return 0
+    problems = campaign_flow_problems(settings)
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1 if problems else 0
+
+
+def api_clients(settings: Settings) -> dict[str, tuple[object, list]]:
+    """One OliAI client per configured API key (by key id), with the routes that use it."""
+    from jobs.oliai import OliAIClient
+    from jobs.ratelimit import key_id
+
+    clients: dict[str, tuple[object, list]] = {}
+    for route in settings.routes.values():
+        api_key = settings.api_key_for(route)
+        if not api_key:
+            continue
+        kid = key_id(api_key)
+        if kid not in clients:
+            clients[kid] = (OliAIClient(settings.oliai.base_url, api_key), [])
+        clients[kid][1].append(route)
+    return clients
+
+
+def campaign_flow_problems(settings: Settings) -> list[str]:
+    """Each ``[routes.campaign]`` flow exists for its key, checked when the API answers."""
+    from bridge.exceptions import ApiError, TransientApiError, Unauthorized
+    from jobs.campaigns import flow_problems
+
+    problems: list[str] = []
+    for client, routes in api_clients(settings).values():
+        for route in routes:
+            if route.campaign is None:
+                continue
+            try:
+                found = flow_problems(client, route.campaign)
+            except (TransientApiError, Unauthorized) as exc:
+                print(f"  warning: routes[{route.name}].campaign: flow not checked: {exc}")
+                continue
+            except ApiError as exc:
+                found = [f"flows could not be listed: {exc}"]
+            problems += [f"routes[{route.name}].campaign.{p}" for p in found]
+    return problems
+
+
+def cmd_flows(args) -> int:
+    from bridge.exceptions import ApiError
+
+    settings = settings_for(args, demo_ok=True)
+    clients = api_clients(settings)
+    if not clients:
+        print("no API key configured (set OLIAI_API_KEY or [oliai] api_key)", file=sys.stderr)
+        return 1
+    status = 0
+    out = []
+    for kid, (client, routes) in clients.items():
+        try:
+            flows = list(client.iter_pages(client.list_flows))
+        except ApiError as exc:
+            print(f"key {kid} ({', '.join(r.name for r in routes)}): {exc}", file=sys.stderr)
+            status = 1
+            continue
+        out.append({"key": kid, "routes": [r.name for r in routes], "flows": flows})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return status
+    for entry in out:
+        print(f"key {entry['key']} (routes: {', '.join(entry['routes'])})")
+        for flow in entry["flows"]:
+            language = flow.get("language") or ""
+            print(f"  {flow.get('id', ''):<28} {language:<6} {flow.get('name', '')}")
+        if not entry["flows"]:
+            print("  (no voice flows: create one in the OliAI dashboard)")
+    return status
 
 
 def cmd_try(args) -> int:
-    from bridge.event import Event, InboundRequest, utcnow_iso
-    from bridge.ingest import event_id_for
-    from bridge.mapping import map_event
+    from bridge.event import InboundRequest, utcnow_iso
+    from bridge.pipeline import map_request
     from bridge.sources import get_source
 
     settings = settings_for(args, demo_ok=True)
@@ -242,32 +320,26 @@ def cmd_try(args) -> int:
         "leads": [],
     }
     try:
-        leads = source.normalize(req, source.parse(req), route)
+        results = map_request(req, route, source, utcnow_iso())
     except IngestError as exc:
         print(json.dumps({**out, "error": exc.to_dict()}, indent=2))
         return 1
-    status = 0
-    for index, lead in enumerate(leads):
-        event = Event.from_lead(
-            lead,
-            route=route.name,
-            source=source.name,
-            event_id=event_id_for(req, lead, index, len(leads)),
-            received_at=utcnow_iso(),
-        )
-        item: dict = {"event": event.to_dict()}
-        if event.fetch:
-            item["contact"] = None
-            item["note"] = "the worker fetches this lead from the provider's API first"
-        else:
-            try:
-                item["contact"] = map_event(event, route)
-            except IngestError as exc:
-                item["error"] = exc.to_dict()
-                status = 1
-        out["leads"].append(item)
+    out["leads"] = [try_item(result) for result in results]
     print(json.dumps(out, indent=2, ensure_ascii=False))
-    return status
+    return 1 if any("error" in item for item in out["leads"]) else 0
+
+
+def try_item(result: LeadResult) -> dict:
+    """One lead as ``try`` shows it: the event, and the contact or why there is none."""
+    item: dict = {"event": result.event.to_dict()}
+    if result.fetch:
+        item["contact"] = None
+        item["note"] = "the worker fetches this lead from the provider's API first"
+    elif result.unmappable is not None:
+        item["error"] = result.unmappable.to_dict()
+    else:
+        item["contact"] = result.contact
+    return item
 
 
 def guess_type(path: str) -> str:

@@ -22,11 +22,13 @@ from jmespath.exceptions import JMESPathError
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from bridge import defaults
+from bridge.calling_hours import CallingHours, zone
 from bridge.exceptions import ConfigError
 from bridge.settings import (
     CONTACT_FIELDS,
     LANGUAGE,
     ROUTE_NAME,
+    CampaignSettings,
     DeliverySettings,
     OliAISettings,
     Route,
@@ -124,6 +126,46 @@ class Credential(fields.Field):
         return tuple(value)
 
 
+class CampaignSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    mode = fields.String(required=True, validate=validate.OneOf(["per_lead", "window"]))
+    flow_id = fields.String(validate=validate.Length(min=1))
+    flow_name = fields.String(validate=validate.Length(min=1, max=200))
+    every_minutes = fields.Integer(validate=validate.Range(min=1, max=24 * 60))
+    per_lead_max_per_minute = fields.Integer(validate=validate.Range(min=1, max=1000))
+    calling_hours = fields.String()
+    days = fields.String()
+    timezone = fields.String()
+    calls_per_minute = fields.Integer(validate=validate.Range(min=1))
+    max_concurrent_calls = fields.Integer(validate=validate.Range(min=1))
+    max_retries = fields.Integer(validate=validate.Range(min=0))
+    retry_delay_minutes = fields.Integer(validate=validate.Range(min=1))
+    call_timeout_minutes = fields.Integer(validate=validate.Range(min=1))
+
+    @validates_schema(skip_on_field_errors=False)
+    def _checks(self, data, **kwargs):
+        errors: dict[str, list[str]] = {}
+        if bool(data.get("flow_id")) == bool(data.get("flow_name")):
+            errors["flow_id"] = ["set flow_id or flow_name (see `oliai-bridge flows`), not both"]
+        if data.get("days") and not data.get("calling_hours"):
+            errors["days"] = ["days needs calling_hours"]
+        try:
+            if data.get("calling_hours"):
+                CallingHours.parse(data["calling_hours"], data.get("days"))
+        except ValueError as exc:
+            key = "days" if str(exc).startswith("days") else "calling_hours"
+            errors.setdefault(key, []).append(str(exc))
+        try:
+            if data.get("timezone"):
+                zone(data["timezone"])
+        except ValueError as exc:
+            errors["timezone"] = [str(exc)]
+        if errors:
+            raise ValidationError(errors)
+
+
 class RouteSchema(Schema):
     class Meta:
         unknown = INCLUDE  # source-specific options (e.g. organization_id) are passed through
@@ -149,6 +191,7 @@ class RouteSchema(Schema):
     verify_token = Credential()
     access_token = fields.String()
     api_key = fields.String()
+    campaign = fields.Nested(CampaignSchema)
 
     @validates_schema(skip_on_field_errors=False)
     def _checks(self, data, **kwargs):
@@ -396,6 +439,7 @@ def _route(vals: dict[str, Any], default_region: str) -> Route:
         verify_token=vals.get("verify_token"),
         access_token=vals.get("access_token"),
         api_key=vals.get("api_key"),
+        campaign=CampaignSettings(**vals["campaign"]) if vals.get("campaign") else None,
     )
 
 

@@ -1,6 +1,8 @@
 """How a webhook becomes stored deliveries: verify, parse, normalize, map, dedup, store, enqueue.
 
-``Ingest.handle`` is the whole web-side path for one request, independent of Flask. A 2xx is
+``Ingest.handle`` is the whole web-side path for one request, independent of Flask. Parsing,
+normalizing and mapping are ``bridge.pipeline``'s, shared with ``try``, replay and the job;
+what ingest adds is the handshake, the signature check, dedup, storage and metrics. A 2xx is
 only ever answered after the delivery and its job are in Redis (one MULTI/EXEC); a Redis failure
 becomes ``StorageUnavailable`` (503 + Retry-After), never a 2xx.
 """
@@ -23,27 +25,21 @@ from bridge.deliveries import (
     raw_record,
     redact,
 )
-from bridge.event import Event, InboundRequest, Lead, utcnow_iso
+from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
     IngestError,
-    MalformedBody,
     MethodNotAllowed,
     SignatureInvalid,
     StorageUnavailable,
     UnknownRoute,
-    Unmappable,
 )
-from bridge.mapping import map_event
+from bridge.pipeline import LeadResult, map_request
 from bridge.queue import enqueue, transaction
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
-from bridge.sources.base import MAX_EVENT_ID_CHARS, Accepted, Outcome, Reply, Source, error_reply
+from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
 
 log = logging.getLogger(__name__)
-
-#: Providers batch at most 100 records (Salesforce, HubSpot); a request carrying thousands is
-#: garbage or abuse, and mapping and storing each would hold a web worker for a minute.
-MAX_LEADS_PER_REQUEST = 1000
 
 
 class Ingest:
@@ -79,20 +75,13 @@ class Ingest:
         if req.method not in ("POST", "PUT"):
             raise MethodNotAllowed(f"{req.method} is not accepted here: POST the webhook")
         source.verify(req, route)
-        payload = source.parse(req)
-        leads = source.normalize(req, payload, route)
-        if not leads:
-            return []
-        if len(leads) > MAX_LEADS_PER_REQUEST:
-            raise MalformedBody(
-                f"{len(leads)} leads in one request: at most {MAX_LEADS_PER_REQUEST} are accepted "
-                "(split the batch)"
-            )
-        received_at = utcnow_iso()
+        results = map_request(req, route, source, utcnow_iso())
         prepared = [
-            self._prepare(req, route, source, lead, i, len(leads), received_at)
-            for i, lead in enumerate(leads)
+            _delivery_for(result, index, len(results), route, source)
+            for index, result in enumerate(results)
         ]
+        if not prepared:
+            return []
         try:
             return self._store(req, route, source, prepared)
         except RedisError as exc:
@@ -100,45 +89,6 @@ class Ingest:
             raise StorageUnavailable(
                 "the bridge cannot store this webhook right now (queue unavailable): retry later"
             ) from None
-
-    def _prepare(
-        self,
-        req: InboundRequest,
-        route: Route,
-        source: Source,
-        lead: Lead,
-        index: int,
-        count: int,
-        received_at: str,
-    ) -> Delivery:
-        event_id = event_id_for(req, lead, index, count)
-        event = Event.from_lead(
-            lead,
-            route=route.name,
-            source=source.name,
-            event_id=event_id,
-            received_at=received_at,
-        )
-        delivery = Delivery(
-            id=new_delivery_id(),
-            route=route.name,
-            source=source.name,
-            status="queued",
-            event=event,
-            received_at=received_at,
-            lead_index=index,
-        )
-        if event.fetch:
-            return delivery  # mapped by the job, after it fetched the lead
-        try:
-            delivery.contact = map_event(event, route)
-        except Unmappable as exc:
-            if source.unmappable == "reject" and count == 1:
-                raise
-            delivery.status = "skipped"
-            delivery.reason_code = "unmappable"
-            delivery.reason = exc.message
-        return delivery
 
     def _store(
         self, req: InboundRequest, route: Route, source: Source, deliveries: list[Delivery]
@@ -220,13 +170,30 @@ class Ingest:
         return key, None
 
 
-def event_id_for(req: InboundRequest, lead: Lead, index: int, count: int) -> str:
-    """What dedup keys on: the provider's id, else the body hash (with the lead's place in a
-    batch)."""
-    event_id = str(lead.event_id).strip()[:MAX_EVENT_ID_CHARS] if lead.event_id else ""
-    if event_id:
-        return event_id
-    return req.body_hash if count == 1 else f"{req.body_hash}:{index}"
+def _delivery_for(
+    result: LeadResult, index: int, count: int, route: Route, source: Source
+) -> Delivery:
+    """The delivery to store for one lead of a request: queued, or skipped as unmappable
+    (refused with a 422 instead when it is the request's only lead and the sender shows
+    errors to its user)."""
+    delivery = Delivery(
+        id=new_delivery_id(),
+        route=route.name,
+        source=source.name,
+        status="queued",
+        event=result.event,
+        received_at=result.event.received_at,
+        lead_index=index,
+    )
+    if result.unmappable is None:
+        delivery.contact = result.contact  # None for a lead the job fetches first
+        return delivery
+    if source.unmappable == "reject" and count == 1:
+        raise result.unmappable
+    delivery.status = "skipped"
+    delivery.reason_code = "unmappable"
+    delivery.reason = result.unmappable.message
+    return delivery
 
 
 class _Handshake(Exception):

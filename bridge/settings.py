@@ -56,6 +56,27 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class CampaignSettings:
+    """A route's ``[routes.campaign]``: put each lead on a call (``bridge`` docs: campaigns)."""
+
+    mode: str  # per_lead | window
+    flow_id: str | None = None
+    flow_name: str | None = None  # resolved once through GET /flows, then cached
+    every_minutes: int = defaults.CAMPAIGN_WINDOW_MINUTES
+    #: per_lead campaigns allowed per minute for the route; leads above it join a window
+    per_lead_max_per_minute: int = defaults.CAMPAIGN_PER_LEAD_MAX_PER_MINUTE
+    calling_hours: str | None = None
+    days: str | None = None
+    timezone: str | None = None
+    #: Dialing settings passed to POST /campaigns (None: the API's defaults)
+    calls_per_minute: int | None = None
+    max_concurrent_calls: int | None = None
+    max_retries: int | None = None
+    retry_delay_minutes: int | None = None
+    call_timeout_minutes: int | None = None
+
+
+@dataclass(frozen=True)
 class Route:
     """One ``[[routes]]`` entry. Secrets are kept out of ``repr``.
 
@@ -81,6 +102,7 @@ class Route:
     verify_token: str | tuple[str, ...] | None = field(default=None, repr=False)
     access_token: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+    campaign: CampaignSettings | None = None
 
     def values_of(self, key: str) -> tuple[str, ...]:
         """Every valid value of a credential key: one, or several while it is rotated (the

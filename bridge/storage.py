@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from redis import Redis
 from redis.exceptions import RedisError
+
+from bridge.processes import start_process, stop_group
 
 log = logging.getLogger(__name__)
 
@@ -46,18 +46,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def die_with_parent() -> None:
-    """preexec_fn: the child gets SIGTERM if the process that started it dies (Linux)."""
-    # The child stays in the parent's process group, so a Ctrl-C in the terminal reaches it too.
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        try:
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-        except OSError:
-            pass
 
 
 class EmbeddedRedis:
@@ -99,12 +87,9 @@ class EmbeddedRedis:
             "--logfile",
             str(self.data_dir / "redis.log"),
         ]
-        self.proc = subprocess.Popen(
-            args,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            preexec_fn=die_with_parent,
-        )
+        # Its own process group: a Ctrl-C meant for ``oliai-bridge dev`` must not stop it
+        # before the web and worker processes that use it.
+        self.proc = start_process(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         client = Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         while time.monotonic() < deadline:
@@ -125,12 +110,7 @@ class EmbeddedRedis:
     def stop(self, timeout: float = 10.0) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return
-        self.proc.send_signal(signal.SIGTERM)  # redis-server flushes the AOF on SIGTERM
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_group(self.proc, timeout)  # redis-server flushes the AOF on SIGTERM
 
     def kill(self) -> None:
         """SIGKILL, as a crash would (tests)."""

@@ -27,7 +27,6 @@ from rq import Queue, get_current_job
 
 from bridge import defaults, metrics
 from bridge.deliveries import Delivery, DeliveryStore
-from bridge.event import Event
 from bridge.exceptions import (
     ApiError,
     ApiForbidden,
@@ -43,7 +42,7 @@ from bridge.exceptions import (
     Unmappable,
     ValidationFailed,
 )
-from bridge.mapping import map_event
+from bridge.pipeline import fetched_event, map_lead
 from bridge.queue import enqueue, make_queue, transaction
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
@@ -140,9 +139,7 @@ class Deliverer:
             return "missing"
         if d.terminal:
             return d.status
-        job = get_current_job()
-        if job is not None and d.job_id and job.id != d.job_id:
-            log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
+        if self.stale(d):
             return "stale"
         route = self.settings.routes.get(d.route)
         if route is None:
@@ -151,21 +148,38 @@ class Deliverer:
         if not api_key:
             return self.fail(d, "no_api_key", "no OliAI API key is configured for this route")
         client = self.ctx.client_for(api_key)
-        kid = key_id(api_key)
-        wait = client.limiter.wait_time() if client.limiter is not None else 0.0
-        if wait > 0:
-            # No token for this key now: come back when one is free, without counting an
-            # attempt. Spread the comeback over part of the window, or every waiting job
-            # would return at the same instant and all but a few would wait again.
-            spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
-            said = self.store.last_history(d.id).get("what") == "rate_limited"
-            return self.reschedule(
-                d,
-                wait + spread,
-                None if said else "rate_limited",
-                f"no token free for this API key: next try in {wait + spread:.1f} s",
-            )
+        waiting = self.wait_for_token(d, client)
+        if waiting is not None:
+            return waiting
+        return self.attempt(d, route, client, key_id(api_key))
 
+    def stale(self, d: Delivery) -> bool:
+        """True when this job is not the delivery's current one (a duplicate or late job)."""
+        job = get_current_job()
+        if job is not None and d.job_id and job.id != d.job_id:
+            log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
+            return True
+        return False
+
+    def wait_for_token(self, d: Delivery, client: OliAIClient) -> str | None:
+        """Reschedule the delivery when its key has no token free now (its status then), without
+        counting an attempt; None when it may go."""
+        wait = client.limiter.wait_time() if client.limiter is not None else 0.0
+        if wait <= 0:
+            return None
+        # Spread the comeback over part of the window, or every waiting job would return at
+        # the same instant and all but a few would wait again.
+        spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
+        said = self.store.last_history(d.id).get("what") == "rate_limited"
+        return self.reschedule(
+            d,
+            wait + spread,
+            None if said else "rate_limited",
+            f"no token free for this API key: next try in {wait + spread:.1f} s",
+        )
+
+    def attempt(self, d: Delivery, route: Route, client: OliAIClient, kid: str) -> str:
+        """One attempt at the steps left, under the lease; every outcome is decided here."""
         d.status = "delivering"
         d.attempts += 1
         self.store.update(d, "attempt", f"attempt {d.attempts}", recheck_in=LEASE_SECONDS)
@@ -216,21 +230,14 @@ class Deliverer:
                 lead = source.fetch(
                     d.event, route, self.ctx.http, self.settings.oliai.timeout_seconds
                 )
-                d.event = Event.from_lead(
-                    lead,
-                    route=d.route,
-                    source=d.source,
-                    event_id=d.event.event_id,
-                    received_at=d.event.received_at,
-                )
-                d.event.fetch = None
+                d.event = fetched_event(d.event, lead)
                 self.store.update(
                     d,
                     "fetched",
                     f"lead fields: {', '.join(sorted(d.event.fields))}",
                     recheck_in=LEASE_SECONDS,
                 )
-            d.contact = map_event(d.event, route)
+            d.contact = map_lead(d.event, route).contact_or_raise()
             self.store.update(d, "mapped", d.contact["phoneNumber"], recheck_in=LEASE_SECONDS)
         if not d.contact_id:
             d.contact_id, what = self.upsert(d.contact, route, client)
