@@ -17,7 +17,7 @@ from rq import Queue
 
 from bridge.deliveries import DeliveryStore
 from bridge.settings import Settings
-from bridge.sources.base import equal
+from bridge.signatures import equal
 
 MAX_REPLAY_PER_REQUEST = 10_000
 

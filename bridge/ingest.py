@@ -110,6 +110,15 @@ class Ingest:
                 claimed.append(key)
                 fresh.append(delivery)
                 accepted.append(Accepted(delivery.id, delivery.status, delivery.reason))
+            if fresh and source.dedups_body:
+                body_key, earlier = self._claim_body(req, route, fresh[0].id, ttl)
+                if earlier:
+                    # The same signed body under another event id: a captured request re-sent
+                    # with its unsigned id header changed, or one event sent by two hooks.
+                    self.redis.delete(*claimed)
+                    metrics.count(self.redis, "duplicate", route.name)
+                    return [Accepted(earlier, "duplicate") for _ in deliveries]
+                claimed.append(body_key)
             if fresh:
                 pipe = transaction(self.redis)
                 raw_id = f"r{secrets.token_hex(8)}"
@@ -140,6 +149,20 @@ class Ingest:
                     pass
             raise
         return accepted
+
+    def _claim_body(
+        self, req: InboundRequest, route: Route, delivery_id: str, ttl: int
+    ) -> tuple[str, str | None]:
+        """Claim the request's body hash for ``delivery_id``: (the key, None), or (the key, the
+        delivery the same body made before)."""
+        key = keys.dedup(route.name, f"body:{req.body_hash}")
+        if self.redis.set(key, delivery_id, nx=True, ex=ttl):
+            return key, None
+        earlier = (self.redis.get(key) or b"").decode()
+        if earlier and self.store.exists(earlier):
+            return key, earlier
+        self.redis.set(key, delivery_id, ex=ttl)  # claimed but never stored (a crash): take over
+        return key, None
 
 
 def _delivery_for(

@@ -16,13 +16,8 @@ from urllib.parse import quote
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError
 from bridge.redaction import redact
-from bridge.sources.base import (
-    MAX_ERROR_CHARS,
-    Source,
-    fetch_reference,
-    provider_get,
-    refused_fetch,
-)
+from bridge.sources.base import MAX_ERROR_CHARS, Source
+from bridge.sources.fetching import fetch_reference, provider_get, refused_fetch
 from bridge.values import clean_text, id_text
 
 if TYPE_CHECKING:
