@@ -70,6 +70,20 @@ def idx_failed_reason(code: str) -> str:
     return f"{P}idx:failed:reason:{code}"
 
 
+def idx_received_route(route: str) -> str:
+    return f"{P}idx:received:route:{route}"
+
+
+def idx_phone(phone: str) -> str:
+    """Deliveries of one E.164 number (the admin page's phone search); expires with its last."""
+    return f"{P}idx:phone:{phone}"
+
+
+def route_key(route: str) -> str:
+    """A route's ``last_received`` / ``last_delivered`` (epoch seconds), for the admin page."""
+    return f"{P}route:{route}"
+
+
 def new_delivery_id() -> str:
     """Sortable by time, unguessable: ``dlv_<ms hex><random>``."""
     return f"dlv_{int(time.time() * 1000):x}{secrets.token_hex(6)}"
@@ -292,6 +306,9 @@ class DeliveryStore:
             pipe.zadd(IDX_ACTIVE, {delivery.id: now + 60})
         pipe.hset(delivery_key(delivery.id), mapping=delivery.to_hash())
         pipe.zadd(IDX_RECEIVED, {delivery.id: now})
+        pipe.zadd(idx_received_route(delivery.route), {delivery.id: now})
+        pipe.hset(route_key(delivery.route), "last_received", now)
+        self._index_phone(pipe, delivery, now)
         self.log_on(pipe, delivery.id, "received", note)
         if delivery.terminal:
             self._expire(pipe, delivery)
@@ -333,6 +350,7 @@ class DeliveryStore:
                 pipe.persist(history_key(delivery.id))
             pipe.zadd(IDX_ACTIVE, {delivery.id: now + recheck_in})
         pipe.hset(key, mapping=delivery.to_hash())
+        self._index_phone(pipe, delivery, now)
         unset = [name for name in OPTIONAL_FIELDS if getattr(delivery, name) is None]
         if unset:
             pipe.hdel(key, *unset)
@@ -360,6 +378,7 @@ class DeliveryStore:
     def _index_terminal(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
         pipe.zrem(IDX_ACTIVE, delivery.id)
         if delivery.status == "delivered":
+            pipe.hset(route_key(delivery.route), "last_delivered", now)
             if delivery.failed_index is not None:
                 self._unindex_failed(pipe, delivery)
             return
@@ -372,6 +391,13 @@ class DeliveryStore:
         pipe.zadd(idx_failed_route(delivery.route), {delivery.id: now})
         if delivery.failed_index:
             pipe.zadd(idx_failed_reason(delivery.failed_index), {delivery.id: now})
+
+    def _index_phone(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
+        phone = (delivery.contact or {}).get("phoneNumber")
+        if phone:
+            key = idx_phone(phone)
+            pipe.zadd(key, {delivery.id: now}, nx=True)
+            pipe.expire(key, max(self.keep_delivered, self.keep_failed))
 
     def _expire(self, pipe: Pipeline, delivery: Delivery) -> None:
         ttl = self.keep_delivered if delivery.status == "delivered" else self.keep_failed
@@ -438,6 +464,10 @@ class DeliveryStore:
         )
         for key in [IDX_FAILED, *self.redis.scan_iter(f"{IDX_FAILED}:*", count=1000)]:
             removed += self.redis.zremrangebyscore(key, "-inf", now - self.keep_failed)
+        for key in self.redis.scan_iter(idx_received_route("*"), count=1000):
+            removed += self.redis.zremrangebyscore(
+                key, "-inf", now - max(self.keep_delivered, self.keep_failed)
+            )
         return removed
 
     def due_active(self, now: float | None = None, limit: int = 500) -> list[str]:
