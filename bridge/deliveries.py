@@ -66,10 +66,14 @@ class DeliveryStore:
         now = time.time()
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
+            self._index_phone(pipe, delivery, now)  # a fetched or remapped lead's phone too
         else:
             pipe.zadd(keys.ACTIVE, {delivery.id: now + 60})
         pipe.hset(keys.delivery(delivery.id), mapping=delivery.to_hash())
         pipe.zadd(keys.RECEIVED, {delivery.id: now})
+        pipe.zadd(keys.received_by_route(delivery.route), {delivery.id: now})
+        pipe.hset(keys.route_state(delivery.route), "last_received", now)
+        self._index_phone(pipe, delivery, now)
         self.log_on(pipe, delivery.id, "received", note)
         if delivery.terminal:
             self._expire(pipe, delivery)
@@ -104,6 +108,7 @@ class DeliveryStore:
         key = keys.delivery(delivery.id)
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
+            self._index_phone(pipe, delivery, now)  # a fetched or remapped lead's phone too
         else:
             if delivery.failed_index is not None:  # replayed: alive again, keep it
                 self._unindex_failed(pipe, delivery)
@@ -139,6 +144,7 @@ class DeliveryStore:
     def _index_terminal(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
         pipe.zrem(keys.ACTIVE, delivery.id)
         if delivery.status == "delivered":
+            pipe.hset(keys.route_state(delivery.route), "last_delivered", now)
             if delivery.failed_index is not None:
                 self._unindex_failed(pipe, delivery)
             return
@@ -151,6 +157,13 @@ class DeliveryStore:
         pipe.zadd(keys.failed_by_route(delivery.route), {delivery.id: now})
         if delivery.failed_index:
             pipe.zadd(keys.failed_by_reason(delivery.failed_index), {delivery.id: now})
+
+    def _index_phone(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
+        phone = (delivery.contact or {}).get("phoneNumber")
+        if phone:
+            key = keys.by_phone(phone)
+            pipe.zadd(key, {delivery.id: now}, nx=True)
+            pipe.expire(key, max(self.keep_delivered, self.keep_failed))
 
     def _expire(self, pipe: Pipeline, delivery: Delivery) -> None:
         ttl = self.keep_delivered if delivery.status == "delivered" else self.keep_failed
@@ -217,6 +230,10 @@ class DeliveryStore:
         )
         for key in [keys.FAILED, *self.redis.scan_iter(keys.FAILED_NARROWED_PATTERN, count=1000)]:
             removed += self.redis.zremrangebyscore(key, "-inf", now - self.keep_failed)
+        for key in self.redis.scan_iter(keys.received_by_route("*"), count=1000):
+            removed += self.redis.zremrangebyscore(
+                key, "-inf", now - max(self.keep_delivered, self.keep_failed)
+            )
         return removed
 
     def due_active(self, now: float | None = None, limit: int = 500) -> list[str]:

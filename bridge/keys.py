@@ -40,6 +40,22 @@ FAILED = f"{KEY_PREFIX}idx:failed"
 ACTIVE = f"{KEY_PREFIX}idx:active"
 
 
+def received_by_route(route: str) -> str:
+    """Zset: one route's deliveries by when they were received (the admin page's route filter)."""
+    return f"{KEY_PREFIX}idx:received:route:{route}"
+
+
+def by_phone(phone: str) -> str:
+    """Zset: the deliveries of one E.164 number (the admin page's phone search); expires with
+    its last delivery."""
+    return f"{KEY_PREFIX}idx:phone:{phone}"
+
+
+def route_state(route: str) -> str:
+    """Hash: a route's ``last_received`` / ``last_delivered`` (epoch seconds)."""
+    return f"{KEY_PREFIX}route:{route}"
+
+
 def failed_by_route(route: str) -> str:
     """Zset: ``FAILED`` narrowed to one route."""
     return f"{FAILED}:route:{route}"
@@ -114,3 +130,8 @@ REAPER_TRIMMED = f"{KEY_PREFIX}reaper:trimmed"
 
 #: Hash: the counters behind ``/metrics`` (``bridge.metrics``).
 STATS = f"{KEY_PREFIX}stats"
+
+
+def stats_hour(hour: int) -> str:
+    """Hash: the counters of one hour (epoch hours), kept 26 h for the admin overview's 24 h."""
+    return f"{KEY_PREFIX}stats:hour:{hour}"

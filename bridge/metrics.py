@@ -3,11 +3,13 @@
 Web processes and workers run on several machines; a per-process ``prometheus_client`` registry
 would show one process's view. So counts are ``HINCRBY`` on one Redis hash and a custom
 collector turns them (and live gauges: queue depth, active and failed deliveries) into metrics.
+Each count also lands in an hourly bucket that lives a day, for the admin overview's "last 24 h".
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
@@ -20,6 +22,8 @@ from bridge import keys
 log = logging.getLogger(__name__)
 
 SEP = "|"
+#: Hourly copies of the counters; a bucket outlives the 24 hours the overview adds up.
+HOURLY_TTL_SECONDS = 26 * 3600
 
 # counter name → (help, label names)
 COUNTERS = {
@@ -33,6 +37,8 @@ COUNTERS = {
     "delivered": ("Deliveries that reached OliAI", ("route",)),
     "failed": ("Deliveries that failed for good, by reason", ("route", "reason")),
     "retried": ("Delivery attempts rescheduled, by cause", ("route", "cause")),
+    "admin_auth_failed": ("Admin sign-ins refused for a wrong token, by how it came", ("via",)),
+    "admin_csrf_refused": ("Admin page posts refused as cross-site, by check", ("check",)),
 }
 
 
@@ -43,13 +49,36 @@ def field_name(name: str, *labels: str) -> str:
 def count(redis: Redis, name: str, *labels: str, amount: int = 1) -> None:
     """Best effort: a metric must never turn an accepted webhook into an error."""
     try:
-        redis.hincrby(keys.STATS, field_name(name, *labels), amount)
+        pipe = redis.pipeline(transaction=False)
+        count_on(pipe, name, *labels, amount=amount)
+        pipe.execute()
     except RedisError as exc:
         log.debug("metric %s not counted: %s", name, exc)
 
 
 def count_on(pipe: Pipeline, name: str, *labels: str, amount: int = 1) -> None:
-    pipe.hincrby(keys.STATS, field_name(name, *labels), amount)
+    field = field_name(name, *labels)
+    pipe.hincrby(keys.STATS, field, amount)
+    hourly = hourly_key(time.time())
+    pipe.hincrby(hourly, field, amount)
+    pipe.expire(hourly, HOURLY_TTL_SECONDS)
+
+
+def hourly_key(when: float) -> str:
+    return keys.stats_hour(int(when // 3600))
+
+
+def recent_counters(redis: Redis, hours: int = 24, now: float | None = None) -> dict[str, int]:
+    """The counters summed over the current hour and the ``hours - 1`` before it."""
+    now = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=False)
+    for back in range(hours):
+        pipe.hgetall(hourly_key(now - back * 3600))
+    totals: dict[str, int] = {}
+    for bucket in pipe.execute():
+        for key, value in bucket.items():
+            totals[key.decode()] = totals.get(key.decode(), 0) + int(value)
+    return totals
 
 
 def read_counters(redis: Redis) -> dict[str, int]:

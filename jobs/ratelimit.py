@@ -141,3 +141,20 @@ class RateLimiter:
     def paused_for(self) -> float:
         ms = self.redis.pttl(self.pause_key)
         return max(0, ms) / 1000.0
+
+    def usage(self) -> dict[str, float]:
+        """Tokens taken in the current window and the pause left, read without taking one."""
+        seconds, micros = self.redis.time()  # Redis's clock, as the scripts use
+        since = seconds * 1000 + micros // 1000 - self.window_ms
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self.general_key, f"({since}", "+inf")
+        pipe.zcount(self.bulk_key, f"({since}", "+inf")
+        pipe.pttl(self.pause_key)
+        general, bulk, pause_ms = pipe.execute()
+        return {
+            "general_used": general,
+            "general_limit": self.general_limit,
+            "bulk_used": bulk,
+            "bulk_limit": self.bulk_limit,
+            "paused_for": max(0, pause_ms) / 1000.0,
+        }
