@@ -4,7 +4,11 @@ problem.
 
 1. Every adapter's pure path (verify / parse / normalize, then ``map_event`` per lead) over
    arbitrary bodies, JSON garbage and mutations of its own sample payloads: the only exceptions
-   are ``IngestError`` subclasses with a message.
+   are ``IngestError`` subclasses with a message. Each source's test module
+   (``tests/sources/test_<source>.py``) gives what is particular to it: ``PROPERTY_SAMPLES``
+   (required), and optionally ``PROPERTY_ROUTE`` (route keys it needs), ``PROPERTY_SECRET`` (a
+   signing secret in its format), ``PROPERTY_OPTIONS`` (route options that reach its other
+   branches) and ``property_bodies(value)`` (a strategy: how its sender posts a payload).
 2. The real app over real Redis: random methods, routes, headers and bodies never get a 5xx, and
    always get JSON (or the source's documented non-JSON answer).
 3. ``map_event`` and ``to_e164`` contracts.
@@ -15,9 +19,12 @@ Section 5 pins, each with a minimal input, the bugs these tests found (all fixed
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
@@ -38,8 +45,61 @@ from tests import strategies as S
 
 RECEIVED_AT = "2026-01-01T00:00:00.000Z"
 URL = "https://bridge.example.com/hooks/r"
-ROUTES = {name: S.adapter_routes(name) for name in S.SOURCES}
-SAMPLED = [name for name in S.SOURCES if S.samples(name)]
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """What a source's own test module gives the property tests."""
+
+    name: str
+    samples: list[Any]
+    route: dict[str, Any] = field(default_factory=dict)
+    secret: str = S.SECRET
+    options: dict[str, Any] = field(default_factory=dict)
+    bodies: Callable[[Any], st.SearchStrategy[tuple[bytes, str]]] = S.sender_bodies
+
+
+def adapter(name: str) -> Adapter:
+    """Read ``tests/sources/test_<name>.py``: a module that does not import fails every test
+    here, as it should (it would fail on its own too)."""
+    module = importlib.import_module(f"tests.sources.test_{name}")
+    samples = list(module.PROPERTY_SAMPLES)
+    for sample in samples:
+        json.dumps(sample)  # mutations work on JSON values
+    return Adapter(
+        name=name,
+        samples=samples,
+        route=dict(getattr(module, "PROPERTY_ROUTE", {})),
+        secret=getattr(module, "PROPERTY_SECRET", S.SECRET),
+        options=dict(getattr(module, "PROPERTY_OPTIONS", {})),
+        bodies=getattr(module, "property_bodies", S.sender_bodies),
+    )
+
+
+ADAPTERS = {name: adapter(name) for name in S.SOURCES}
+
+
+def route_data(source: str, *, name: str | None = None, signed: bool = True, **extra) -> dict:
+    """A valid route for ``source`` with every key it needs (signed: with its secret)."""
+    a = ADAPTERS[source]
+    secret = a.secret if signed else None
+    return S.route_data(source, name=name, secret=secret, **{**a.route, **extra})
+
+
+def adapter_routes(source: str) -> list:
+    """The routes an adapter is exercised under: plain, with its options, with basic auth."""
+    return [
+        S.build_route(route_data(source)),
+        S.build_route(route_data(source, region="US", **ADAPTERS[source].options)),
+        S.build_route(route_data(source, signed=False, basic_auth=S.BASIC)),
+    ]
+
+
+ROUTES = {name: adapter_routes(name) for name in S.SOURCES}
+#: Query strings with garbage and with the values routes expect (a handshake's verify token).
+QUERY = S.queries(
+    *sorted({v for a in ADAPTERS.values() for v in a.route.values() if isinstance(v, str)})
+)
 
 FAST = settings(
     max_examples=12,
@@ -164,7 +224,7 @@ def _run_adapter(source_name: str, req: InboundRequest, route, *, verify: bool) 
 
 @pytest.mark.parametrize("source_name", S.SOURCES)
 @FAST
-@given(body=S.bodies(), headers=S.HEADERS, query=S.QUERY, which=st.integers(0, 2))
+@given(body=S.bodies(), headers=S.HEADERS, query=QUERY, which=st.integers(0, 2))
 def test_adapter_survives_arbitrary_bodies(source_name, body, headers, query, which):
     data, ctype = body
     req = request(data, ctype, headers, query)
@@ -195,23 +255,14 @@ def test_adapter_survives_json_garbage(
 
 @st.composite
 def mutated_requests(draw, source_name: str) -> InboundRequest:
-    sample = draw(st.sampled_from(S.samples(source_name)))
-    value = draw(S.mutations(sample))
+    a = ADAPTERS[source_name]
+    value = draw(S.mutations(draw(st.sampled_from(a.samples))))
     headers = draw(S.HEADERS)
-    if source_name == "jotform" and isinstance(value, dict):
-        parts = [("rawRequest", json.dumps(value)), ("submissionID", draw(S.ODD_TEXT))]
-        return request(S.multipart(parts), f"multipart/form-data; boundary={S.BOUNDARY}", headers)
-    if source_name == "salesforce" and draw(st.booleans()):
-        records = value if isinstance(value, list) else [value]
-        return request(S.salesforce_message(records), "text/xml; charset=utf-8", headers)
-    encoding = draw(st.sampled_from(["json", "json", "form"]))
-    if encoding == "form" and isinstance(value, dict):
-        pairs = [(str(k), v if isinstance(v, str) else json.dumps(v)) for k, v in value.items()]
-        return request(S.form_encode(pairs), "application/x-www-form-urlencoded", headers)
-    return request(S.dumps(value, draw(st.booleans())), "application/json", headers)
+    body, ctype = draw(a.bodies(value))
+    return request(body, ctype, headers)
 
 
-@pytest.mark.parametrize("source_name", SAMPLED)
+@pytest.mark.parametrize("source_name", S.SOURCES)
 @settings(FAST, max_examples=25)
 @given(data=st.data(), which=st.integers(0, 2))
 def test_adapter_survives_mutated_samples(source_name, data, which):
@@ -221,7 +272,7 @@ def test_adapter_survives_mutated_samples(source_name, data, which):
 
 @pytest.mark.parametrize("source_name", S.SOURCES)
 @FAST
-@given(body=S.bodies(), headers=S.HEADERS, query=S.QUERY, which=st.integers(0, 2))
+@given(body=S.bodies(), headers=S.HEADERS, query=QUERY, which=st.integers(0, 2))
 def test_verify_refuses_only_with_signature_invalid(source_name, body, headers, query, which):
     data, ctype = body
     req = request(data, ctype, headers, query)
@@ -232,15 +283,17 @@ def test_verify_refuses_only_with_signature_invalid(source_name, body, headers, 
         assert error.reason, error
 
 
-def test_every_source_has_samples_to_mutate():
-    assert set(SAMPLED) == set(S.SOURCES)
+@pytest.mark.parametrize("source_name", S.SOURCES)
+def test_every_source_has_samples_to_mutate(source_name):
+    samples = ADAPTERS[source_name].samples
+    assert samples, f"tests/sources/test_{source_name}.py: PROPERTY_SAMPLES is empty"
 
 
 # --- 2. through the real app ---------------------------------------------------------------------
 
 MAX_BODY = 64 * 1024
-APP_ROUTES = [S.route_data(name, signed=False) for name in S.SOURCES] + [
-    S.route_data(name, name=f"{name}-signed") for name in S.SOURCES if get_source(name).signs
+APP_ROUTES = [route_data(name, signed=False) for name in S.SOURCES] + [
+    route_data(name, name=f"{name}-signed") for name in S.SOURCES if get_source(name).signs
 ]
 APP_ROUTE_NAMES = [r["name"] for r in APP_ROUTES]
 METHODS = st.sampled_from(["POST"] * 6 + ["PUT", "GET", "HEAD", "DELETE", "PATCH"])
@@ -262,7 +315,7 @@ def app_requests(draw) -> dict[str, Any]:
     route = draw(st.sampled_from(APP_ROUTE_NAMES) | st.text(max_size=70))
     source_name = route.removesuffix("-signed")
     if source_name in S.SOURCES and draw(st.booleans()):
-        sample = draw(st.sampled_from(S.samples(source_name)))
+        sample = draw(st.sampled_from(ADAPTERS[source_name].samples))
         body, ctype = S.dumps(draw(S.mutations(sample))), "application/json"
     else:
         body, ctype = draw(S.bodies())
@@ -277,7 +330,7 @@ def app_requests(draw) -> dict[str, Any]:
         "method": draw(METHODS),
         "data": body,
         "headers": headers,
-        "query_string": draw(S.QUERY),
+        "query_string": draw(QUERY),
     }
 
 

@@ -612,3 +612,25 @@ def test_through_the_app_batch_redelivery_and_fetch(make_client, run_jobs, hubsp
         ("delivered", "Priya Sharma", "+919820011223"),
         ("delivered", "Kiran", "+919820011223"),
     ]
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: Minimal valid payloads of both shapes, beside the documented ones, for the mutation tests.
+MINIMAL_WORKFLOW = {"vid": 1, "properties": {"phone": {"value": "+919876543210"}}}
+MINIMAL_BATCH = [
+    {"subscriptionType": "contact.creation", "objectId": 1, "eventId": 2, "portalId": 3}
+]
+PROPERTY_SAMPLES = [
+    MINIMAL_WORKFLOW,
+    MINIMAL_BATCH,
+    WORKFLOW_ALL_PROPERTIES,
+    WORKFLOW_CUSTOM_BODY,
+    WEBHOOKS_BATCH,
+]
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {
+    "subscription_types": ["contact.creation", "contact.propertyChange"],
+    "properties": ["x"],
+    "public_url": "https://bridge.example.com/hooks/hubspot",
+}
