@@ -135,23 +135,6 @@ def test_429_reschedules_at_retry_after_and_pauses_the_key(make_client, run_jobs
     assert min(e["ts"] for e in after) >= first_429 + 1.0  # Retry-After is at least 1 s
 
 
-def test_our_limiter_keeps_under_the_published_limit(make_client, run_jobs, sandbox):
-    sandbox.configure(general_limit=10)
-    client = make_client(oliai={"general_per_minute": 10})
-    ids = [post(client, {"name": f"L{i}", "phone": f"98765432{i:02d}"}) for i in range(5)]
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        run_jobs(client.settings, promote_scheduled=True)
-        if all(client.store.get(i).status == "delivered" for i in ids):
-            break
-        time.sleep(0.3)
-    assert {client.store.get(i).status for i in ids} == {"delivered"}
-    assert all(e["status"] != 429 for e in sandbox.requests())
-    # waiting for a token is neither an attempt nor an answer from the API
-    assert [client.store.get(i).attempts for i in ids] == [1] * 5
-    assert [client.store.get(i).last_api for i in ids] == [None] * 5
-
-
 def test_5xx_is_retried_with_backoff_then_delivered(make_client, run_jobs, sandbox):
     sandbox.configure(fail_rate=1.0)
     client = make_client()
