@@ -7,7 +7,6 @@ from datetime import UTC
 import pytest
 from rq import Queue
 
-from bridge.deliveries import DeliveryStore
 from jobs.ratelimit import RateLimiter
 from jobs.replay import Replayer
 from tests.bridge_fixtures import route_dict
@@ -275,15 +274,6 @@ def test_stale_job_does_nothing(make_client, run_jobs, sandbox, redis):
     started = time.time()
     assert Deliverer(ctx).run(delivery_id) == "delivered"
     assert sandbox.requests(since=started) == []
-
-
-def test_store_keeps_deliveries_for_the_configured_time(make_client, run_jobs, sandbox):
-    client = make_client(delivery={"keep_delivered_days": 1})
-    delivery_id = post(client, LEAD)
-    run_jobs(client.settings)
-    ttl = client.redis.ttl(f"oliai-bridge:d:{delivery_id}")
-    assert 86000 < ttl <= 86400
-    assert DeliveryStore(client.redis).get(delivery_id).status == "delivered"
 
 
 def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, run_jobs, sandbox):
