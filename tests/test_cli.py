@@ -1,5 +1,5 @@
-"""The commands a person uses when something went wrong: try, failed list/show, replay; and the
-same over the admin HTTP API."""
+"""The commands a person uses when something went wrong: try, failed list/show, replay (the same
+over HTTP is in ``tests/test_admin.py``)."""
 
 import json
 import os
@@ -231,28 +231,6 @@ def test_failed_list_pages_through_100000_failures(cli, redis):
     assert lines[2].startswith("dlv_099959")  # newest first: 40 skipped
     assert len(lines) == 22
     assert store.failed_ids(limit=1)[1] == 100_000
-
-
-def test_admin_api_needs_its_token_and_replays(make_client, run_jobs, sandbox):
-    route = route_dict(audience_name=None, audience_id="aud_typo")
-    client = make_client(routes=[route], bridge={"admin_token": "adm1n-t0ken"})
-    delivery_id = failed_delivery(client, run_jobs, {"name": "A", "phone": "9876543210"})
-    assert client.get("/admin/failed").status_code == 401
-    assert client.get("/admin/failed", headers={"Authorization": "Bearer nope"}).status_code == 401
-    auth = {"Authorization": "Bearer adm1n-t0ken"}
-    listed = client.get("/admin/failed", headers=auth).json
-    assert listed["total"] == 1 and listed["items"][0]["deliveryId"] == delivery_id
-    shown = client.get(f"/admin/deliveries/{delivery_id}", headers=auth).json
-    assert shown["raw"]["body"] and shown["history"]
-    dry = client.post("/admin/replay", json={"all": True, "dry_run": True}, headers=auth).json
-    assert dry["summary"] == {"would_requeue": 1}
-    assert "adm1n-t0ken" not in json.dumps([listed, shown, dry])
-
-
-def test_admin_api_is_absent_without_a_token(make_client):
-    client = make_client()
-    r = client.get("/admin/failed", headers={"Authorization": "Bearer x"})
-    assert r.status_code == 404
 
 
 def test_replay_all_passes_over_failures_whose_record_expired(make_client, redis):
