@@ -231,14 +231,3 @@ def test_failed_list_pages_through_100000_failures(cli, redis):
     assert lines[2].startswith("dlv_099959")  # newest first: 40 skipped
     assert len(lines) == 22
     assert store.failed_ids(limit=1)[1] == 100_000
-
-
-def test_replay_all_passes_over_failures_whose_record_expired(make_client, redis):
-    from jobs.replay import Replayer
-
-    client = make_client()
-    redis.zadd("oliai-bridge:idx:failed", {"dlv_expired": time.time()})  # record gone, index not
-    results = Replayer(client.settings, redis).replay_many(
-        Replayer(client.settings, redis).select()
-    )
-    assert [(r.delivery_id, r.outcome) for r in results] == [("dlv_expired", "missing")]
