@@ -1,5 +1,9 @@
 """The web side over a real Redis: what a sender is answered, and what is stored before it."""
 
+import base64
+import json
+import time
+
 import pytest
 from redis import Redis
 from rq import Queue
@@ -61,9 +65,19 @@ def test_dedup_is_per_route(client):
 
 def test_dedup_expires_after_its_ttl(make_client):
     client = make_client(bridge={"dedup_ttl_seconds": 1})
-    client.post("/hooks/leads", json=LEAD)
+    first = client.post("/hooks/leads", json=LEAD)
     key = next(iter(client.redis.scan_iter("oliai-bridge:dedup:*")))
     assert 0 < client.redis.ttl(key) <= 1
+    assert client.post("/hooks/leads", json=LEAD).status_code == 200  # still a repeat
+    deadline = time.monotonic() + 10  # a hang guard, not a timing check
+    while client.redis.exists(key):
+        assert time.monotonic() < deadline, "the dedup key never expired"
+        time.sleep(0.05)
+    again = client.post("/hooks/leads", json=LEAD)
+    assert again.status_code == 202, again.json
+    assert again.json["deliveryId"] != first.json["deliveryId"]
+    assert client.store.get(again.json["deliveryId"]).status == "queued"
+    assert len(queued_job_ids(client)) == 2
 
 
 def test_malformed_json_names_the_problem(client):
@@ -132,3 +146,78 @@ def test_health_and_ready(client):
 def test_unknown_delivery_is_404(client):
     r = client.get("/deliveries/dlv_nope")
     assert r.status_code == 404 and r.json["error"] == "unknown_delivery"
+
+
+# --- skipped leads are stored too ----------------------------------------------------------------
+
+
+def test_an_unmappable_lead_from_a_provider_is_stored_as_skipped(make_client):
+    # WordPress plugins disable a hook after 4xx answers: the lead is kept instead, replayable.
+    client = make_client(routes=[route_dict(name="wp", source="wordpress", token="wp-token-1")])
+    entry = {"name": "Asha Rao", "email": "asha@example.in", "city": "Pune"}
+    r = client.post("/hooks/wp", json=entry, headers={"X-Bridge-Token": "wp-token-1"})
+    assert r.status_code == 202, r.json
+    assert r.json["status"] == "skipped" and "phone" in r.json["reason"]
+    delivery_id = r.json["deliveryId"]
+    shown = client.get(f"/deliveries/{delivery_id}").json
+    assert shown["status"] == "skipped" and shown["reasonCode"] == "unmappable"
+    assert [h["what"] for h in shown["history"]] == ["received", "skipped"]
+    assert client.store.failed_ids(reason="unmappable") == ([delivery_id], 1)
+    assert client.store.failed_ids(route="wp") == ([delivery_id], 1)
+    assert queued_job_ids(client) == []  # nothing to deliver until it is fixed and replayed
+    d = client.store.get(delivery_id)
+    assert d.event.fields == entry and d.contact is None
+    raw = client.store.raw(d)
+    assert json.loads(base64.b64decode(raw["body_b64"])) == entry  # kept for replay --remap
+    again = client.post("/hooks/wp", json=entry, headers={"X-Bridge-Token": "wp-token-1"})
+    assert again.status_code == 200 and again.json["deliveryId"] == delivery_id
+
+
+def test_a_batch_stores_its_unmappable_leads_as_skipped_beside_the_queued(make_client):
+    client = make_client(routes=[route_dict(name="zap", source="zapier")])
+    r = client.post("/hooks/zap", json=[{"name": "A", "phone": "+919876543210"}, {"name": "B"}])
+    assert r.status_code == 202, r.json
+    queued, skipped = r.json["deliveries"]
+    assert queued["status"] == "queued" and skipped["status"] == "skipped"
+    assert "phone" in skipped["reason"]
+    assert client.store.get(skipped["deliveryId"]).status == "skipped"
+    assert client.store.failed_ids() == ([skipped["deliveryId"]], 1)
+    assert queued_job_ids(client) == [client.store.get(queued["deliveryId"]).job_id]
+
+
+# --- at most 1000 leads per request --------------------------------------------------------------
+
+BATCH_ROUTE = route_dict(name="batch", source="standard_webhooks", token="batch-token-1")
+
+
+def batch_of(n: int) -> dict:
+    leads = [{"name": f"Buyer {i}", "phone": f"+9198{i:08d}"} for i in range(n)]
+    return {"type": "lead.created", "data": leads}
+
+
+def post_batch(client, n: int):
+    return client.post(
+        "/hooks/batch", json=batch_of(n), headers={"X-Bridge-Token": "batch-token-1"}
+    )
+
+
+def test_a_request_of_1000_leads_is_accepted_whole(make_client):
+    client = make_client(routes=[BATCH_ROUTE])
+    r = post_batch(client, 1000)
+    assert r.status_code == 202, r.json
+    deliveries = r.json["deliveries"]
+    assert len(deliveries) == 1000 and {d["status"] for d in deliveries} == {"queued"}
+    assert len(queued_job_ids(client)) == 1000
+    last = client.store.get(deliveries[-1]["deliveryId"])
+    assert last.contact["phoneNumber"] == "+919800000999"
+
+
+def test_a_request_of_1001_leads_is_400_naming_the_count_and_stores_nothing(make_client):
+    client = make_client(routes=[BATCH_ROUTE])
+    r = post_batch(client, 1001)
+    assert r.status_code == 400, r.json
+    assert r.json["error"] == "malformed_body"
+    assert "1001 leads" in r.json["message"] and "at most 1000" in r.json["message"]
+    assert queued_job_ids(client) == []
+    assert client.store.counts() == {"active": 0, "failed": 0, "received": 0}
+    assert list(client.redis.scan_iter("oliai-bridge:dedup:*")) == []
