@@ -10,7 +10,13 @@ from dataclasses import replace
 
 import pytest
 
-from bridge.deliveries import Delivery, DeliveryStore
+from bridge.deliveries import (
+    IDX_FAILED,
+    Delivery,
+    DeliveryStore,
+    idx_failed_reason,
+    idx_failed_route,
+)
 from bridge.event import Event
 from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
 
@@ -74,6 +80,38 @@ def test_try_explains_an_unmappable_sample(cli):
     assert r.returncode == 1
     [lead] = json.loads(r.stdout)["leads"]
     assert lead["error"]["field"] == "phoneNumber"
+
+
+FORM = b"first_name=Ravi&last_name=Kumar&mobile=0091+98765+43210"
+
+
+def test_try_reads_the_body_as_content_type_says(cli, tmp_path):
+    sample = tmp_path / "lead.json"  # the extension says JSON; the body is a form
+    sample.write_bytes(FORM)
+    guessed = cli(config_for(route_dict()), "try", "leads", str(sample))
+    assert guessed.returncode == 1
+    assert json.loads(guessed.stdout)["error"]["error"] == "malformed_body"
+    for option in (
+        ["--content-type", "application/x-www-form-urlencoded"],
+        ["-H", "Content-Type: application/x-www-form-urlencoded"],
+        ["-H", "Content-Type: text/xml", "--content-type", "application/x-www-form-urlencoded"],
+    ):
+        r = cli(config_for(route_dict()), "try", "leads", str(sample), *option)
+        assert r.returncode == 0, (option, r.stdout, r.stderr)
+        [lead] = json.loads(r.stdout)["leads"]
+        assert lead["contact"]["name"] == "Ravi Kumar", option
+        assert lead["contact"]["phoneNumber"] == "+919876543210", option
+
+
+def test_try_passes_headers_to_the_adapter(cli):
+    body = b'{"name": "Asha", "phone": "9876543210"}'
+    config = config_for(route_dict())
+    plain = json.loads(cli(config, "try", "leads", "-", stdin=body).stdout)
+    keyed = json.loads(
+        cli(config, "try", "leads", "-", "-H", "Idempotency-Key:  order-9 ", stdin=body).stdout
+    )
+    assert keyed["leads"][0]["event"]["event_id"] == "order-9"
+    assert plain["leads"][0]["event"]["event_id"] != "order-9"  # the body hash without it
 
 
 def failed_delivery(client, run_jobs, body):
@@ -231,3 +269,49 @@ def test_failed_list_pages_through_100000_failures(cli, redis):
     assert lines[2].startswith("dlv_099959")  # newest first: 40 skipped
     assert len(lines) == 22
     assert store.failed_ids(limit=1)[1] == 100_000
+
+
+def test_replay_selects_by_route_reason_and_since(cli, make_client, run_jobs, sandbox):
+    typo = route_dict(audience_name=None, audience_id="aud_typo")  # 404: not_found
+    revoked = route_dict(name="agency", api_key=sandbox.revoked_key)  # 401: unauthorized
+    client = make_client(routes=[typo, revoked])
+    old, recent = (
+        failed_delivery(client, run_jobs, {"name": n, "phone": p})
+        for n, p in (
+            ("Old", "9876543201"),
+            ("Recent", "9876543202"),
+        )
+    )
+    r = client.post("/hooks/agency", json={"name": "Agency", "phone": "9876543203"})
+    run_jobs(client.settings)
+    agency = r.json["deliveryId"]
+    assert client.store.get(agency).reason_code == "unauthorized"
+    two_hours_ago = time.time() - 7200
+    for key in (IDX_FAILED, idx_failed_route("leads"), idx_failed_reason("not_found")):
+        client.redis.zadd(key, {old: two_hours_ago})
+    config = {"routes": [typo, revoked]}
+
+    def statuses():
+        return {i: client.store.get(i).status for i in (old, recent, agency)}
+
+    by_route = cli(config, "replay", "--route", "agency")
+    assert by_route.returncode == 0, by_route.stderr
+    assert "requeued 1 of 1" in by_route.stdout.decode()
+    assert statuses() == {old: "failed", recent: "failed", agency: "queued"}
+
+    recent_only = cli(config, "replay", "--reason", "not_found", "--since", "1h")
+    assert "requeued 1 of 1" in recent_only.stdout.decode()
+    assert statuses() == {old: "failed", recent: "queued", agency: "queued"}
+
+    by_reason = cli(config, "replay", "--reason", "not_found")
+    assert "requeued 1 of 1" in by_reason.stdout.decode()
+    assert statuses() == {old: "queued", recent: "queued", agency: "queued"}
+
+    nothing = cli(config, "replay", "--reason", "not_found")
+    assert "requeued 0 of 0" in nothing.stdout.decode()
+
+
+def test_replay_without_a_selection_says_how_to_name_one(cli):
+    r = cli(config_for(route_dict()), "replay")
+    assert r.returncode == 2
+    assert "--route / --reason / --since, or --all" in r.stderr.decode()
