@@ -1,4 +1,5 @@
-"""The delivery job against the sandbox over HTTP, with a real RQ worker and real Redis."""
+"""The delivery job against the sandbox over HTTP, with a real RQ worker and real Redis (and a
+local stand-in for a provider's API where the job fetches the lead first)."""
 
 import time
 from dataclasses import replace
@@ -308,3 +309,116 @@ def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, 
     assert alert["deliveryId"] == delivery_id
     assert alert["reasonCode"] == "unauthorized"
     assert sandbox.revoked_key not in json.dumps(alert)
+
+
+# --- leads the job fetches from the provider first (HubSpot here) --------------------------------
+
+HS_TOKEN = "hs-route-token-51c0"
+HS_ACCESS = "pat-na1-fetch-token-0c2d"
+CONTACT_PATH = "/crm/v3/objects/contacts/123"
+CONTACT = {"id": "123", "properties": {"firstname": "Priya", "mobilephone": "098200 11223"}}
+
+
+@pytest.fixture
+def hubspot(make_client):
+    """(client, api): the bridge with a HubSpot route whose CRM API is a local stand-in."""
+    from tests.sources.harness import FakeApi
+
+    api = FakeApi()
+    route = route_dict(
+        name="hs", source="hubspot", token=HS_TOKEN, access_token=HS_ACCESS, api_base_url=api.url
+    )
+    yield make_client(routes=[route], delivery={"max_attempts": 3}), api
+    api.close()
+
+
+def contact_created(client) -> str:
+    """A HubSpot Webhooks API event: contact 123 was created (the body holds its id only)."""
+    event = {
+        "eventId": 7,
+        "subscriptionId": 1,
+        "portalId": 62515,
+        "subscriptionType": "contact.creation",
+        "objectId": 123,
+    }
+    r = client.post("/hooks/hs", json=[event], headers={"X-Bridge-Token": HS_TOKEN})
+    assert r.status_code == 202, r.json
+    return r.json["deliveryId"]
+
+
+@pytest.mark.parametrize("status", [502, 429])
+def test_a_provider_in_trouble_is_retried_then_the_lead_is_fetched(
+    hubspot, run_jobs, sandbox, status
+):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, status, {"message": "try later"})
+    delivery_id = contact_created(client)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "retrying" and d.failures == 1
+    last = client.store.history(delivery_id)[-1]
+    assert last["what"] == "retry_scheduled"
+    assert "fetching the lead: HubSpot" in last["detail"] and str(status) in last["detail"]
+    assert contacts(sandbox) == []
+    api.answer(CONTACT_PATH, 200, CONTACT)
+    run_jobs(client.settings, promote_scheduled=True)
+    d = client.store.get(delivery_id)
+    assert d.status == "delivered"
+    [contact] = contacts(sandbox)
+    assert (contact["name"], contact["phoneNumber"]) == ("Priya", "+919820011223")
+    assert "fetched" in history(client, delivery_id)
+    assert all(seen["path"] == CONTACT_PATH for seen in api.seen) and len(api.seen) == 2
+
+
+def test_a_provider_in_trouble_for_good_fails_the_delivery_after_the_retries(
+    hubspot, run_jobs, sandbox
+):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, 503, {"message": "down"})
+    delivery_id = contact_created(client)
+    for _ in range(3):
+        run_jobs(client.settings, promote_scheduled=True)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "retries_exhausted"
+    assert "gave up after 3 failed attempts" in d.reason and "fetching the lead" in d.reason
+    assert client.store.failed_ids() == ([delivery_id], 1)
+    assert len(api.seen) == 3 and contacts(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    "status, body, words",
+    [
+        (404, {"message": "Object not found.", "category": "OBJECT_NOT_FOUND"}, "404"),
+        (401, {"message": f"bad token {HS_ACCESS}", "category": "INVALID_AUTHENTICATION"}, "401"),
+    ],
+)
+def test_a_lead_the_provider_refuses_fails_at_once_with_its_answer(
+    hubspot, run_jobs, sandbox, status, body, words
+):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, status, body)
+    delivery_id = contact_created(client)
+    run_jobs(client.settings, promote_scheduled=True)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "fetch_failed"
+    assert d.reason.startswith("fetching the lead: HubSpot") and words in d.reason
+    assert body["category"] in d.reason
+    assert HS_ACCESS not in d.reason  # an API echoing the token is masked
+    assert d.attempts == 1 and len(api.seen) == 1  # not retried
+    assert client.store.failed_ids(reason="fetch_failed") == ([delivery_id], 1)
+    assert history(client, delivery_id)[-1] == "failed"
+    assert contacts(sandbox) == []
+
+
+def test_a_fetched_lead_without_a_phone_is_skipped_with_the_reason(hubspot, run_jobs, sandbox):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, 200, {"id": "123", "properties": {"firstname": "Priya"}})
+    delivery_id = contact_created(client)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "skipped" and d.reason_code == "unmappable"
+    assert "phone" in d.reason
+    assert d.event.fields["firstname"] == "Priya" and d.event.fetch is None
+    assert history(client, delivery_id)[-2:] == ["fetched", "skipped"]
+    assert client.store.failed_ids(reason="unmappable") == ([delivery_id], 1)
+    assert contacts(sandbox) == [] and len(api.seen) == 1
