@@ -8,6 +8,10 @@ from datetime import UTC
 import pytest
 from rq import Queue
 
+from bridge import defaults
+from bridge.app import create_app
+from bridge.config import build_settings
+from bridge.deliveries import DeliveryStore
 from jobs.ratelimit import RateLimiter
 from jobs.replay import Replayer
 from tests.bridge_fixtures import route_dict
@@ -172,6 +176,60 @@ def test_backoff_grows_exponentially_with_jitter():
     for n, base in ((1, 30), (2, 60), (3, 120), (4, 240)):
         assert 0.75 * base <= backoff(n, 30, 1200) <= 1.25 * base
     assert backoff(20, 30, 1200) <= 1.25 * 1200
+
+
+def test_default_backoff_stays_within_its_jitter_and_varies():
+    from jobs.deliver import backoff
+
+    base, cap = defaults.RETRY_BASE_SECONDS, defaults.RETRY_MAX_SECONDS
+    for failures in range(1, defaults.MAX_ATTEMPTS):
+        wait = min(cap, base * 2 ** (failures - 1))
+        drawn = [backoff(failures, base, cap) for _ in range(200)]
+        assert all(0.75 * wait <= x <= 1.25 * wait for x in drawn), failures
+        assert min(drawn) < 0.9 * wait and max(drawn) > 1.1 * wait  # jitter, not a fixed wait
+
+
+def test_the_default_schedule_is_8_attempts_with_growing_waits(
+    redis, redis_server, run_jobs, sandbox
+):
+    settings = build_settings(
+        {
+            "oliai": {"base_url": sandbox.base_url, "api_key": sandbox.keys[0]},
+            "routes": [route_dict()],
+        },
+        env={"REDIS_URL": redis_server.url},
+    )
+    assert settings.delivery.max_attempts == 8
+    client = create_app(settings, redis=redis).test_client()
+    client.settings, client.redis, client.store = (
+        settings,
+        redis,
+        DeliveryStore(redis),
+    )  # as make_client
+    sandbox.configure(fail_rate=1.0)
+    delivery_id = post(client, LEAD)
+    waits = []
+    for attempt in range(1, 9):
+        run_jobs(settings, promote_scheduled=attempt > 1)
+        d = client.store.get(delivery_id)
+        assert d.failures == attempt and d.attempts == attempt
+        if attempt == 8:
+            break
+        assert d.status == "retrying", (attempt, d.status)
+        assert f"(attempt {attempt} of 8;" in client.store.last_history(delivery_id)["detail"]
+        failed_at = max(e["ts"] for e in sandbox.requests() if e["status"] == 500)
+        waits.append(scheduled_at(client, delivery_id) - failed_at)
+    base, cap = defaults.RETRY_BASE_SECONDS, defaults.RETRY_MAX_SECONDS
+    for n, wait in enumerate(waits, start=1):
+        nominal = min(cap, base * 2 ** (n - 1))
+        # jitter of ±25 %; the scheduled registry keeps whole seconds (rounded up)
+        assert 0.75 * nominal <= wait <= 1.25 * nominal + 2, (n, wait, nominal)
+    assert waits == sorted(waits)  # each wait longer than the last
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "retries_exhausted"
+    assert "gave up after 8 failed attempts" in d.reason
+    assert len([e for e in sandbox.requests() if e["status"] == 500]) == 8
+    assert contacts(sandbox) == []
 
 
 def test_permanent_400_fails_at_once_with_the_api_message(make_client, run_jobs, sandbox):
