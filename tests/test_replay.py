@@ -9,7 +9,15 @@ import time
 import pytest
 from rq import Queue
 
-from bridge.deliveries import IDX_FAILED, idx_failed_reason, idx_failed_route, raw_key
+from bridge.deliveries import (
+    IDX_FAILED,
+    Delivery,
+    idx_failed_reason,
+    idx_failed_route,
+    new_delivery_id,
+    raw_key,
+)
+from bridge.event import Event, utcnow_iso
 from jobs.replay import Replayer
 from tests.bridge_fixtures import route_dict
 
@@ -247,9 +255,6 @@ def test_progress_is_told_for_each_delivery(make_client, run_jobs, sandbox):
 
 @pytest.mark.parametrize("remap", [False, True])
 def test_a_lead_the_job_fetches_is_requeued_to_be_fetched_again(make_client, redis, remap):
-    from bridge.deliveries import Delivery, new_delivery_id
-    from bridge.event import Event, utcnow_iso
-
     route = route_dict(name="hs", source="hubspot", secret="hs-secret", access_token="pat-1")
     client = make_client(routes=[route])
     d = Delivery(

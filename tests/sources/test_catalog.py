@@ -33,6 +33,7 @@ def test_every_source_has_its_test_module_with_samples(name):
     assert (TESTS / f"test_{name}.py").is_file(), f"tests/sources/test_{name}.py is missing"
     module = importlib.import_module(f"tests.sources.test_{name}")
     tests = [n for n in vars(module) if n.startswith("test_") and callable(getattr(module, n))]
+    # built like the others (a valid request, one broken thing per test): not an empty stub
     assert len(tests) >= 5, f"tests/sources/test_{name}.py has {len(tests)} tests"
     samples = getattr(module, "PROPERTY_SAMPLES", None)
     assert samples, f"tests/sources/test_{name}.py defines no PROPERTY_SAMPLES"

@@ -8,6 +8,7 @@ import json
 from urllib.parse import urlencode
 
 import pytest
+from rq import Queue
 
 from bridge.event import InboundRequest
 from bridge.exceptions import MalformedBody, Unmappable
@@ -186,8 +187,6 @@ def client(make_client):
 
 
 def queued_job_count(client) -> int:
-    from rq import Queue
-
     return Queue(client.settings.queue_name, connection=client.redis).count
 
 
