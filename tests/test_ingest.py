@@ -5,11 +5,10 @@ import json
 import time
 
 import pytest
-from redis import Redis
 from rq import Queue
 
 from bridge.app import create_app
-from bridge.storage import free_port
+from bridge.storage import connect, free_port
 from tests.bridge_fixtures import route_dict
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}
@@ -128,7 +127,7 @@ def test_unsupported_media_type(client):
 
 def test_redis_down_is_503_with_retry_after_never_2xx(make_settings):
     settings = make_settings()
-    dead = Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2)
+    dead = connect(f"redis://127.0.0.1:{free_port()}")  # as the app connects, to nothing
     client = create_app(settings, redis=dead).test_client()
     r = client.post("/hooks/leads", json=LEAD)
     assert r.status_code == 503

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from prometheus_client import generate_latest
 from redis import Redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from bridge.metrics import count, read_counters, registry_for
-from bridge.storage import free_port
+from bridge.storage import connect, free_port
 from tests.bridge_fixtures import route_dict
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}
@@ -97,8 +95,8 @@ def test_a_label_holding_the_separator_stays_one_label(redis):
 
 
 def dead_redis() -> Redis:
-    """A client of a port nothing listens on, that gives up at once."""
-    return Redis(host="127.0.0.1", port=free_port(), retry=Retry(NoBackoff(), 0))
+    """A client connected as the app connects, to a port nothing listens on."""
+    return connect(f"redis://127.0.0.1:{free_port()}")
 
 
 def test_counting_never_fails_the_caller_when_redis_is_down():
