@@ -70,3 +70,12 @@ WEB_CONCURRENCY = 2
 
 #: Log level when ``LOG_LEVEL`` is unset.
 LOG_LEVEL = "INFO"
+
+#: Log lines are JSON objects (one per line) for platforms that collect and search them;
+#: ``oliai-bridge dev`` uses ``text`` instead, for a person at a terminal.
+LOG_FORMAT = "json"
+DEV_LOG_FORMAT = "text"
+
+#: Certificate check for ``rediss://`` URLs when ``REDIS_SSL_CERT_REQS`` is unset: verify, as
+#: for any TLS connection. Managed Redis with self-signed certificates (Heroku) needs ``none``.
+REDIS_SSL_CERT_REQS = "required"

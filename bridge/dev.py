@@ -37,6 +37,8 @@ class Dev:
         self.children: list[tuple[str, subprocess.Popen]] = []
         self.redis: EmbeddedRedis | None = None
         self.env = dict(os.environ)
+        # Text lines for the person at the terminal, unless LOG_FORMAT asks otherwise.
+        self.env.setdefault("LOG_FORMAT", defaults.DEV_LOG_FORMAT)
         self.stopping = False
 
     def settings(self) -> Settings:

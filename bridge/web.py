@@ -3,12 +3,22 @@ needed), binding ``$PORT`` with ``$WEB_CONCURRENCY`` worker processes."""
 
 from __future__ import annotations
 
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 
 from bridge.settings import Settings
 
-#: The access log shows the path without its query string: ``?token=`` must never be logged.
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own lines through the process's one handler (``bridge.logs``), so they are
+    JSON like the rest. The access log is the app's (``http.request``, with the request id)."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
 
 
 class BridgeWeb(BaseApplication):
@@ -36,7 +46,6 @@ def run_web(
     port: int,
     workers: int,
     threads: int = 4,
-    access_log: bool = True,
 ) -> None:
     options = {
         "bind": f"{host}:{port}",
@@ -47,10 +56,10 @@ def run_web(
         "timeout": 30,
         "graceful_timeout": 20,
         "keepalive": 5,
-        "accesslog": "-" if access_log else None,
-        "access_log_format": ACCESS_LOG_FORMAT,
+        "accesslog": None,  # the app logs each request (bridge.app: event http.request)
         "errorlog": "-",
-        "loglevel": "warning",
+        "logger_class": GunicornLogger,
+        "loglevel": settings.log_level.lower(),
         "proc_name": "oliai-bridge-web",
         "forwarded_allow_ips": "*",
     }
