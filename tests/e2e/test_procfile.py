@@ -33,7 +33,16 @@ token = "${WEBSITE_TOKEN}"
 audience_name = "Website leads"
 """
 #: What a buildpack leaves out of the slug, or what this checkout made locally.
-NOT_DEPLOYED = (".git", ".venv*", "__pycache__", "*.egg-info", "build", ".*_cache", ".bridge-data")
+NOT_DEPLOYED = (
+    ".git",
+    ".venv*",
+    "__pycache__",
+    "*.egg-info",
+    "build",
+    ".*_cache",
+    ".bridge-data",
+    ".hypothesis",
+)
 
 
 def procfile() -> dict[str, str]:
