@@ -91,3 +91,12 @@ CAMPAIGN_WINDOW_MINUTES = 15
 #: A per-lead campaign costs about five general API calls (audience, member, lookup, create,
 #: start): five a minute spends about half of the 60/min budget, leaving the rest for contacts.
 CAMPAIGN_PER_LEAD_MAX_PER_MINUTE = 5
+
+#: Log lines are JSON objects (one per line) for platforms that collect and search them;
+#: ``oliai-bridge dev`` uses ``text`` instead, for a person at a terminal.
+LOG_FORMAT = "json"
+DEV_LOG_FORMAT = "text"
+
+#: Certificate check for ``rediss://`` URLs when ``REDIS_SSL_CERT_REQS`` is unset: verify, as
+#: for any TLS connection. Managed Redis with self-signed certificates (Heroku) needs ``none``.
+REDIS_SSL_CERT_REQS = "required"

@@ -132,6 +132,10 @@ REAPER_TRIMMED = f"{KEY_PREFIX}reaper:trimmed"
 STATS = f"{KEY_PREFIX}stats"
 
 
+#: Hash: the receive-to-delivered latency histogram's buckets, sum and count per route.
+STATS_LATENCY = f"{KEY_PREFIX}stats:latency"
+
+
 def stats_hour(hour: int) -> str:
     """Hash: the counters of one hour (epoch hours), kept 26 h for the admin overview's 24 h."""
     return f"{KEY_PREFIX}stats:hour:{hour}"

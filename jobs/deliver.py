@@ -25,7 +25,7 @@ import requests
 from redis import Redis
 from rq import Queue, get_current_job
 
-from bridge import defaults, keys, metrics
+from bridge import defaults, keys, logs, metrics
 from bridge.deliveries import DeliveryStore
 from bridge.exceptions import (
     ApiError,
@@ -93,6 +93,7 @@ class Context:
                 api_key,
                 limiter=limiter,
                 timeout=(defaults.OLIAI_CONNECT_TIMEOUT_SECONDS, o.timeout_seconds),
+                on_answer=metrics.oliai_answers(self.redis, key_id(api_key)),
             )
             self.clients[(base_url, api_key)] = cached
         return cached
@@ -118,7 +119,8 @@ def context() -> Context:
 
 def deliver(delivery_id: str) -> str:
     """The RQ job. Returns the delivery's status after this attempt."""
-    return Deliverer(context()).run(delivery_id)
+    with logs.context(delivery_id=delivery_id):  # on every line logged while it runs
+        return Deliverer(context()).run(delivery_id)
 
 
 class Deliverer:
@@ -133,6 +135,7 @@ class Deliverer:
         if d is None:
             log.warning("delivery %s: not found (expired?), nothing to do", delivery_id)
             return "missing"
+        logs.bind(route=d.route)
         if d.terminal:
             return d.status
         if self.stale(d):
@@ -214,7 +217,12 @@ class Deliverer:
         d.reason_code = d.reason = None
         d.last_api = None
         self.store.update(d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}")
-        metrics.count(self.redis, "delivered", d.route)
+        seconds = metrics.delivered(self.redis, d.route, d.received_at)
+        log.info(
+            "delivered %.1f s after receipt",
+            seconds,
+            extra={"event": "delivery.delivered", "latency_seconds": round(seconds, 3)},
+        )
         return d.status
 
     # --- the steps -----------------------------------------------------------------------
@@ -302,6 +310,7 @@ class Deliverer:
         # The reaper looks just after the due time, in case no scheduler promotes it.
         self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 4)
         pipe.execute()
+        log.info("next try in %.1f s: %s", delay, detail, extra={"event": "delivery.retrying"})
         return d.status
 
     def transient(self, d: Delivery, message: str) -> str:
@@ -328,7 +337,14 @@ class Deliverer:
         d.reason = message
         self.store.update(d, "failed", message)
         metrics.count(self.redis, "failed", d.route, code)
-        log.warning("delivery %s (route %s) failed: %s: %s", d.id, d.route, code, message)
+        log.warning(
+            "delivery %s (route %s) failed: %s: %s",
+            d.id,
+            d.route,
+            code,
+            message,
+            extra={"event": "delivery.failed", "reason": code},
+        )
         alert(self.ctx, d)
         return d.status
 
@@ -338,7 +354,13 @@ class Deliverer:
         d.reason = message
         self.store.update(d, "skipped", message)
         metrics.count(self.redis, "skipped", d.route)
-        log.warning("delivery %s (route %s) skipped: %s", d.id, d.route, message)
+        log.warning(
+            "delivery %s (route %s) skipped: %s",
+            d.id,
+            d.route,
+            message,
+            extra={"event": "delivery.skipped"},
+        )
         return d.status
 
     def note_api(self, d: Delivery, exc: ApiError) -> None:
