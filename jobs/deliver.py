@@ -19,14 +19,11 @@ import random
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import requests
-from redis import Redis
-from rq import Queue, get_current_job
+from rq import get_current_job
 
-from bridge import defaults, keys, logs, metrics
-from bridge.deliveries import DeliveryStore
+from bridge import keys, logs, metrics
 from bridge.exceptions import (
     ApiError,
     ApiForbidden,
@@ -43,13 +40,14 @@ from bridge.exceptions import (
     ValidationFailed,
 )
 from bridge.pipeline import fetched_event, map_lead
-from bridge.queue import enqueue, make_queue, transaction
+from bridge.queue import enqueue, transaction
 from bridge.record import Delivery
-from bridge.settings import Route, Settings
+from bridge.settings import Route
 from bridge.sources import get_source
 from jobs.audiences import forget_audience, resolve_audience
+from jobs.context import Context, context
 from jobs.oliai import OliAIClient
-from jobs.ratelimit import RateLimiter, key_id
+from jobs.ratelimit import key_id
 
 log = logging.getLogger(__name__)
 
@@ -57,64 +55,6 @@ log = logging.getLogger(__name__)
 #: the lease lapses and the reaper (``jobs.reaper``) hands the delivery to another worker.
 LEASE_SECONDS = 15.0
 LEASE_REFRESH = 5.0
-
-
-@dataclass
-class Context:
-    """What a worker process needs to deliver: built once per process."""
-
-    settings: Settings
-    redis: Redis
-    queue: Queue = None  # type: ignore[assignment]
-    store: DeliveryStore = None  # type: ignore[assignment]
-    http: requests.Session = field(default_factory=requests.Session)
-    clients: dict[tuple[str, str], OliAIClient] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.queue is None:
-            self.queue = make_queue(self.redis, self.settings.queue_name)
-        if self.store is None:
-            self.store = DeliveryStore.for_settings(self.redis, self.settings)
-
-    def client_for(self, api_key: str) -> OliAIClient:
-        base_url = self.settings.oliai.base_url
-        cached = self.clients.get((base_url, api_key))
-        if cached is None:
-            o = self.settings.oliai
-            limiter = RateLimiter(
-                self.redis,
-                api_key,
-                window_seconds=o.rate_window_seconds,
-                general_per_window=o.general_per_minute,
-                bulk_per_window=o.bulk_per_minute,
-            )
-            cached = OliAIClient(
-                base_url,
-                api_key,
-                limiter=limiter,
-                timeout=(defaults.OLIAI_CONNECT_TIMEOUT_SECONDS, o.timeout_seconds),
-                on_answer=metrics.oliai_answers(self.redis, key_id(api_key)),
-            )
-            self.clients[(base_url, api_key)] = cached
-        return cached
-
-
-#: The worker's context: ``oliai-bridge worker`` (``jobs.worker``) sets it once at start with
-#: the settings it loaded; RQ calls ``deliver`` with the delivery id alone.
-_context: Context | None = None
-
-
-def configure(settings: Settings, redis: Redis) -> Context:
-    """Called once by the worker at start (and by tests) with the settings to deliver with."""
-    global _context
-    _context = Context(settings=settings, redis=redis)
-    return _context
-
-
-def context() -> Context:
-    if _context is None:
-        raise RuntimeError("deliveries run in `oliai-bridge worker`, which configures them")
-    return _context
 
 
 def deliver(delivery_id: str) -> str:

@@ -22,7 +22,8 @@ from rq.job import Job, JobStatus
 
 from bridge import keys
 from bridge.queue import enqueue, transaction
-from jobs.deliver import LEASE_SECONDS, Context
+from jobs.context import Context
+from jobs.deliver import LEASE_SECONDS
 
 log = logging.getLogger(__name__)
 

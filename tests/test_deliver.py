@@ -323,7 +323,8 @@ def test_fail_after_commit_never_duplicates(make_client, run_jobs, sandbox, mode
 
 
 def test_stale_job_does_nothing(make_client, run_jobs, sandbox, redis):
-    from jobs.deliver import Deliverer, configure
+    from jobs.context import configure
+    from jobs.deliver import Deliverer
 
     client = make_client()
     delivery_id = post(client, LEAD)

@@ -8,7 +8,7 @@ import requests
 from rq import Queue
 
 from bridge import keys
-from jobs.deliver import configure
+from jobs.context import configure
 from jobs.reaper import reap_once
 from tests.bridge_fixtures import route_dict
 

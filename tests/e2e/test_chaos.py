@@ -20,7 +20,7 @@ import pytest
 import requests
 from rq import Worker
 
-from jobs.deliver import lease_key
+from bridge import keys
 from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
 
 pytestmark = pytest.mark.e2e
@@ -88,7 +88,7 @@ def held_by(stack, worker: str) -> str | None:
             d is not None
             and d.job_id == job_id
             and d.status == "delivering"
-            and stack.redis.exists(lease_key(d.id))
+            and stack.redis.exists(keys.lease(d.id))
         ):
             return d.id
     return None
