@@ -61,6 +61,8 @@ COUNTERS = {
         "Seconds of waiting the rate limiter asked for, per API key id",
         ("key",),
     ),
+    "campaign_started": ("Campaigns the bridge started, by mode", ("route", "mode")),
+    "campaign_failed": ("Campaign steps that failed for good", ("route",)),
     "admin_auth_failed": ("Admin sign-ins refused for a wrong token, by how it came", ("via",)),
     "admin_csrf_refused": ("Admin page posts refused as cross-site, by check", ("check",)),
 }

@@ -45,6 +45,7 @@ from bridge.record import Delivery
 from bridge.settings import Route
 from bridge.sources import get_source
 from jobs.audiences import forget_audience, resolve_audience
+from jobs.campaigns import schedule_step
 from jobs.context import Context, context
 from jobs.oliai import OliAIClient
 from jobs.ratelimit import key_id
@@ -156,7 +157,12 @@ class Deliverer:
         d.status = "delivered"
         d.reason_code = d.reason = None
         d.last_api = None
-        self.store.update(d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}")
+        pipe = transaction(self.redis)
+        self.store.update(
+            d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}", pipe=pipe
+        )
+        schedule_step(pipe, self.ctx.queue, d.id, route)
+        pipe.execute()
         seconds = metrics.delivered(self.redis, d.route, d.received_at)
         log.info(
             "delivered %.1f s after receipt",
