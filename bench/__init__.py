@@ -1,1 +1,1 @@
-"""Benchmarks of oliai-bridge: ``python bench/run.py [--quick]`` (see bench/README.md)."""
+"""Benchmarks of oliai-bridge: ``python -m bench.run [--quick]`` (see bench/README.md)."""

@@ -47,20 +47,12 @@ if str(REPO) not in sys.path:
 import requests  # noqa: E402
 from redis import Redis  # noqa: E402
 
-from bench.run import (  # noqa: E402
-    API_KEY,
-    ROUTE,
-    STOP,
-    TOKEN,
-    Children,
-    Leads,
-    Stack,
-    iso_epoch,
-    machine,
-    pct,
-    run_load,
-    say,
-)
+from bench import measure  # noqa: E402
+from bench.load import Leads, run_load  # noqa: E402
+from bench.measure import iso_epoch, pct  # noqa: E402
+from bench.report import machine  # noqa: E402
+from bench.stack import API_KEY, ROUTE, STOP, TOKEN, Stack, say  # noqa: E402
+from bridge.processes import Children  # noqa: E402
 from bridge.storage import EmbeddedRedis  # noqa: E402
 
 KEY_B = "sk_live_" + "benchmarkb".ljust(32, "8")
@@ -143,7 +135,7 @@ class Lane:
 def wait_counter(stack: Stack, base: int, count: int, timeout: float) -> float:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not STOP.is_set():
-        if stack.finished_count() - base >= count:
+        if measure.finished_count(stack.redis) - base >= count:
             return time.time()
         time.sleep(0.02)
     return float("nan")
@@ -183,7 +175,7 @@ def measure_drain(stack: Stack, leads: Leads, count: int, clients: int) -> dict:
     stack.start_workers(1)
     hook = f"{stack.web_url}/hooks/{ROUTE}"
     warm = run_load(hook, 3, 1, leads.take(3))
-    stack.wait_delivered(warm.ids, timeout=30)
+    measure.wait_delivered(stack.redis, warm.ids, timeout=30)
     time.sleep(WINDOW * 1.5)  # the warm-up's requests leave the window
     lane = Lane(stack)
     lane.hold()
@@ -192,18 +184,18 @@ def measure_drain(stack: Stack, leads: Leads, count: int, clients: int) -> dict:
     last_202 = time.time()
     if len(load.ids) != count:
         raise RuntimeError(f"drain: only {len(load.ids)} of {count} leads accepted")
-    base = stack.finished_count()
-    cpu0 = stack.cpu_snapshot()
+    base = measure.finished_count(stack.redis)
+    cpu0 = measure.cpu_snapshot(stack)
     lane.open()
     opened = time.time()
     say(f"drain: lane opened; waiting for {count} deliveries")
     done = wait_counter(stack, base, count, timeout=max(120.0, count * 0.1))
-    cpu1 = stack.cpu_snapshot()
+    cpu1 = measure.cpu_snapshot(stack)
     state = requests.get(f"{stack.sandbox_root}/_sandbox/state", timeout=60).json()
     org = next(iter(state["orgs"].values()))
     members = sum(a["contactCount"] for a in org["audiences"])
-    log = stack.sandbox_requests(since=opened - 0.5)
-    delivered = sum(1 for s in stack.statuses(load.ids) if s == "delivered")
+    log = measure.sandbox_requests(stack, since=opened - 0.5)
+    delivered = sum(1 for s in measure.statuses(stack.redis, load.ids) if s == "delivered")
     seconds = done - last_202
     bound = bulk_bound(count)
     return {
@@ -241,7 +233,7 @@ def measure_fairness(stack: Stack, leads: Leads, backlog: int, probes: int, clie
     b_leads = Leads()
     b_leads.n = iter(range(50_000_000, 60_000_000))
     warm = run_load(hook_b, 2, 1, b_leads.take(2)).ids + run_load(hook_a, 2, 1, leads.take(2)).ids
-    stack.wait_delivered(warm, timeout=30)
+    measure.wait_delivered(stack.redis, warm, timeout=30)
     lane = Lane(stack)
     lane.hold()
     say(f"fairness: key A gets a backlog of {backlog} and is spent flat out by another program")
@@ -269,7 +261,7 @@ def measure_fairness(stack: Stack, leads: Leads, backlog: int, probes: int, clie
             t202 = time.perf_counter()
             delivery_id = r.json()["deliveryId"]
             while True:
-                [status] = stack.statuses([delivery_id])
+                [status] = measure.statuses(stack.redis, [delivery_id])
                 if status in ("delivered", "failed", "skipped"):
                     latencies.append(time.perf_counter() - t202)
                     break
@@ -281,7 +273,7 @@ def measure_fairness(stack: Stack, leads: Leads, backlog: int, probes: int, clie
     finally:
         spend.set()
         spender.join(10)
-    log = stack.sandbox_requests()
+    log = measure.sandbox_requests(stack)
     a_429 = [e for e in log if e["status"] == 429 and e["org"] == "org_1"]
     bridge_429 = sum(1 for e in a_429 if not e["path"].endswith("/flows"))
     from bridge.metrics import read_counters
@@ -308,29 +300,29 @@ def measure_cost(stack: Stack, leads: Leads, count: int, clients: int) -> dict:
     stack.start_workers(1)
     hook = f"{stack.web_url}/hooks/{ROUTE}"
     warm = run_load(hook, 3, 1, leads.take(3))
-    stack.wait_delivered(warm.ids, timeout=30)
+    measure.wait_delivered(stack.redis, warm.ids, timeout=30)
     lane = Lane(stack)
     lane.hold()
     say(f"cost: posting {count} leads while the lane is held")
     load = run_load(hook, count, clients, leads.take(count))
-    base = stack.finished_count()
-    cpu0 = stack.cpu_snapshot()
-    cmd0 = stack.commands_processed()
+    base = measure.finished_count(stack.redis)
+    cpu0 = measure.cpu_snapshot(stack)
+    cmd0 = measure.commands_processed(stack.redis)
     lane.open()
     opened = time.time()
     done = wait_counter(stack, base, count, timeout=max(120.0, count * 0.2))
-    cpu1 = stack.cpu_snapshot()
-    cmds = stack.commands_processed() - cmd0
+    cpu1 = measure.cpu_snapshot(stack)
+    cmds = measure.commands_processed(stack.redis) - cmd0
     first, last = math.inf, -math.inf
     delivered = 0
-    for h in stack.histories(load.ids):
+    for h in measure.histories(stack.redis, load.ids):
         for entry in h:
             if entry["what"] == "attempt":
                 first = min(first, iso_epoch(entry["at"]))
             elif entry["what"] == "delivered":
                 last = max(last, iso_epoch(entry["at"]))
                 delivered += 1
-    log = stack.sandbox_requests(since=opened - 0.5)
+    log = measure.sandbox_requests(stack, since=opened - 0.5)
     span = last - first
     return {
         "count": count,
@@ -464,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_term)
     tmp = Path(tempfile.mkdtemp(prefix="oliai-drain-"))
     (tmp / "logs").mkdir()
-    children = Children(tmp / "logs")
+    children = Children(cwd=REPO, logdir=tmp / "logs")
     redis_server = EmbeddedRedis(tmp / "redis")
     results: dict = {"machine": machine(), "loadavg_start": os.getloadavg()}
     ok = False

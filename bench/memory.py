@@ -27,8 +27,8 @@ if str(REPO) not in sys.path:
 
 from redis import Redis  # noqa: E402
 
+from bridge import keys  # noqa: E402
 from bridge.config import build_settings  # noqa: E402
-from bridge.deliveries import delivery_key  # noqa: E402
 from bridge.event import InboundRequest  # noqa: E402
 from bridge.storage import EmbeddedRedis  # noqa: E402
 
@@ -95,7 +95,7 @@ def measure_memory(leads: int = 1000, warmup: int = 20) -> dict:
 
     from bridge.ingest import Ingest
     from bridge.queue import make_queue
-    from jobs.deliver import configure
+    from jobs.context import configure
 
     tmp = Path(tempfile.mkdtemp(prefix="oliai-memory-"))
     server = EmbeddedRedis(tmp / "redis", fsync="everysec")
@@ -144,7 +144,7 @@ def measure_memory(leads: int = 1000, warmup: int = 20) -> dict:
                 SimpleWorker([queue], connection=redis).work(burst=True, logging_level="WARNING")
                 pipe = redis.pipeline(transaction=False)
                 for i in ids:
-                    pipe.hget(delivery_key(i), "status")
+                    pipe.hget(keys.delivery(i), "status")
                 if all(s == b"delivered" for s in pipe.execute()):
                     return
                 time.sleep(0.2)

@@ -12,16 +12,22 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from bridge import defaults, logs
 from bridge.config import (
     build_settings,
     config_exists,
     demo_settings_data,
     load_settings,
+    log_format,
     log_level,
 )
 from bridge.exceptions import ConfigError, IngestError
 from bridge.settings import Settings
+
+if TYPE_CHECKING:
+    from bridge.pipeline import LeadResult
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(
+    # Before any config is read, from the environment alone: a config problem is logged too.
+    dev = args.func is cmd_dev
+    logs.setup(
         level=log_level(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        fmt=log_format(default=defaults.DEV_LOG_FORMAT if dev else defaults.LOG_FORMAT),
     )
     try:
         return args.func(args) or 0
@@ -61,7 +69,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=None, help="default $PORT or 8000")
     p.add_argument("--workers", type=int, default=None, help="default $WEB_CONCURRENCY or 2")
-    p.add_argument("--threads", type=int, default=4)
     p.set_defaults(func=cmd_web)
 
     p = sub.add_parser("worker", help="deliver queued leads to OliAI")
@@ -77,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-config", help="validate the config: OK, or every problem")
     p.set_defaults(func=cmd_check_config)
+
+    p = sub.add_parser("flows", help="the voice flows of the configured API key(s)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_flows)
 
     p = sub.add_parser("try", help="map a sample payload to a contact; sends nothing")
     p.add_argument("route")
@@ -123,17 +134,40 @@ def settings_for(args, *, demo_ok: bool = False) -> Settings:
     if args.config:
         env["BRIDGE_CONFIG"] = args.config
     if demo_ok and not config_exists(env):
-        return build_settings(demo_settings_data(), env=env, source_path="(built-in demo)")
-    return load_settings(env=env)
+        settings = build_settings(demo_settings_data(), env=env, source_path="(built-in demo)")
+    else:
+        settings = load_settings(args.config, env=env)
+    logs.hide(settings.secrets())
+    return settings
 
 
 def redis_for(settings: Settings):
-    from bridge.storage import connect
+    from bridge.storage import connect_for
 
     url = settings.redis_url or dev_redis_url(settings)
     if not url:
         raise SystemExit("oliai-bridge: REDIS_URL is not set (and no oliai-bridge dev is running)")
-    return connect(url)
+    return connect_for(settings, url)
+
+
+def warn_about(settings: Settings, redis=None) -> None:
+    """Config warnings, and a Redis that may evict leads, in the log at start-up."""
+    from redis.exceptions import RedisError
+
+    from bridge.storage import eviction_warning
+
+    log = logging.getLogger("bridge")
+    for warning in settings.warnings:
+        log.warning("config: %s", warning, extra={"event": "config.warning"})
+    if redis is None:
+        return
+    try:
+        warning = eviction_warning(redis)
+    except RedisError as exc:
+        log.warning("Redis not checked: %s", exc, extra={"event": "redis.unchecked"})
+        return
+    if warning:
+        log.warning(warning, extra={"event": "redis.eviction_policy"})
 
 
 def dev_redis_url(settings: Settings) -> str | None:
@@ -155,11 +189,10 @@ def cmd_web(args) -> int:
     from bridge.web import run_web
 
     settings = settings_for(args)
-    for warning in settings.warnings:
-        logging.getLogger("bridge").warning("config: %s", warning)
+    warn_about(settings)
     port = args.port or settings.port
     workers = args.workers or settings.web_concurrency
-    run_web(settings, host=args.host, port=port, workers=workers, threads=args.threads)
+    run_web(settings, host=args.host, port=port, workers=workers)
     return 0
 
 
@@ -170,8 +203,7 @@ def cmd_worker(args) -> int:
 
     settings = settings_for(args)
     log = logging.getLogger("bridge.worker")
-    for warning in settings.warnings:
-        log.warning("config: %s", warning)
+    warn_about(settings, redis_for(settings))
     wait = 1.0
     for start in itertools.count():
         # A worker that lost Redis may still be registered under its old name: use a new one.
@@ -181,13 +213,22 @@ def cmd_worker(args) -> int:
         try:
             if run_worker(settings, redis_for(settings), burst=args.burst, name=name):
                 return 0
-            log.warning("the worker loop ended on an error; starting again in %.0f s", wait)
+            log.warning(
+                "the worker loop ended on an error; starting again in %.0f s",
+                wait,
+                extra={"event": "worker.restart"},
+            )
             time.sleep(wait)
             wait = min(wait * 2, 30.0)
         except (ConnectionError, TimeoutError) as exc:
             # Redis restarting: start again when it is back instead of exiting (the reaper
             # hands back whatever this worker was in the middle of).
-            log.warning("Redis unavailable (%s); starting again in %.0f s", exc, wait)
+            log.warning(
+                "Redis unavailable (%s); starting again in %.0f s",
+                exc,
+                wait,
+                extra={"event": "worker.restart"},
+            )
             time.sleep(wait)
             wait = min(wait * 2, 30.0)
 
@@ -210,15 +251,103 @@ def cmd_check_config(args) -> int:
         f"OK: {settings.source_path}: {len(settings.routes)} route(s): "
         + ", ".join(f"{r.name} ({r.source})" for r in settings.routes.values())
     )
-    for warning in settings.warnings:
+    for warning in [*settings.warnings, *redis_warnings(settings)]:
         print(f"  warning: {warning}")
-    return 0
+    problems = campaign_flow_problems(settings)
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1 if problems else 0
+
+
+def api_clients(settings: Settings) -> dict[str, tuple[object, list]]:
+    """One OliAI client per configured API key (by key id), with the routes that use it."""
+    from jobs.oliai import OliAIClient
+    from jobs.ratelimit import key_id
+
+    clients: dict[str, tuple[object, list]] = {}
+    for route in settings.routes.values():
+        api_key = settings.api_key_for(route)
+        if not api_key:
+            continue
+        kid = key_id(api_key)
+        if kid not in clients:
+            clients[kid] = (OliAIClient(settings.oliai.base_url, api_key), [])
+        clients[kid][1].append(route)
+    return clients
+
+
+def campaign_flow_problems(settings: Settings) -> list[str]:
+    """Each ``[routes.campaign]`` flow exists for its key, checked when the API answers."""
+    from bridge.exceptions import ApiError, TransientApiError, Unauthorized
+    from jobs.campaigns import flow_problems
+
+    problems: list[str] = []
+    for client, routes in api_clients(settings).values():
+        for route in routes:
+            if route.campaign is None:
+                continue
+            try:
+                found = flow_problems(client, route.campaign)
+            except (TransientApiError, Unauthorized) as exc:
+                print(f"  warning: routes[{route.name}].campaign: flow not checked: {exc}")
+                continue
+            except ApiError as exc:
+                found = [f"flows could not be listed: {exc}"]
+            problems += [f"routes[{route.name}].campaign.{p}" for p in found]
+    return problems
+
+
+def cmd_flows(args) -> int:
+    from bridge.exceptions import ApiError
+
+    settings = settings_for(args, demo_ok=True)
+    clients = api_clients(settings)
+    if not clients:
+        print("no API key configured (set OLIAI_API_KEY or [oliai] api_key)", file=sys.stderr)
+        return 1
+    status = 0
+    out = []
+    for kid, (client, routes) in clients.items():
+        try:
+            flows = list(client.iter_pages(client.list_flows))
+        except ApiError as exc:
+            print(f"key {kid} ({', '.join(r.name for r in routes)}): {exc}", file=sys.stderr)
+            status = 1
+            continue
+        out.append({"key": kid, "routes": [r.name for r in routes], "flows": flows})
+    if args.json:
+        print(json.dumps(out, indent=2))
+        return status
+    for entry in out:
+        print(f"key {entry['key']} (routes: {', '.join(entry['routes'])})")
+        for flow in entry["flows"]:
+            language = flow.get("language") or ""
+            print(f"  {flow.get('id', ''):<28} {language:<6} {flow.get('name', '')}")
+        if not entry["flows"]:
+            print("  (no voice flows: create one in the OliAI dashboard)")
+    return status
+
+
+def redis_warnings(settings: Settings) -> list[str]:
+    """What check-config says of the Redis in ``REDIS_URL`` (nothing when it is unset)."""
+    from redis.exceptions import RedisError
+
+    from bridge.storage import connect_for, eviction_warning
+
+    if not settings.redis_url:
+        return []
+    try:
+        redis = connect_for(settings)
+        redis.ping()
+        warning = eviction_warning(redis)
+    except RedisError as exc:
+        return [f"REDIS_URL: Redis did not answer ({type(exc).__name__}: {exc})"]
+    return [f"WARNING: {warning}"] if warning else []
 
 
 def cmd_try(args) -> int:
-    from bridge.event import Event, InboundRequest, utcnow_iso
-    from bridge.ingest import event_id_for
-    from bridge.mapping import map_event
+    from bridge.event import InboundRequest, utcnow_iso
+    from bridge.pipeline import map_request
     from bridge.sources import get_source
 
     settings = settings_for(args, demo_ok=True)
@@ -242,32 +371,26 @@ def cmd_try(args) -> int:
         "leads": [],
     }
     try:
-        leads = source.normalize(req, source.parse(req), route)
+        results = map_request(req, route, source, utcnow_iso())
     except IngestError as exc:
         print(json.dumps({**out, "error": exc.to_dict()}, indent=2))
         return 1
-    status = 0
-    for index, lead in enumerate(leads):
-        event = Event.from_lead(
-            lead,
-            route=route.name,
-            source=source.name,
-            event_id=event_id_for(req, lead, index, len(leads)),
-            received_at=utcnow_iso(),
-        )
-        item: dict = {"event": event.to_dict()}
-        if event.fetch:
-            item["contact"] = None
-            item["note"] = "the worker fetches this lead from the provider's API first"
-        else:
-            try:
-                item["contact"] = map_event(event, route)
-            except IngestError as exc:
-                item["error"] = exc.to_dict()
-                status = 1
-        out["leads"].append(item)
+    out["leads"] = [try_item(result) for result in results]
     print(json.dumps(out, indent=2, ensure_ascii=False))
-    return status
+    return 1 if any("error" in item for item in out["leads"]) else 0
+
+
+def try_item(result: LeadResult) -> dict:
+    """One lead as ``try`` shows it: the event, and the contact or why there is none."""
+    item: dict = {"event": result.event.to_dict()}
+    if result.fetch:
+        item["contact"] = None
+        item["note"] = "the worker fetches this lead from the provider's API first"
+    elif result.unmappable is not None:
+        item["error"] = result.unmappable.to_dict()
+    else:
+        item["contact"] = result.contact
+    return item
 
 
 def guess_type(path: str) -> str:

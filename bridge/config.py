@@ -22,16 +22,47 @@ from jmespath.exceptions import JMESPathError
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from bridge import defaults
+from bridge.calling_hours import CallingHours, zone
 from bridge.exceptions import ConfigError
 from bridge.settings import (
     CONTACT_FIELDS,
     LANGUAGE,
     ROUTE_NAME,
+    CampaignSettings,
     DeliverySettings,
     OliAISettings,
     Route,
     Settings,
 )
+
+FORMATS = ("json", "text")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+SSL_CERT_REQS = ("required", "optional", "none")
+
+#: Every environment variable the bridge reads itself, and what it is for. (A config may read
+#: any other with ``${VAR}``.) docs/configuration.md and app.json are tested against this list.
+ENVIRONMENT = {
+    "BRIDGE_CONFIG": "Path of the TOML config file (default ./config.toml).",
+    "BRIDGE_CONFIG_TOML": (
+        "The TOML config itself, instead of a file: for platforms that deploy the repository "
+        "as it is. Not together with BRIDGE_CONFIG."
+    ),
+    "REDIS_URL": (
+        "The Redis every process shares: redis://, rediss:// (TLS) or unix://. "
+        "Unset: oliai-bridge dev starts an embedded one."
+    ),
+    "REDIS_SSL_CERT_REQS": (
+        "Certificate check for a rediss:// URL: required (default), optional or none "
+        "(managed Redis with a self-signed certificate, such as Heroku's)."
+    ),
+    "REDIS_SSL_CA_CERTS": "A CA bundle file to verify a rediss:// server's certificate with.",
+    "OLIAI_API_KEY": "The OliAI API key; wins over oliai.api_key in the file.",
+    "OLIAI_BASE_URL": "The OliAI API's base URL; wins over oliai.base_url in the file.",
+    "PORT": "Port the web process listens on (default 8000).",
+    "WEB_CONCURRENCY": "gunicorn worker processes of the web process (default 2).",
+    "LOG_LEVEL": "DEBUG, INFO (default), WARNING or ERROR.",
+    "LOG_FORMAT": "json (default: one object per line) or text (default of oliai-bridge dev).",
+}
 
 # Settings that may stay empty when their ${VAR} is unset (dev runs the sandbox without a key).
 OPTIONAL_ENV = {"oliai.api_key", "bridge.admin_token", "delivery.alert_webhook_url"}
@@ -85,6 +116,86 @@ class DeliverySchema(Schema):
     alert_webhook_url = fields.Url(require_tld=False, allow_none=True)
 
 
+def _kind(value: Any) -> str:
+    """What a TOML value is, in the file's own words."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return "a date or time"
+
+
+class Credential(fields.Field):
+    """A credential a sender presents: one string, or a list of strings while it is rotated
+    (every entry is accepted). A list entry that is empty or not a string is named by its place
+    (``secret[1]``), never by its value."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValidationError(
+                f"must be a string, or a list of strings while rotating it, not {_kind(value)}"
+            )
+        if not value:
+            raise ValidationError(
+                "must not be an empty list (one value, or the old and the new while rotating)"
+            )
+        problems = {}
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                problems[f"[{index}]"] = [f"must be a string, not {_kind(item)}"]
+            elif not item.strip():
+                problems[f"[{index}]"] = ["must not be empty"]
+        if problems:
+            raise ValidationError(problems)
+        return tuple(value)
+
+
+class CampaignSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    mode = fields.String(required=True, validate=validate.OneOf(["per_lead", "window"]))
+    flow_id = fields.String(validate=validate.Length(min=1))
+    flow_name = fields.String(validate=validate.Length(min=1, max=200))
+    every_minutes = fields.Integer(validate=validate.Range(min=1, max=24 * 60))
+    per_lead_max_per_minute = fields.Integer(validate=validate.Range(min=1, max=1000))
+    calling_hours = fields.String()
+    days = fields.String()
+    timezone = fields.String()
+    calls_per_minute = fields.Integer(validate=validate.Range(min=1))
+    max_concurrent_calls = fields.Integer(validate=validate.Range(min=1))
+    max_retries = fields.Integer(validate=validate.Range(min=0))
+    retry_delay_minutes = fields.Integer(validate=validate.Range(min=1))
+    call_timeout_minutes = fields.Integer(validate=validate.Range(min=1))
+
+    @validates_schema(skip_on_field_errors=False)
+    def _checks(self, data, **kwargs):
+        errors: dict[str, list[str]] = {}
+        if bool(data.get("flow_id")) == bool(data.get("flow_name")):
+            errors["flow_id"] = ["set flow_id or flow_name (see `oliai-bridge flows`), not both"]
+        if data.get("days") and not data.get("calling_hours"):
+            errors["days"] = ["days needs calling_hours"]
+        try:
+            if data.get("calling_hours"):
+                CallingHours.parse(data["calling_hours"], data.get("days"))
+        except ValueError as exc:
+            key = "days" if str(exc).startswith("days") else "calling_hours"
+            errors.setdefault(key, []).append(str(exc))
+        try:
+            if data.get("timezone"):
+                zone(data["timezone"])
+        except ValueError as exc:
+            errors["timezone"] = [str(exc)]
+        if errors:
+            raise ValidationError(errors)
+
+
 class RouteSchema(Schema):
     class Meta:
         unknown = INCLUDE  # source-specific options (e.g. organization_id) are passed through
@@ -104,12 +215,13 @@ class RouteSchema(Schema):
     )
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     api_base_url = fields.Url(require_tld=False)
-    secret = fields.String()
-    token = fields.String()
-    basic_auth = fields.String()
-    verify_token = fields.String()
+    secret = Credential()
+    token = Credential()
+    basic_auth = Credential()
+    verify_token = Credential()
     access_token = fields.String()
     api_key = fields.String()
+    campaign = fields.Nested(CampaignSchema)
 
     @validates_schema(skip_on_field_errors=False)
     def _checks(self, data, **kwargs):
@@ -126,8 +238,10 @@ class RouteSchema(Schema):
         if region is not None and not valid_region(region):
             errors.setdefault("region", []).append(f"unknown region code {region!r}")
         basic = data.get("basic_auth")
-        if basic is not None and ":" not in basic:
-            errors.setdefault("basic_auth", []).append('must be "user:password"')
+        for index, value in enumerate((basic,) if isinstance(basic, str) else basic or ()):
+            if ":" not in value:
+                where = "basic_auth" if isinstance(basic, str) else f"basic_auth[{index}]"
+                errors.setdefault(where, []).append('must be "user:password"')
         for key, expr in data.get("fields_", {}).items():
             if key not in CONTACT_FIELDS:
                 known = ", ".join(sorted(set(CONTACT_FIELDS.values())))
@@ -187,12 +301,23 @@ def load_settings(
 ) -> Settings:
     """Read and validate the config; raise ``ConfigError`` listing every problem.
 
-    ``path`` None means ``$BRIDGE_CONFIG`` or ``./config.toml``; ``data`` skips the file (tests,
-    the built-in demo config of ``oliai-bridge dev``).
+    ``path`` None means ``$BRIDGE_CONFIG``, else the TOML text in ``$BRIDGE_CONFIG_TOML`` (for
+    platforms where the file system is the repository's), else ``./config.toml``; ``data``
+    skips reading (tests, the built-in demo config of ``oliai-bridge dev``).
     """
     env = os.environ if env is None else env
     source_path = None
-    if data is None:
+    if data is None and path is None and env.get("BRIDGE_CONFIG_TOML"):
+        if env.get("BRIDGE_CONFIG"):
+            raise ConfigError(
+                ["set BRIDGE_CONFIG (a file) or BRIDGE_CONFIG_TOML (the text), not both"]
+            )
+        source_path = "$BRIDGE_CONFIG_TOML"
+        try:
+            data = tomllib.loads(env["BRIDGE_CONFIG_TOML"])
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"BRIDGE_CONFIG_TOML: not valid TOML: {exc}"]) from None
+    elif data is None:
         source_path = str(path or env.get("BRIDGE_CONFIG") or defaults.CONFIG_PATH)
         try:
             with open(source_path, "rb") as fh:
@@ -305,8 +430,9 @@ def build_settings(
 
 
 def process_settings(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
-    """What the platform sets for the process: ``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``."""
-    out: dict[str, Any] = {"log_level": log_level(env)}
+    """What the platform sets for the process: ``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``,
+    ``LOG_FORMAT`` and the TLS options of a ``rediss://`` ``REDIS_URL``."""
+    out: dict[str, Any] = {"log_level": log_level(env), "log_format": log_format(env)}
     for key, var, top in (("port", "PORT", 65535), ("web_concurrency", "WEB_CONCURRENCY", 256)):
         value = env.get(var)
         if not value:
@@ -319,6 +445,29 @@ def process_settings(env: Mapping[str, str], problems: list[str]) -> dict[str, A
             problems.append(f"{var}: must be a whole number from 1 to {top}, not {value!r}")
         else:
             out[key] = number
+    given = env.get("LOG_FORMAT")
+    if given and given.lower() not in FORMATS:
+        problems.append(f"LOG_FORMAT: must be json or text, not {given[:20]!r}")
+    url = env.get("REDIS_URL") or ""
+    if url and not url.startswith(REDIS_SCHEMES):
+        problems.append(
+            "REDIS_URL: must start with redis://, rediss:// (TLS) or unix:// "
+            f"(not {url.partition(':')[0][:20]!r})"
+        )
+    reqs = (env.get("REDIS_SSL_CERT_REQS") or "").strip().lower()
+    if reqs:
+        if reqs not in SSL_CERT_REQS:
+            problems.append(
+                f"REDIS_SSL_CERT_REQS: must be one of {', '.join(SSL_CERT_REQS)}, not {reqs[:20]!r}"
+            )
+        else:
+            out["redis_ssl_cert_reqs"] = reqs
+    ca_certs = env.get("REDIS_SSL_CA_CERTS")
+    if ca_certs:
+        if not Path(ca_certs).is_file():
+            problems.append(f"REDIS_SSL_CA_CERTS: no such file {ca_certs!r}")
+        else:
+            out["redis_ssl_ca_certs"] = ca_certs
     return out
 
 
@@ -327,6 +476,13 @@ def log_level(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     level = (env.get("LOG_LEVEL") or defaults.LOG_LEVEL).upper()
     return level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO"
+
+
+def log_format(env: Mapping[str, str] | None = None, default: str = defaults.LOG_FORMAT) -> str:
+    """``LOG_FORMAT``: ``json`` or ``text`` (``default`` when unset or unknown)."""
+    env = os.environ if env is None else env
+    fmt = (env.get("LOG_FORMAT") or default).lower()
+    return fmt if fmt in FORMATS else default
 
 
 def _with_warning(settings: Settings, warning: str) -> Settings:
@@ -355,6 +511,7 @@ def _route(vals: dict[str, Any], default_region: str) -> Route:
         verify_token=vals.get("verify_token"),
         access_token=vals.get("access_token"),
         api_key=vals.get("api_key"),
+        campaign=CampaignSettings(**vals["campaign"]) if vals.get("campaign") else None,
     )
 
 
@@ -375,7 +532,12 @@ def _flatten_errors(messages: Any, where: str) -> list[str]:
     if isinstance(messages, dict):
         for key, value in messages.items():
             key = "fields" if key == "fields_" else key
-            sub = where if key == "_schema" else f"{where}.{key}"
+            if key == "_schema":
+                sub = where
+            elif str(key).startswith("["):
+                sub = f"{where}{key}"  # a list entry: secret[1]
+            else:
+                sub = f"{where}.{key}"
             out.extend(_flatten_errors(value, sub))
     elif isinstance(messages, list):
         for value in messages:
@@ -410,4 +572,6 @@ def demo_settings_data() -> dict[str, Any]:
 
 def config_exists(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
+    if env.get("BRIDGE_CONFIG_TOML") and not env.get("BRIDGE_CONFIG"):
+        return True
     return Path(env.get("BRIDGE_CONFIG") or defaults.CONFIG_PATH).is_file()

@@ -86,3 +86,33 @@ WEB_CONCURRENCY = 2
 
 #: Log level when ``LOG_LEVEL`` is unset.
 LOG_LEVEL = "INFO"
+
+#: Slow and stalled connections (``bridge.web``): a sender has this long from the first byte of a
+#: request (or the end of the previous answer on a kept-alive connection) to send its headers.
+#: Real senders are servers on fast links: they send a webhook's headers in milliseconds.
+HEADER_TIMEOUT_SECONDS = 5.0
+
+#: ... and then this long plus one second per ``BODY_MIN_BYTES_PER_SECOND`` of its declared body
+#: to send the body: a 1 MiB body must arrive at 64 KB/s or faster, a 2 KB form in 5 s.
+BODY_TIMEOUT_SECONDS = 5.0
+BODY_MIN_BYTES_PER_SECOND = 64 * 1024
+
+#: Connections one web process holds open at once (each costs a greenlet, a few KB): hundreds
+#: of stalled ones leave room for real senders until their deadline closes them.
+WORKER_CONNECTIONS = 1000
+
+#: ``[routes.campaign]``: a window campaign collects the leads of this many minutes.
+CAMPAIGN_WINDOW_MINUTES = 15
+
+#: A per-lead campaign costs about five general API calls (audience, member, lookup, create,
+#: start): five a minute spends about half of the 60/min budget, leaving the rest for contacts.
+CAMPAIGN_PER_LEAD_MAX_PER_MINUTE = 5
+
+#: Log lines are JSON objects (one per line) for platforms that collect and search them;
+#: ``oliai-bridge dev`` uses ``text`` instead, for a person at a terminal.
+LOG_FORMAT = "json"
+DEV_LOG_FORMAT = "text"
+
+#: Certificate check for ``rediss://`` URLs when ``REDIS_SSL_CERT_REQS`` is unset: verify, as
+#: for any TLS connection. Managed Redis with self-signed certificates (Heroku) needs ``none``.
+REDIS_SSL_CERT_REQS = "required"

@@ -2,24 +2,23 @@
 
 Starts, as child processes of this one: an embedded Redis when ``REDIS_URL`` is unset, the OliAI
 sandbox when no API key is configured, the web app under gunicorn, and one worker with the
-scheduler. Ctrl-C (or SIGTERM) stops every one of them; they also die with this process.
+scheduler. Ctrl-C (or SIGTERM) stops them in order, web and worker first and Redis last; they
+also die with this process.
 """
 
 from __future__ import annotations
 
 import os
-import re
-import select
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from bridge import defaults
 from bridge.config import DEMO_CONFIG, Settings, config_exists
-from bridge.storage import EmbeddedRedis, die_with_parent, free_port
+from bridge.processes import Children, StartFailed, wait_for_line, wait_for_port
+from bridge.storage import EmbeddedRedis, free_port
 
 
 def port_free(port: int) -> bool:
@@ -34,9 +33,11 @@ def port_free(port: int) -> bool:
 class Dev:
     def __init__(self, args):
         self.args = args
-        self.children: list[tuple[str, subprocess.Popen]] = []
-        self.redis: EmbeddedRedis | None = None
         self.env = dict(os.environ)
+        # Text lines for the person at the terminal, unless LOG_FORMAT asks otherwise.
+        self.env.setdefault("LOG_FORMAT", defaults.DEV_LOG_FORMAT)
+        self.children = Children(env=self.env)  # their output is this terminal's
+        self.redis: EmbeddedRedis | None = None
         self.stopping = False
 
     def settings(self) -> Settings:
@@ -53,50 +54,25 @@ class Dev:
 
         return load_settings(env=self.env)
 
-    def spawn(self, name: str, *argv: str) -> subprocess.Popen:
-        proc = subprocess.Popen(
-            [sys.executable, *argv],
-            env=self.env,
-            preexec_fn=die_with_parent,
-        )
-        self.children.append((name, proc))
-        return proc
-
     def start_sandbox(self) -> str:
         from sandbox import DEMO_KEY
 
         port = self.args.sandbox_port if port_free(self.args.sandbox_port) else free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sandbox", "--port", str(port), "--keys", DEMO_KEY],
-            env=self.env,
-            stdout=subprocess.PIPE,
-            text=True,
-            preexec_fn=die_with_parent,
+        proc = self.children.spawn(
+            "sandbox", "-m", "sandbox", "--port", str(port), "--keys", DEMO_KEY, pipe_stdout=True
         )
-        self.children.append(("sandbox", proc))
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([proc.stdout], [], [], 0.2)
-            if ready:
-                line = proc.stdout.readline()
-                match = re.search(r"http://\S+/v1", line)
-                if match:
-                    # Keep draining its output so a full pipe never blocks it.
-                    import threading
-
-                    threading.Thread(
-                        target=lambda: [print(x, end="") for x in proc.stdout], daemon=True
-                    ).start()
-                    self.env["OLIAI_BASE_URL"] = match.group(0)
-                    self.env["OLIAI_API_KEY"] = DEMO_KEY
-                    return match.group(0)
-            if proc.poll() is not None:
-                break
-        raise RuntimeError("the OliAI sandbox did not start")
+        try:
+            url = wait_for_line(proc, r"http://\S+/v1", timeout=15, echo=sys.stdout).group(0)
+        except StartFailed as exc:
+            raise RuntimeError(f"the OliAI sandbox did not start: {exc}") from None
+        self.env["OLIAI_BASE_URL"] = url
+        self.env["OLIAI_API_KEY"] = DEMO_KEY
+        return url
 
     def run(self) -> int:
         # Also SIGINT explicitly: a shell that starts us in the background ignores it, and
-        # Python then never raises KeyboardInterrupt.
+        # Python then never raises KeyboardInterrupt. The children run in process groups of
+        # their own, so a terminal's Ctrl-C reaches only this process, which stops them in order.
         signal.signal(signal.SIGTERM, lambda *_: self.stop_signal())
         signal.signal(signal.SIGINT, lambda *_: self.stop_signal())
         try:
@@ -113,39 +89,19 @@ class Dev:
                 sandbox_url = self.start_sandbox()
                 print(f"OliAI sandbox: {sandbox_url} (no OLIAI_API_KEY configured)")
             port = self.args.port or int(self.env.get("PORT") or defaults.PORT)
-            self.spawn(
-                "web",
-                "-m",
-                "bridge",
-                "web",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            )
-            self.spawn("worker", "-m", "bridge", "worker")
-            self.wait_for_web(port)
+            web = ["web", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            self.children.spawn("web", "-m", "bridge", *web)
+            self.children.spawn("worker", "-m", "bridge", "worker")
+            try:
+                wait_for_port(port, timeout=20, watch=self.children)
+            except StartFailed as exc:
+                raise RuntimeError(f"the web process did not start: {exc}") from None
             self.banner(settings, port, sandbox_url)
             return self.supervise()
         except KeyboardInterrupt:
             return 0
         finally:
             self.stop()
-
-    def wait_for_web(self, port: int, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for name, proc in self.children:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"{name} exited with {proc.returncode} at start")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"the web process did not listen on port {port}")
 
     def banner(self, settings: Settings, port: int, sandbox_url: str | None) -> None:
         base = f"http://127.0.0.1:{port}"
@@ -177,13 +133,11 @@ class Dev:
 
     def supervise(self) -> int:
         while not self.stopping:
-            for name, proc in self.children:
-                if proc.poll() is not None:
-                    print(
-                        f"oliai-bridge dev: {name} exited with {proc.returncode}; stopping",
-                        file=sys.stderr,
-                    )
-                    return 1
+            exited = self.children.exited()
+            if exited is not None:
+                name, status = exited
+                print(f"oliai-bridge dev: {name} exited with {status}; stopping", file=sys.stderr)
+                return 1
             time.sleep(0.3)
         return 0
 
@@ -194,17 +148,9 @@ class Dev:
         raise KeyboardInterrupt
 
     def stop(self) -> None:
+        """Worker and web first (they use Redis), then the sandbox, then Redis."""
         self.stopping = True
-        for _, proc in reversed(self.children):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
-        for _, proc in self.children:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        self.children.stop_all()
         if self.redis is not None:
             self.redis.stop()
             marker = self.redis.data_dir.parent / "redis.url"

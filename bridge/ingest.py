@@ -1,9 +1,11 @@
 """How a webhook becomes stored deliveries: verify, parse, normalize, map, dedup, store, enqueue.
 
-``Ingest.handle`` is the whole web-side path for one request, independent of Flask. A 2xx is
-only ever answered after the delivery and its ticket in the lane's pending set are in Redis
-(one MULTI/EXEC, ``jobs.lanes``); a Redis failure becomes ``StorageUnavailable`` (503 +
-Retry-After), never a 2xx. The first lead of an idle lane also starts its drain job.
+``Ingest.handle`` is the whole web-side path for one request, independent of Flask. Parsing,
+normalizing and mapping are ``bridge.pipeline``'s, shared with ``try``, replay and the job;
+what ingest adds is the handshake, the signature check, dedup, storage and metrics. A 2xx is
+only ever answered after the delivery and its ticket in the lane's pending set are in Redis (one
+MULTI/EXEC, ``jobs.lanes``); a Redis failure becomes ``StorageUnavailable`` (503 + Retry-After),
+never a 2xx. The first lead of an idle lane also starts its drain job.
 """
 
 from __future__ import annotations
@@ -15,37 +17,27 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from bridge import defaults, metrics
-from bridge.deliveries import (
-    Delivery,
-    DeliveryStore,
-    dedup_key,
-    new_delivery_id,
-    raw_record,
-    redact,
-)
-from bridge.event import Event, InboundRequest, Lead, utcnow_iso
+from bridge import defaults, keys, metrics
+from bridge.deliveries import DeliveryStore
+from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
     IngestError,
-    MalformedBody,
     MethodNotAllowed,
     SignatureInvalid,
     StorageUnavailable,
     UnknownRoute,
-    Unmappable,
 )
-from bridge.mapping import map_event
+from bridge.pipeline import LeadResult, map_request
 from bridge.queue import transaction
+from bridge.record import Delivery, new_delivery_id, raw_record
+from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
-from bridge.sources.base import MAX_EVENT_ID_CHARS, Accepted, Outcome, Reply, Source, error_reply
+from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
+from bridge.storage import is_full
 from jobs.lanes import Kick, lane_kid, requeue
 
 log = logging.getLogger(__name__)
-
-#: Providers batch at most 100 records (Salesforce, HubSpot); a request carrying thousands is
-#: garbage or abuse, and mapping and storing each would hold a web worker for a minute.
-MAX_LEADS_PER_REQUEST = 1000
 
 
 class Ingest:
@@ -70,7 +62,13 @@ class Ingest:
         except IngestError as error:
             reason = error.reason if isinstance(error, SignatureInvalid) else error.error
             metrics.count(self.redis, "rejected", route.name, reason)
-            log.info("route %s: refused %s: %s", route.name, error.status, error.message)
+            log.info(
+                "route %s: refused %s: %s",
+                route.name,
+                error.status,
+                error.message,
+                extra={"event": "webhook.refused", "route": route.name, "status": error.status},
+            )
             outcome = Outcome(error=error, request=req)
         except _Handshake as answered:
             return answered.reply
@@ -85,66 +83,27 @@ class Ingest:
         if req.method not in ("POST", "PUT"):
             raise MethodNotAllowed(f"{req.method} is not accepted here: POST the webhook")
         source.verify(req, route)
-        payload = source.parse(req)
-        leads = source.normalize(req, payload, route)
-        if not leads:
-            return []
-        if len(leads) > MAX_LEADS_PER_REQUEST:
-            raise MalformedBody(
-                f"{len(leads)} leads in one request: at most {MAX_LEADS_PER_REQUEST} are accepted "
-                "(split the batch)"
-            )
-        received_at = utcnow_iso()
+        results = map_request(req, route, source, utcnow_iso())
         prepared = [
-            self._prepare(req, route, source, lead, i, len(leads), received_at)
-            for i, lead in enumerate(leads)
+            _delivery_for(result, index, len(results), route, source)
+            for index, result in enumerate(results)
         ]
+        if not prepared:
+            return []
         try:
             return self._store(req, route, source, prepared)
         except RedisError as exc:
-            log.error("route %s: Redis unavailable, answering 503: %s", route.name, exc)
+            why = "Redis is full (maxmemory reached)" if is_full(exc) else "Redis is unavailable"
+            log.error(
+                "route %s: %s, answering 503: %s",
+                route.name,
+                why,
+                exc,
+                extra={"event": "webhook.not_stored", "route": route.name, "status": 503},
+            )
             raise StorageUnavailable(
                 "the bridge cannot store this webhook right now (queue unavailable): retry later"
             ) from None
-
-    def _prepare(
-        self,
-        req: InboundRequest,
-        route: Route,
-        source: Source,
-        lead: Lead,
-        index: int,
-        count: int,
-        received_at: str,
-    ) -> Delivery:
-        event_id = event_id_for(req, lead, index, count)
-        event = Event.from_lead(
-            lead,
-            route=route.name,
-            source=source.name,
-            event_id=event_id,
-            received_at=received_at,
-        )
-        delivery = Delivery(
-            id=new_delivery_id(),
-            route=route.name,
-            source=source.name,
-            status="queued",
-            event=event,
-            received_at=received_at,
-            lead_index=index,
-        )
-        if event.fetch:
-            return delivery  # mapped by the job, after it fetched the lead
-        try:
-            delivery.contact = map_event(event, route)
-        except Unmappable as exc:
-            if source.unmappable == "reject" and count == 1:
-                raise
-            delivery.status = "skipped"
-            delivery.reason_code = "unmappable"
-            delivery.reason = exc.message
-        return delivery
 
     def _store(
         self, req: InboundRequest, route: Route, source: Source, deliveries: list[Delivery]
@@ -157,7 +116,7 @@ class Ingest:
         results: list = []
         try:
             for delivery in deliveries:
-                key = dedup_key(route.name, delivery.event.event_id)
+                key = keys.dedup(route.name, delivery.event.event_id)
                 if self.redis.set(key, delivery.id, nx=True, ex=ttl):
                     claimed.append(key)
                     fresh.append(delivery)
@@ -173,6 +132,15 @@ class Ingest:
                 claimed.append(key)
                 fresh.append(delivery)
                 accepted.append(Accepted(delivery.id, delivery.status, delivery.reason))
+            if fresh and source.dedups_body:
+                body_key, earlier = self._claim_body(req, route, fresh[0].id, ttl)
+                if earlier:
+                    # The same signed body under another event id: a captured request re-sent
+                    # with its unsigned id header changed, or one event sent by two hooks.
+                    self.redis.delete(*claimed)
+                    metrics.count(self.redis, "duplicate", route.name)
+                    return [Accepted(earlier, "duplicate") for _ in deliveries]
+                claimed.append(body_key)
             if fresh:
                 pipe = transaction(self.redis)
                 raw_id = f"r{secrets.token_hex(8)}"
@@ -195,6 +163,18 @@ class Ingest:
                     self.store.log_on(pipe, delivery.id, delivery.status, detail)
                     metrics.count_on(pipe, delivery.status, route.name)
                 results = pipe.execute()
+                for delivery in fresh:
+                    log.info(
+                        "route %s: %s %s",
+                        route.name,
+                        delivery.status,
+                        delivery.id,
+                        extra={
+                            "event": f"webhook.{delivery.status}",
+                            "route": route.name,
+                            "delivery_id": delivery.id,
+                        },
+                    )
         except RedisError:
             if claimed:
                 try:
@@ -209,14 +189,45 @@ class Ingest:
             log.warning("route %s: stored, but no drain started (%s)", route.name, exc)
         return accepted
 
+    def _claim_body(
+        self, req: InboundRequest, route: Route, delivery_id: str, ttl: int
+    ) -> tuple[str, str | None]:
+        """Claim the request's body hash for ``delivery_id``: (the key, None), or (the key, the
+        delivery the same body made before)."""
+        key = keys.dedup(route.name, f"body:{req.body_hash}")
+        if self.redis.set(key, delivery_id, nx=True, ex=ttl):
+            return key, None
+        earlier = (self.redis.get(key) or b"").decode()
+        if earlier and self.store.exists(earlier):
+            return key, earlier
+        self.redis.set(key, delivery_id, ex=ttl)  # claimed but never stored (a crash): take over
+        return key, None
 
-def event_id_for(req: InboundRequest, lead: Lead, index: int, count: int) -> str:
-    """What dedup keys on: the provider's id, else the body hash (with the lead's place in a
-    batch)."""
-    event_id = str(lead.event_id).strip()[:MAX_EVENT_ID_CHARS] if lead.event_id else ""
-    if event_id:
-        return event_id
-    return req.body_hash if count == 1 else f"{req.body_hash}:{index}"
+
+def _delivery_for(
+    result: LeadResult, index: int, count: int, route: Route, source: Source
+) -> Delivery:
+    """The delivery to store for one lead of a request: queued, or skipped as unmappable
+    (refused with a 422 instead when it is the request's only lead and the sender shows
+    errors to its user)."""
+    delivery = Delivery(
+        id=new_delivery_id(),
+        route=route.name,
+        source=source.name,
+        status="queued",
+        event=result.event,
+        received_at=result.event.received_at,
+        lead_index=index,
+    )
+    if result.unmappable is None:
+        delivery.contact = result.contact  # None for a lead the job fetches first
+        return delivery
+    if source.unmappable == "reject" and count == 1:
+        raise result.unmappable
+    delivery.status = "skipped"
+    delivery.reason_code = "unmappable"
+    delivery.reason = result.unmappable.message
+    return delivery
 
 
 class _Handshake(Exception):

@@ -89,82 +89,105 @@ def map_event(event: Event, route: Route) -> dict[str, Any]:
     Raises ``Unmappable`` naming the field when there is no usable phone number or a route
     expression fails.
     """
-    doc = event.to_dict()
-    flat = flatten(event.fields)
-    # Fields an adapter typed as name / phone / email are not metadata as well.
-    typed = {text(v) for k, v in event.hints.items() if k != "country" and text(v)}
-    used: set[str] = {k for k, v in flat.items() if not isinstance(v, list) and text(v) in typed}
-
-    def mapped(field: str) -> Any:
-        expr = route.fields.get(field)
-        if expr is None:
-            return None
-        return search(expr, doc, field)
-
-    # Phone
-    phone_raw = mapped("phoneNumber")
-    if "phoneNumber" not in route.fields:
-        phone_raw = event.hints.get("phone")
-        if phone_raw is None:
-            phone_raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS, value_ok=_phoneish)
-        if phone_raw is None:  # a phone-named field with a bad value: say what is wrong with it
-            phone_raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS)
-    if _blank(phone_raw):
-        where = (
-            f"the expression {route.fields['phoneNumber']!r} found nothing"
-            if "phoneNumber" in route.fields
-            else "no field looks like a phone number (map one with [routes.fields] phoneNumber)"
-        )
-        raise Unmappable(f"no phone number: {where}", field="phoneNumber")
-    if isinstance(phone_raw, list) and phone_raw:
-        phone_raw = phone_raw[0]
-    country = mapped("country") or event.hints.get("country") or guess(flat, COUNTRY_KEYS, set())
-    hint = country if isinstance(country, str) and len(country.strip()) == 2 else None
-    try:
-        phone = to_e164(phone_raw, region=route.region, country_hint=hint)
-    except InvalidPhone as exc:
-        raise Unmappable(f"phone number: {exc}", field="phoneNumber") from None
-
-    # Name
-    name = text(mapped("name")) or text(event.hints.get("name"))
-    if not name:
-        first = text(mapped("firstName")) or text(event.hints.get("first_name"))
-        last = text(mapped("lastName")) or text(event.hints.get("last_name"))
-        if not first and not last and "firstName" not in route.fields:
-            first = text(guess(flat, FIRST_KEYS, used))
-            last = text(guess(flat, LAST_KEYS, used))
-        name = " ".join(p for p in (first, last) if p)
-    if not name and "name" not in route.fields:
-        name = text(guess(flat, NAME_KEYS, used, parts=("name",), exclude=NAME_EXCLUDE))
-    name = (name or phone)[:MAX_NAME_CHARS].strip()
-
-    # Email (OliAI contacts have no email field: it goes to metadata)
-    email = mapped("email") or event.hints.get("email")
-    if email is None:
-        email = guess(flat, EMAIL_KEYS, used, parts=("email",), value_ok=lambda v: "@" in str(v))
-    email = text(email)
-
+    m = _Mapper(event, route)
+    phone_raw, phone = m.phone()
+    name = m.name(phone)
+    email = m.email()
     contact: dict[str, Any] = {"name": name, "phoneNumber": phone}
-    language = text(mapped("language")) or route.language
+    language = text(m.mapped("language")) or route.language
     if language and LANGUAGE.match(language):
         contact["language"] = language
-
     # Whatever became the name, phone or email is not metadata too (mapped or typed fields).
-    taken = {text(phone_raw), email, *name.split(" ")} - {""}
-    used |= {k for k, v in flat.items() if not isinstance(v, list) and text(v) in taken}
-    if route.metadata:
-        metadata = {}
-        for key, expr in route.metadata.items():
-            value = scalar(search(expr, doc, f"metadata.{key}"))
-            if value is not None:
-                metadata[key] = value
-    else:
-        # leave room for the email, which always goes to metadata
-        metadata = default_metadata(flat, used, MAX_METADATA_KEYS - (1 if email else 0))
-    if email and "email" not in metadata and len(metadata) < MAX_METADATA_KEYS:
-        metadata["email"] = email[:MAX_METADATA_VALUE_CHARS]
-    contact["metadata"] = metadata
+    m.taken({text(phone_raw), email, *name.split(" ")} - {""})
+    contact["metadata"] = m.metadata(email)
     return contact
+
+
+class _Mapper:
+    """One event read for one route: the expressions' document, its flattened fields, and the
+    keys already used (a field that became the phone is not guessed as the name too)."""
+
+    def __init__(self, event: Event, route: Route):
+        self.event, self.route = event, route
+        self.doc = event.to_dict()
+        self.flat = flatten(event.fields)
+        # Fields an adapter typed as name / phone / email are not metadata as well.
+        typed = {text(v) for k, v in event.hints.items() if k != "country" and text(v)}
+        self.used: set[str] = {k for k, v in self.flat.items() if self._holds(v, typed)}
+
+    @staticmethod
+    def _holds(value: Any, texts: set[str]) -> bool:
+        return not isinstance(value, list) and text(value) in texts
+
+    def taken(self, texts: set[str]) -> None:
+        self.used |= {k for k, v in self.flat.items() if self._holds(v, texts)}
+
+    def mapped(self, field: str) -> Any:
+        expr = self.route.fields.get(field)
+        return None if expr is None else search(expr, self.doc, field)
+
+    def phone(self) -> tuple[Any, str]:
+        """The phone as found and as E.164."""
+        fields, hints, flat, used = self.route.fields, self.event.hints, self.flat, self.used
+        raw = self.mapped("phoneNumber")
+        if "phoneNumber" not in fields:
+            raw = hints.get("phone")
+            if raw is None:
+                raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS, value_ok=_phoneish)
+            if raw is None:  # a phone-named field with a bad value: say what is wrong with it
+                raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS)
+        if _blank(raw):
+            where = (
+                f"the expression {fields['phoneNumber']!r} found nothing"
+                if "phoneNumber" in fields
+                else "no field looks like a phone number (map one with [routes.fields] phoneNumber)"
+            )
+            raise Unmappable(f"no phone number: {where}", field="phoneNumber")
+        if isinstance(raw, list) and raw:
+            raw = raw[0]
+        country = self.mapped("country") or hints.get("country") or guess(flat, COUNTRY_KEYS, set())
+        hint = country if isinstance(country, str) and len(country.strip()) == 2 else None
+        try:
+            return raw, to_e164(raw, region=self.route.region, country_hint=hint)
+        except InvalidPhone as exc:
+            raise Unmappable(f"phone number: {exc}", field="phoneNumber") from None
+
+    def name(self, phone: str) -> str:
+        hints, flat, used = self.event.hints, self.flat, self.used
+        name = text(self.mapped("name")) or text(hints.get("name"))
+        if not name:
+            first = text(self.mapped("firstName")) or text(hints.get("first_name"))
+            last = text(self.mapped("lastName")) or text(hints.get("last_name"))
+            if not first and not last and "firstName" not in self.route.fields:
+                first = text(guess(flat, FIRST_KEYS, used))
+                last = text(guess(flat, LAST_KEYS, used))
+            name = " ".join(p for p in (first, last) if p)
+        if not name and "name" not in self.route.fields:
+            name = text(guess(flat, NAME_KEYS, used, parts=("name",), exclude=NAME_EXCLUDE))
+        return (name or phone)[:MAX_NAME_CHARS].strip()
+
+    def email(self) -> str:
+        """OliAI contacts have no email field: it goes to metadata."""
+        email = self.mapped("email") or self.event.hints.get("email")
+        if email is None:
+            email = guess(
+                self.flat, EMAIL_KEYS, self.used, parts=("email",), value_ok=lambda v: "@" in str(v)
+            )
+        return text(email)
+
+    def metadata(self, email: str) -> dict[str, Any]:
+        if self.route.metadata:
+            metadata = {}
+            for key, expr in self.route.metadata.items():
+                value = scalar(search(expr, self.doc, f"metadata.{key}"))
+                if value is not None:
+                    metadata[key] = value
+        else:
+            # leave room for the email, which always goes to metadata
+            metadata = default_metadata(self.flat, self.used, MAX_METADATA_KEYS - bool(email))
+        if email and "email" not in metadata and len(metadata) < MAX_METADATA_KEYS:
+            metadata["email"] = email[:MAX_METADATA_VALUE_CHARS]
+        return metadata
 
 
 def default_metadata(

@@ -29,6 +29,8 @@ CONTACT_FIELDS = {
     "country": "country",
 }
 SECRET_KEYS = ("api_key", "secret", "token", "basic_auth", "verify_token", "access_token")
+#: Route keys that take a list of values while the credential is rotated (every one is valid).
+ROTATABLE_KEYS = ("secret", "token", "basic_auth", "verify_token")
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,34 @@ class DeliverySettings:
 
 
 @dataclass(frozen=True)
+class CampaignSettings:
+    """A route's ``[routes.campaign]``: put each lead on a call (``bridge`` docs: campaigns)."""
+
+    mode: str  # per_lead | window
+    flow_id: str | None = None
+    flow_name: str | None = None  # resolved once through GET /flows, then cached
+    every_minutes: int = defaults.CAMPAIGN_WINDOW_MINUTES
+    #: per_lead campaigns allowed per minute for the route; leads above it join a window
+    per_lead_max_per_minute: int = defaults.CAMPAIGN_PER_LEAD_MAX_PER_MINUTE
+    calling_hours: str | None = None
+    days: str | None = None
+    timezone: str | None = None
+    #: Dialing settings passed to POST /campaigns (None: the API's defaults)
+    calls_per_minute: int | None = None
+    max_concurrent_calls: int | None = None
+    max_retries: int | None = None
+    retry_delay_minutes: int | None = None
+    call_timeout_minutes: int | None = None
+
+
+@dataclass(frozen=True)
 class Route:
-    """One ``[[routes]]`` entry. Secrets are kept out of ``repr``."""
+    """One ``[[routes]]`` entry. Secrets are kept out of ``repr``.
+
+    ``secret``, ``token``, ``basic_auth`` and ``verify_token`` hold a string, or a tuple of
+    strings while the credential is rotated (``secret = ["${OLD}", "${NEW}"]``); read them with
+    ``values_of``.
+    """
 
     name: str
     source: str
@@ -68,15 +96,25 @@ class Route:
     metadata: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     api_base_url: str | None = None
-    secret: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    basic_auth: str | None = field(default=None, repr=False)
-    verify_token: str | None = field(default=None, repr=False)
+    secret: str | tuple[str, ...] | None = field(default=None, repr=False)
+    token: str | tuple[str, ...] | None = field(default=None, repr=False)
+    basic_auth: str | tuple[str, ...] | None = field(default=None, repr=False)
+    verify_token: str | tuple[str, ...] | None = field(default=None, repr=False)
     access_token: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
+    campaign: CampaignSettings | None = None
+
+    def values_of(self, key: str) -> tuple[str, ...]:
+        """Every valid value of a credential key: one, or several while it is rotated (the
+        newest last, as the rotation steps in the docs add it)."""
+        value = getattr(self, key)
+        if not value:
+            return ()
+        return (value,) if isinstance(value, str) else tuple(v for v in value if v)
 
     def secrets(self) -> list[str]:
-        return [v for v in (getattr(self, k) for k in SECRET_KEYS) if v]
+        """Every secret value of the route, each value of a rotation list included."""
+        return [v for k in SECRET_KEYS for v in self.values_of(k)]
 
 
 @dataclass(frozen=True)
@@ -95,10 +133,14 @@ class Settings:
     public_url: str | None = None
     source_path: str | None = None
     warnings: tuple[str, ...] = ()
-    #: From the environment of the process (``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``).
+    #: From the environment of the process (``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``,
+    #: ``LOG_FORMAT``, ``REDIS_SSL_CERT_REQS``, ``REDIS_SSL_CA_CERTS``).
     port: int = defaults.PORT
     web_concurrency: int = defaults.WEB_CONCURRENCY
     log_level: str = defaults.LOG_LEVEL
+    log_format: str = defaults.LOG_FORMAT
+    redis_ssl_cert_reqs: str = defaults.REDIS_SSL_CERT_REQS
+    redis_ssl_ca_certs: str | None = None
 
     def api_key_for(self, route: Route) -> str | None:
         return route.api_key or self.oliai.api_key

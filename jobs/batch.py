@@ -41,8 +41,7 @@ from urllib.parse import urlencode
 
 from rq import get_current_job
 
-from bridge import defaults, metrics
-from bridge.deliveries import Delivery, delivery_key
+from bridge import keys, logs, metrics
 from bridge.exceptions import (
     ApiError,
     Deferred,
@@ -54,18 +53,13 @@ from bridge.exceptions import (
     ValidationFailed,
 )
 from bridge.queue import transaction
+from bridge.record import Delivery
 from bridge.settings import Route
 from jobs import payloads
 from jobs.audiences import forget_audience, resolve_audience
-from jobs.deliver import (
-    LEASE_REFRESH,
-    LEASE_SECONDS,
-    Context,
-    Deliverer,
-    backoff,
-    context,
-    reason_code,
-)
+from jobs.campaigns import schedule_step
+from jobs.context import Context, context
+from jobs.deliver import LEASE_REFRESH, LEASE_SECONDS, Deliverer, backoff, reason_code
 from jobs.lanes import (
     IMPORT_HINT_PATH,
     Lanes,
@@ -88,7 +82,6 @@ from jobs.ratelimit import BULK, GENERAL, RateLimiter
 
 log = logging.getLogger(__name__)
 
-P = defaults.KEY_PREFIX
 #: Set by the worker when it is asked to stop: a drain hands its lane on after the current batch.
 STOPPING = threading.Event()
 #: A drain may sleep this long in place for a token or an import's answer, and only while no
@@ -126,20 +119,10 @@ def drain(kid: str, lane: str, wake_at_ms: int | None = None) -> str:
     return Drainer(context(), kid, lane, job_id).run(wake_at_ms)
 
 
-def bulk_size_key(kid: str) -> str:
-    return f"{P}bulkmax:{kid}"
-
-
-def import_bytes_key(kid: str) -> str:
-    return f"{P}importbytes:{kid}"
-
-
-def import_lock_key(kid: str) -> str:
-    return f"{P}lock:import:{kid}"
-
-
-def known_imports_key(kid: str) -> str:
-    return f"{P}imports:known:{kid}"
+bulk_size_key = keys.bulk_size
+import_bytes_key = keys.import_bytes
+import_lock_key = keys.import_lock
+known_imports_key = keys.known_imports
 
 
 @dataclass
@@ -343,7 +326,7 @@ class Drainer:
             pipe.set(drain_lease_key(self.job_id), "1", px=lease_ms)
             for batch_id in list(self.held):
                 pipe.set(batch_lease_key(batch_id), self.job_id, px=lease_ms, xx=True)
-                pipe.zadd(f"{P}batches", {batch_id: now_ms() + lease_ms}, xx=True)
+                pipe.zadd(keys.BATCHES, {batch_id: now_ms() + lease_ms}, xx=True)
             pipe.execute()
             current = self.redis.get(trigger_key(self.kid, self.lane))
             if current is not None and current.decode() == self.job_id:
@@ -386,7 +369,7 @@ class Drainer:
             chunk = tickets[start : start + WRITE_CHUNK]
             pipe = self.redis.pipeline(transaction=False)
             for ticket in chunk:
-                pipe.hgetall(delivery_key(delivery_id_of(ticket)))
+                pipe.hgetall(keys.delivery(delivery_id_of(ticket)))
             for ticket, raw in zip(chunk, pipe.execute(), strict=True):
                 if not raw:
                     continue
@@ -423,7 +406,8 @@ class Drainer:
         if together:
             self.send_together(batch_id, together, import_ok=plan.kind == "import")
         for d in alone:
-            self.deliverer.attempt(d)
+            with logs.context(delivery_id=d.id, route=d.route):  # on its lines, calls included
+                self.deliverer.alone(d)
 
     def move(self, deliveries: list[Delivery]) -> None:
         pipe = transaction(self.redis)
@@ -477,7 +461,8 @@ class Drainer:
             work.transient(None, f"internal error: {type(exc).__name__}: {exc}")
         # Rows a bulk answer left out go alone: the single path says why (#7).
         for d in work.alone:
-            self.deliverer.attempt(d, counted=True)
+            with logs.context(delivery_id=d.id, route=d.route):
+                self.deliverer.alone(d, counted=True)
 
     # --- /contacts/bulk ---------------------------------------------------------------------
 
@@ -579,17 +564,18 @@ class Drainer:
         return self.audiences[route.name]
 
     def finish(self, deliveries: list[Delivery], audience_id: str, note: str | None = None) -> None:
-        """In the audience: delivered (``note``: the import that put them there)."""
+        """In the audience: delivered (``note``: the import that put them there); a route's
+        campaign step follows, as after a lead sent alone."""
         changed = ("audience_id", "audience_added", "contact_id", "batch_id", *FINAL_FIELDS)
         for start in range(0, len(deliveries), WRITE_CHUNK):
             pipe = transaction(self.redis)
-            routes: dict[str, int] = {}
+            now = time.time()
+            done: list[tuple[Delivery, float]] = []
             for d in deliveries[start : start + WRITE_CHUNK]:
                 d.audience_id = audience_id
                 d.audience_added = True
-                self.store.log_on(
-                    pipe, d.id, *(("imported", note) if note else ("audience_added", audience_id))
-                )
+                entry = ("imported", note) if note else ("audience_added", audience_id)
+                self.store.log_on(pipe, d.id, *entry)
                 d.status = "delivered"
                 d.reason_code = d.reason = None
                 d.last_api = None
@@ -598,10 +584,23 @@ class Drainer:
                 if d.contact_id is None:
                     what = f"in audience {d.audience_id}"
                 self.store.update(d, "delivered", what, pipe=pipe, only=changed)
-                routes[d.route] = routes.get(d.route, 0) + 1
-            for route, count in routes.items():
-                metrics.count_on(pipe, "delivered", route, amount=count)
+                latency = metrics.delivered_on(pipe, d.route, d.received_at, now)
+                done.append((d, latency))
+                route = self.settings.routes.get(d.route)
+                if route is not None:
+                    schedule_step(pipe, self.ctx.queue, d.id, route)
             pipe.execute()
+            for d, latency in done:
+                log.info(
+                    "delivered %.1f s after receipt",
+                    latency,
+                    extra={
+                        "event": "delivery.delivered",
+                        "latency_seconds": round(latency, 3),
+                        "delivery_id": d.id,
+                        "route": d.route,
+                    },
+                )
 
     def mark(
         self,
@@ -645,6 +644,8 @@ class Drainer:
             except PayloadRefused:
                 continue  # a metadata key the import format reserves: /contacts/bulk takes it
             route = self.settings.routes[d.route]
+            if route.campaign is not None:
+                continue  # its campaign step needs the contact id, which an import does not give
             by_audience.setdefault(self.audience_for(route), []).append((d, row))
         audience_id, rows = max(by_audience.items(), key=lambda kv: len(kv[1]), default=("", []))
         if len(rows) < IMPORT_MIN_ROWS:
@@ -712,7 +713,7 @@ class Drainer:
             importing_key(self.kid, self.lane),
             {batch_id: now_ms() + int(IMPORT_POLL_FIRST * 1000)},
         )
-        pipe.zrem(f"{P}batches", batch_id)
+        pipe.zrem(keys.BATCHES, batch_id)
         pipe.delete(batch_lease_key(batch_id))
         pipe.execute()
         self.held.discard(batch_id)

@@ -19,15 +19,11 @@ import random
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import requests
-from redis import Redis
-from rq import Queue, get_current_job
+from rq import get_current_job
 
-from bridge import defaults, metrics
-from bridge.deliveries import Delivery, DeliveryStore
-from bridge.event import Event
+from bridge import keys, logs, metrics
 from bridge.exceptions import (
     ApiError,
     ApiForbidden,
@@ -44,105 +40,31 @@ from bridge.exceptions import (
     Unmappable,
     ValidationFailed,
 )
-from bridge.mapping import map_event
-from bridge.queue import enqueue, make_queue, transaction
-from bridge.settings import Route, Settings
+from bridge.pipeline import fetched_event, map_lead
+from bridge.queue import enqueue, transaction
+from bridge.record import Delivery
+from bridge.settings import Route
 from bridge.sources import get_source
 from jobs import payloads
 from jobs.audiences import forget_audience, resolve_audience
-from jobs.lanes import NO_KEY, Lanes, lane_kid, now_ms, requeue
+from jobs.campaigns import schedule_step
+from jobs.context import Context, context
+from jobs.lanes import now_ms, requeue
 from jobs.oliai import OliAIClient
-from jobs.ratelimit import RateLimiter, key_id
+from jobs.ratelimit import key_id
 
 log = logging.getLogger(__name__)
 
-P = defaults.KEY_PREFIX
 #: A running delivery holds a lease refreshed every LEASE_REFRESH seconds; when its worker dies
 #: the lease lapses and the reaper (``jobs.reaper``) hands the delivery to another worker.
 LEASE_SECONDS = 15.0
 LEASE_REFRESH = 5.0
 
 
-def lease_key(delivery_id: str) -> str:
-    return f"{P}lease:{delivery_id}"
-
-
-@dataclass
-class Context:
-    """What a worker process needs to deliver: built once per process."""
-
-    settings: Settings
-    redis: Redis
-    queue: Queue = None  # type: ignore[assignment]
-    store: DeliveryStore = None  # type: ignore[assignment]
-    http: requests.Session = field(default_factory=requests.Session)
-    clients: dict[tuple[str, str], OliAIClient] = field(default_factory=dict)
-    lanes: Lanes = None  # type: ignore[assignment]
-
-    def __post_init__(self):
-        if self.queue is None:
-            self.queue = make_queue(self.redis, self.settings.queue_name)
-        if self.store is None:
-            self.store = DeliveryStore.for_settings(self.redis, self.settings)
-        if self.lanes is None:
-            self.lanes = Lanes(self.redis)
-
-    def kid_for(self, d: Delivery) -> str:
-        """The key id ``d`` queues under now (its route's key, per the current settings)."""
-        route = self.settings.routes.get(d.route)
-        return lane_kid(self.settings, route) if route is not None else NO_KEY
-
-    def api_key_for_kid(self, kid: str) -> str | None:
-        """The configured API key whose id is ``kid`` (None: no longer configured)."""
-        keys = [self.settings.oliai.api_key, *(r.api_key for r in self.settings.routes.values())]
-        for api_key in keys:
-            if api_key and key_id(api_key) == kid:
-                return api_key
-        return None
-
-    def client_for(self, api_key: str) -> OliAIClient:
-        base_url = self.settings.oliai.base_url
-        cached = self.clients.get((base_url, api_key))
-        if cached is None:
-            o = self.settings.oliai
-            limiter = RateLimiter(
-                self.redis,
-                api_key,
-                window_seconds=o.rate_window_seconds,
-                general_per_window=o.general_per_minute,
-                bulk_per_window=o.bulk_per_minute,
-            )
-            cached = OliAIClient(
-                base_url,
-                api_key,
-                limiter=limiter,
-                timeout=(defaults.OLIAI_CONNECT_TIMEOUT_SECONDS, o.timeout_seconds),
-            )
-            self.clients[(base_url, api_key)] = cached
-        return cached
-
-
-#: The worker's context: ``oliai-bridge worker`` (``jobs.worker``) sets it once at start with
-#: the settings it loaded; RQ calls ``deliver`` with the delivery id alone.
-_context: Context | None = None
-
-
-def configure(settings: Settings, redis: Redis) -> Context:
-    """Called once by the worker at start (and by tests) with the settings to deliver with."""
-    global _context
-    _context = Context(settings=settings, redis=redis)
-    return _context
-
-
-def context() -> Context:
-    if _context is None:
-        raise RuntimeError("deliveries run in `oliai-bridge worker`, which configures them")
-    return _context
-
-
 def deliver(delivery_id: str) -> str:
     """The RQ job. Returns the delivery's status after this attempt."""
-    return Deliverer(context()).run(delivery_id)
+    with logs.context(delivery_id=delivery_id):  # on every line logged while it runs
+        return Deliverer(context()).run(delivery_id)
 
 
 class Deliverer:
@@ -157,17 +79,11 @@ class Deliverer:
         if d is None:
             log.warning("delivery %s: not found (expired?), nothing to do", delivery_id)
             return "missing"
+        logs.bind(route=d.route)
         if d.terminal:
             return d.status
-        job = get_current_job()
-        if job is not None and d.job_id and job.id != d.job_id:
-            log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
+        if self.stale(d):
             return "stale"
-        return self.attempt(d)
-
-    def attempt(self, d: Delivery, *, counted: bool = False) -> str:
-        """One attempt at ``d`` alone (its own job, or a lead a drain sends by itself);
-        ``counted``: the attempt is already recorded (a batch sends this one alone after all)."""
         route = self.settings.routes.get(d.route)
         if route is None:
             return self.fail(d, "route_removed", f"route {d.route!r} is no longer configured")
@@ -175,23 +91,59 @@ class Deliverer:
         if not api_key:
             return self.fail(d, "no_api_key", "no OliAI API key is configured for this route")
         client = self.ctx.client_for(api_key)
-        kid = key_id(api_key)
-        wait = client.limiter.wait_time() if client.limiter is not None else 0.0
-        if wait > 0:
-            # No token for this key now: come back when one is free, without counting an
-            # attempt. Spread the comeback over part of the window, or every waiting job
-            # would return at the same instant and all but a few would wait again.
-            spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
-            said = self.store.last_history(d.id).get("what") == "rate_limited"
-            if counted:
-                d.attempts -= 1  # its batch counted an attempt that never reached the API
-            return self.reschedule(
-                d,
-                wait + spread,
-                None if said else "rate_limited",
-                f"no token free for this API key: next try in {wait + spread:.1f} s",
-            )
+        waiting = self.wait_for_token(d, client)
+        if waiting is not None:
+            return waiting
+        return self.attempt(d, route, client, key_id(api_key))
 
+    def alone(self, d: Delivery, *, counted: bool = False) -> str:
+        """A lead a drain (``jobs.batch``) sends by itself: the checks of ``run`` but the stale
+        job (its ticket was checked when claimed); ``counted``: its batch recorded the attempt."""
+        route = self.settings.routes.get(d.route)
+        if route is None:
+            return self.fail(d, "route_removed", f"route {d.route!r} is no longer configured")
+        api_key = self.settings.api_key_for(route)
+        if not api_key:
+            return self.fail(d, "no_api_key", "no OliAI API key is configured for this route")
+        client = self.ctx.client_for(api_key)
+        waiting = self.wait_for_token(d, client, counted=counted)
+        if waiting is not None:
+            return waiting
+        return self.attempt(d, route, client, key_id(api_key), counted=counted)
+
+    def stale(self, d: Delivery) -> bool:
+        """True when this job is not the delivery's current one (a duplicate or late job)."""
+        job = get_current_job()
+        if job is not None and d.job_id and job.id != d.job_id:
+            log.info("delivery %s: job %s is stale (current %s)", d.id, job.id, d.job_id)
+            return True
+        return False
+
+    def wait_for_token(
+        self, d: Delivery, client: OliAIClient, *, counted: bool = False
+    ) -> str | None:
+        """Reschedule the delivery when its key has no token free now (its status then), without
+        counting an attempt; None when it may go."""
+        wait = client.limiter.wait_time() if client.limiter is not None else 0.0
+        if wait <= 0:
+            return None
+        if counted:
+            d.attempts -= 1  # its batch counted an attempt that never reached the API
+        # Spread the comeback over part of the window, or every waiting job would return at
+        # the same instant and all but a few would wait again.
+        spread = random.uniform(0.05, max(0.5, client.limiter.window_seconds / 4))
+        said = self.store.last_history(d.id).get("what") == "rate_limited"
+        return self.reschedule(
+            d,
+            wait + spread,
+            None if said else "rate_limited",
+            f"no token free for this API key: next try in {wait + spread:.1f} s",
+        )
+
+    def attempt(
+        self, d: Delivery, route: Route, client: OliAIClient, kid: str, *, counted: bool = False
+    ) -> str:
+        """One attempt at the steps left, under the lease; every outcome is decided here."""
         d.status = "delivering"
         d.batch_id = None  # from here on its own lease says it is alive
         if not counted:
@@ -232,8 +184,18 @@ class Deliverer:
         d.status = "delivered"
         d.reason_code = d.reason = None
         d.last_api = None
-        self.store.update(d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}")
-        metrics.count(self.redis, "delivered", d.route)
+        pipe = transaction(self.redis)
+        self.store.update(
+            d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}", pipe=pipe
+        )
+        schedule_step(pipe, self.ctx.queue, d.id, route)
+        pipe.execute()
+        seconds = metrics.delivered(self.redis, d.route, d.received_at)
+        log.info(
+            "delivered %.1f s after receipt",
+            seconds,
+            extra={"event": "delivery.delivered", "latency_seconds": round(seconds, 3)},
+        )
         return d.status
 
     # --- the steps -----------------------------------------------------------------------
@@ -245,21 +207,14 @@ class Deliverer:
                 lead = source.fetch(
                     d.event, route, self.ctx.http, self.settings.oliai.timeout_seconds
                 )
-                d.event = Event.from_lead(
-                    lead,
-                    route=d.route,
-                    source=d.source,
-                    event_id=d.event.event_id,
-                    received_at=d.event.received_at,
-                )
-                d.event.fetch = None
+                d.event = fetched_event(d.event, lead)
                 self.store.update(
                     d,
                     "fetched",
                     f"lead fields: {', '.join(sorted(d.event.fields))}",
                     recheck_in=LEASE_SECONDS,
                 )
-            d.contact = map_event(d.event, route)
+            d.contact = map_lead(d.event, route).contact_or_raise()
             self.store.update(d, "mapped", d.contact["phoneNumber"], recheck_in=LEASE_SECONDS)
         if not d.contact_id:
             d.contact_id, what = self.upsert(d.contact, route, client)
@@ -321,8 +276,7 @@ class Deliverer:
         d.status = "retrying"
         if d.lane:
             # Back in its lane, due after ``delay``: the drain that runs it wakes up for it.
-            kid = self.ctx.kid_for(d)
-            requeue(pipe, d, kid, due_ms=now_ms() + int(delay * 1000))
+            requeue(pipe, d, self.ctx.kid_for(d), due_ms=now_ms() + int(delay * 1000))
         else:
             enqueue(
                 self.ctx.queue,
@@ -334,6 +288,7 @@ class Deliverer:
         # The reaper looks just after the due time, in case no scheduler promotes it.
         self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 4)
         pipe.execute()
+        log.info("next try in %.1f s: %s", delay, detail, extra={"event": "delivery.retrying"})
         return d.status
 
     def transient(self, d: Delivery, message: str) -> str:
@@ -360,7 +315,14 @@ class Deliverer:
         d.reason = message
         self.store.update(d, "failed", message)
         metrics.count(self.redis, "failed", d.route, code)
-        log.warning("delivery %s (route %s) failed: %s: %s", d.id, d.route, code, message)
+        log.warning(
+            "delivery %s (route %s) failed: %s: %s",
+            d.id,
+            d.route,
+            code,
+            message,
+            extra={"event": "delivery.failed", "reason": code},
+        )
         alert(self.ctx, d)
         return d.status
 
@@ -370,7 +332,13 @@ class Deliverer:
         d.reason = message
         self.store.update(d, "skipped", message)
         metrics.count(self.redis, "skipped", d.route)
-        log.warning("delivery %s (route %s) skipped: %s", d.id, d.route, message)
+        log.warning(
+            "delivery %s (route %s) skipped: %s",
+            d.id,
+            d.route,
+            message,
+            extra={"event": "delivery.skipped"},
+        )
         return d.status
 
     def note_api(self, d: Delivery, exc: ApiError) -> None:
@@ -384,7 +352,7 @@ class Deliverer:
     def lease(self, delivery_id: str) -> Iterator[None]:
         """Hold ``lease:<id>`` while working, refreshed by a thread, so the reaper can tell a
         running delivery from one whose worker died."""
-        key = lease_key(delivery_id)
+        key = keys.lease(delivery_id)
         ms = int(LEASE_SECONDS * 1000)
         self.redis.set(key, "1", px=ms)
         stop = threading.Event()

@@ -30,15 +30,14 @@ from redis import Redis
 from redis.client import Pipeline
 from rq import Queue
 
-from bridge import defaults
-from bridge.deliveries import Delivery, delivery_key
+from bridge import defaults, keys
+from bridge.record import Delivery
 from bridge.settings import Route, Settings
 from jobs.ratelimit import key_id
 
-P = defaults.KEY_PREFIX
 DRAIN_FUNC = "jobs.batch.drain"
-LANES_KEY = f"{P}lanes"
-BATCHES_KEY = f"{P}batches"
+LANES_KEY = keys.LANES
+BATCHES_KEY = keys.BATCHES
 #: A trigger that is queued or waiting for the limiter keeps its mark this long at most; a lost
 #: one (a web process that died between storing and enqueueing) is found by the reaper sooner.
 TRIGGER_TTL_MS = 10 * 60 * 1000
@@ -93,36 +92,15 @@ return 0
 """
 
 
-def pending_key(kid: str, lane: str) -> str:
-    return f"{P}pending:{kid}:{lane}"
-
-
-def trigger_key(kid: str, lane: str) -> str:
-    return f"{P}trigger:{kid}:{lane}"
-
-
-def wake_key(kid: str, lane: str) -> str:
-    return f"{P}wake:{kid}:{lane}"
-
-
-def importing_key(kid: str, lane: str) -> str:
-    return f"{P}importing:{kid}:{lane}"
-
-
-def noimport_key(kid: str, lane: str) -> str:
-    return f"{P}noimport:{kid}:{lane}"
-
-
-def batch_key(batch_id: str) -> str:
-    return f"{P}batch:{batch_id}"
-
-
-def batch_lease_key(batch_id: str) -> str:
-    return f"{P}lease:batch:{batch_id}"
-
-
-def drain_lease_key(job_id: str) -> str:
-    return f"{P}lease:drain:{job_id}"
+# The lanes' keys, by the names this module's callers use (all spelled in ``bridge.keys``).
+pending_key = keys.pending
+trigger_key = keys.trigger
+wake_key = keys.wake
+importing_key = keys.importing
+noimport_key = keys.no_import
+batch_key = keys.batch
+batch_lease_key = keys.batch_lease
+drain_lease_key = keys.drain_lease
 
 
 def lane_kid(settings: Settings, route: Route) -> str:
@@ -272,7 +250,7 @@ class Lanes:
                 batch_key(batch_id),
                 batch_lease_key(batch_id),
             ],
-            args=[horizon_ms, limit, batch_id, kid, lane, job_id, lease_ms, delivery_key("")],
+            args=[horizon_ms, limit, batch_id, kid, lane, job_id, lease_ms, keys.delivery("")],
         )
         return batch_id, [t.decode() if isinstance(t, bytes) else t for t in tickets]
 

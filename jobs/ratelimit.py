@@ -17,15 +17,15 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import math
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from redis import Redis
 
-from bridge import defaults
+from bridge import defaults, keys, metrics
 from bridge.exceptions import RateLimited
 
-P = defaults.KEY_PREFIX
 GENERAL = "general"
 BULK = "bulk"
 #: The AIMD state lives as long as the budget is reduced, and a day at most.
@@ -147,6 +147,10 @@ class RateLimiter:
     ):
         self.redis = redis
         self.kid = key_id(api_key)
+        self.pause_key = keys.pause(self.kid)
+        self.general_key = keys.rate_window(self.kid, GENERAL)
+        self.bulk_key = keys.rate_window(self.kid, BULK)
+        self.aimd_key = keys.rate_share(self.kid)
         self.window_ms = int(window_seconds * 1000)
         self.general_limit = max(1, math.floor(general_per_window * headroom))
         self.bulk_limit = max(1, math.floor(bulk_per_window * headroom))
@@ -155,17 +159,10 @@ class RateLimiter:
         self._pause = redis.register_script(PAUSE)
         self._share = redis.register_script(SHARE)
         self._seq = 0
+        self._uid = secrets.token_hex(8)
 
     def __repr__(self) -> str:
         return f"RateLimiter(key={self.kid}, general={self.general_limit}, bulk={self.bulk_limit})"
-
-    @property
-    def pause_key(self) -> str:
-        return f"{P}pause:{self.kid}"
-
-    @property
-    def aimd_key(self) -> str:
-        return f"{P}rl:{self.kid}:aimd"
 
     @property
     def window_seconds(self) -> float:
@@ -184,15 +181,12 @@ class RateLimiter:
     def _run(self, rate_class: str, lane: str | None, take: bool) -> int:
         lane = lane or _lane.get()
         self._seq += 1
-        member = f"{id(self)}:{self._seq}:{self.redis.connection_pool.pid}"
+        # Unique across processes and limiter objects: a member taken twice would count once
+        # (an ``id()`` is reused once its object is gone, so it cannot name the limiter).
+        member = f"{self._uid}:{self._seq}"
         return int(
             self._acquire(
-                keys=[
-                    self.pause_key,
-                    f"{P}rl:{self.kid}:general",
-                    f"{P}rl:{self.kid}:bulk",
-                    self.aimd_key,
-                ],
+                keys=[self.pause_key, self.general_key, self.bulk_key, self.aimd_key],
                 args=[
                     self.window_ms,
                     self.general_limit,
@@ -211,11 +205,15 @@ class RateLimiter:
         """Take a token or raise ``RateLimited`` with the seconds until one is free."""
         wait_ms = self._run(rate_class, lane, take=True)
         if wait_ms > 0:
+            metrics.limiter_wait(self.redis, self.kid, wait_ms / 1000.0)
             raise RateLimited(wait_ms / 1000.0, "local rate limit: no token free yet")
 
     def wait_time(self, rate_class: str = GENERAL, lane: str | None = None) -> float:
         """Seconds until a token of ``rate_class`` would be free (0: now), taking none."""
-        return max(0, self._run(rate_class, lane, take=False)) / 1000.0
+        wait = max(0, self._run(rate_class, lane, take=False)) / 1000.0
+        if wait > 0:  # the caller puts the work off for this long
+            metrics.limiter_wait(self.redis, self.kid, wait)
+        return wait
 
     def pause(self, seconds: float) -> float:
         """The API said 429: pause the key for every worker and halve our budget for it.
@@ -234,6 +232,23 @@ class RateLimiter:
     def paused_for(self) -> float:
         ms = self.redis.pttl(self.pause_key)
         return max(0, ms) / 1000.0
+
+    def usage(self) -> dict[str, float]:
+        """Tokens taken in the current window and the pause left, read without taking one."""
+        seconds, micros = self.redis.time()  # Redis's clock, as the scripts use
+        since = seconds * 1000 + micros // 1000 - self.window_ms
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self.general_key, f"({since}", "+inf")
+        pipe.zcount(self.bulk_key, f"({since}", "+inf")
+        pipe.pttl(self.pause_key)
+        general, bulk, pause_ms = pipe.execute()
+        return {
+            "general_used": general,
+            "general_limit": self.general_limit,
+            "bulk_used": bulk,
+            "bulk_limit": self.bulk_limit,
+            "paused_for": max(0, pause_ms) / 1000.0,
+        }
 
     def share(self) -> float:
         """The share of the budget in force now (1.0: all of it; less after 429s)."""

@@ -8,16 +8,17 @@ or still-running delivery is left alone, so replaying twice never delivers twice
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from redis import Redis
 
-from bridge import defaults
-from bridge.deliveries import IDX_FAILED, Delivery, DeliveryStore, request_from_raw
+from bridge import defaults, keys
+from bridge.deliveries import DeliveryStore
 from bridge.event import Event
 from bridge.exceptions import IngestError
-from bridge.mapping import map_event
+from bridge.pipeline import map_lead, request_events
 from bridge.queue import make_queue, transaction
+from bridge.record import Delivery, request_from_raw
 from bridge.settings import Settings
 from bridge.sources import get_source
 from jobs.lanes import Kick, lane_kid, requeue
@@ -70,7 +71,7 @@ class Replayer:
     def _still_failed(self, delivery_id: str) -> bool:
         # The index itself, not the record: an expired record left in the index must move the
         # offset too, or the same page would come back for ever.
-        return self.redis.zscore(IDX_FAILED, delivery_id) is not None
+        return self.redis.zscore(keys.FAILED, delivery_id) is not None
 
     def replay_many(
         self,
@@ -141,27 +142,21 @@ class Replayer:
             event = self.renormalize(d)
         elif d.contact and d.reason_code != "unmappable":
             return d.contact, event
-        if event.fetch:
-            return None, event
-        return map_event(event, route), event
+        return map_lead(event, route).contact_or_raise(), event
 
     def renormalize(self, d: Delivery) -> Event:
+        """The delivery's lead read again from the stored request with the current config; its
+        id and time of receipt are the ones dedup and the history already know."""
         raw = self.store.raw(d)
         if raw is None:
             raise _Gone("the raw payload has expired: replay without --remap")
         route = self.settings.routes[d.route]
-        source = get_source(route.source)
-        req = request_from_raw(raw)
-        leads = source.normalize(req, source.parse(req), route)
-        if d.lead_index >= len(leads):
-            raise _Gone(f"the payload no longer yields lead #{d.lead_index + 1}")
-        return Event.from_lead(
-            leads[d.lead_index],
-            route=d.route,
-            source=source.name,
-            event_id=d.event.event_id,
-            received_at=d.event.received_at,
+        events = request_events(
+            request_from_raw(raw), route, get_source(route.source), d.event.received_at
         )
+        if d.lead_index >= len(events):
+            raise _Gone(f"the payload no longer yields lead #{d.lead_index + 1}")
+        return replace(events[d.lead_index], event_id=d.event.event_id)
 
 
 class _Gone(IngestError):

@@ -9,13 +9,11 @@ processes exactly as ``oliai-bridge web`` / ``worker`` do.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ from rq import SimpleWorker
 from bridge.app import create_app
 from bridge.config import Settings, build_settings
 from bridge.deliveries import DeliveryStore
+from bridge.processes import Children, StartFailed, wait_for_url, write_toml
 from bridge.queue import make_queue
 from bridge.storage import EmbeddedRedis, free_port
 
@@ -101,13 +100,25 @@ def make_client(redis, make_settings):
     return make
 
 
+def waiting_leads(redis: Redis, queue_name: str) -> int:
+    """Leads waiting for a worker: tickets ready in the lanes' pending sets (``jobs.lanes``),
+    plus deliveries queued as their own RQ job."""
+    from jobs.lanes import Lanes, pending_key
+
+    ready = int(time.time() * 1000)
+    lanes = sum(
+        redis.zcount(pending_key(kid, lane), "-inf", ready) for kid, lane in Lanes(redis).lanes()
+    )
+    queue = make_queue(redis, queue_name)
+    return lanes + sum(1 for job_id in queue.get_job_ids() if not job_id.startswith("drain-"))
+
+
 @pytest.fixture
 def run_jobs(redis):
     """``run_jobs(settings, promote_scheduled=False)``: run every queued job with a real RQ
     worker in this process until the queue is empty; returns how many leads were waiting for
     it (tickets in the lanes' pending sets, plus deliveries queued as their own job)."""
-    from jobs.deliver import configure
-    from jobs.lanes import Lanes, pending_key
+    from jobs.context import configure
 
     def run(settings: Settings, *, promote_scheduled: bool = False) -> int:
         configure(settings, redis)
@@ -117,12 +128,7 @@ def run_jobs(redis):
             for job_id in registry.get_job_ids():
                 registry.remove(job_id)
                 queue.enqueue_job(queue.fetch_job(job_id))
-        ready = int(time.time() * 1000)
-        before = sum(
-            redis.zcount(pending_key(kid, lane), "-inf", ready)
-            for kid, lane in Lanes(redis).lanes()
-        )
-        before += sum(1 for job_id in queue.get_job_ids() if not job_id.startswith("drain-"))
+        before = waiting_leads(redis, settings.queue_name)
         worker = SimpleWorker([queue], connection=redis)
         worker.work(burst=True, logging_level="WARNING")
         return before
@@ -140,23 +146,23 @@ class Stack:
     env: dict[str, str]
     redis: Redis
     store: DeliveryStore
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    logs: Path | None = None
+    children: Children  # logs in children.logdir, one file per process
+
+    @property
+    def processes(self) -> dict[str, subprocess.Popen]:
+        return self.children.procs
+
+    @property
+    def logs(self) -> Path:
+        return self.children.logdir
 
     def hook(self, route: str) -> str:
         return f"{self.url}/hooks/{route}"
 
     def start_worker(self, name: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")  # noqa: SIM115 - kept open for the process
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "worker", "--name", f"{name}-{os.getpid()}"],
-            env=self.env,
-            cwd=REPO_ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
+        return self.children.spawn(
+            name, "-m", "bridge", "worker", "--name", f"{name}-{os.getpid()}"
         )
-        self.processes[name] = proc
-        return proc
 
     def wait_for(self, delivery_id: str, statuses=("delivered",), timeout: float = 20.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -173,30 +179,7 @@ class Stack:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.logs.glob("*.log")))
 
 
-def write_config(path: Path, data: dict[str, Any]) -> Path:
-    """A TOML file from a dict (the small subset our configs use)."""
-    lines: list[str] = []
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, (int, float)):
-            return repr(v)
-        return json.dumps(v)
-
-    for section in ("oliai", "bridge", "delivery"):
-        if section in data:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {value(v)}" for k, v in data[section].items()]
-    for route in data.get("routes", []):
-        lines.append("[[routes]]")
-        tables = {k: v for k, v in route.items() if isinstance(v, dict)}
-        lines += [f"{k} = {value(v)}" for k, v in route.items() if not isinstance(v, dict)]
-        for name, table in tables.items():
-            lines.append(f"[routes.{name}]")
-            lines += [f"{json.dumps(k)} = {value(v)}" for k, v in table.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+write_config = write_toml  # the name the tests know
 
 
 @pytest.fixture
@@ -232,38 +215,19 @@ def make_stack(redis, redis_server, sandbox, tmp_path):
             env=full_env,
             redis=redis,
             store=DeliveryStore(redis),
-            logs=logs,
+            children=Children(env=full_env, cwd=REPO_ROOT, logdir=logs),
         )
         stacks.append(stack)
-        web_log = open(logs / "web.log", "ab")  # noqa: SIM115
-        stack.processes["web"] = subprocess.Popen(
-            [sys.executable, "-m", "bridge", "web", "--host", "127.0.0.1"],
-            env=full_env,
-            cwd=REPO_ROOT,
-            stdout=web_log,
-            stderr=subprocess.STDOUT,
-        )
+        stack.children.spawn("web", "-m", "bridge", "web", "--host", "127.0.0.1")
         for i in range(workers):
             stack.start_worker(f"worker{i + 1}")
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                if requests.get(f"{stack.url}/readyz", timeout=2).status_code == 200:
-                    break
-            except requests.RequestException:  # not listening yet, or workers still booting
-                pass
-            if time.monotonic() > deadline or stack.processes["web"].poll() is not None:
-                raise AssertionError(f"web did not start:\n{stack.log_text()}")
-            time.sleep(0.1)
+        try:
+            # Ready means every web worker reaches Redis; a worker that dies fails the start too.
+            wait_for_url(f"{stack.url}/readyz", timeout=20, watch=stack.children)
+        except StartFailed as exc:
+            raise AssertionError(f"web did not start: {exc}\n{stack.log_text()}") from None
         return stack
 
     yield make
     for stack in stacks:
-        for proc in stack.processes.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in stack.processes.values():
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stack.children.stop_all()

@@ -5,9 +5,10 @@ import time
 
 import pytest
 
+from bridge import keys
 from bridge.deliveries import DeliveryStore
 from jobs.batch import bulk_size_key
-from jobs.deliver import configure
+from jobs.context import configure
 from jobs.lanes import Lanes, lane_kid
 from jobs.reaper import reap_once
 from tests.bridge_fixtures import route_dict
@@ -220,7 +221,7 @@ def test_a_batch_whose_worker_died_goes_back_to_its_lane(make_client, run_jobs, 
         kid, "live", 100, job_id="drain-dead", horizon_ms=int(time.time() * 1000), lease_ms=15_000
     )
     assert len(tickets) == 3 and lanes.ready_count(kid, "live", int(time.time() * 1000)) == 0
-    redis.delete(f"oliai-bridge:lease:batch:{batch_id}")
+    redis.delete(keys.batch_lease(batch_id))
     assert reap_once(ctx) == []  # not due yet: leases are looked at when they would lapse
     assert sorted(reap_once(ctx, now=time.time() + 20)) == sorted(ids)
     assert lanes.batch(batch_id) is None
@@ -240,8 +241,8 @@ def test_a_stale_ticket_does_nothing(make_client, run_jobs, sandbox, redis):
     run_jobs(client.settings)
     assert client.store.get(delivery_id).status == "delivered"
     # the old ticket turns up again (a recovered batch's copy): nothing is sent for it
-    redis.zadd(f"oliai-bridge:pending:{kid}:live", {old_ticket: 0})
-    Lanes(redis).redis.delete(f"oliai-bridge:trigger:{kid}:live")
+    redis.zadd(keys.pending(kid, "live"), {old_ticket: 0})
+    redis.delete(keys.trigger(kid, "live"))
     started = time.time()
     from jobs.lanes import kick_lanes
 

@@ -16,6 +16,9 @@ from sandbox import DEMO_KEY
 
 pytestmark = pytest.mark.e2e
 
+#: Seconds before a step counts as hung; generous, for a busy 2-core machine.
+HANG_GUARD = 60
+
 
 def descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
@@ -42,14 +45,15 @@ def alive(pid: int) -> bool:
     return status.exists() and "zombie" not in status.read_text()
 
 
-def test_dev_runs_everything_and_ctrl_c_stops_everything(tmp_path):
+def test_dev_runs_everything_and_ctrl_c_stops_everything_in_order(tmp_path):
     env = {
         k: v
         for k, v in os.environ.items()
         if k not in ("REDIS_URL", "OLIAI_API_KEY", "OLIAI_BASE_URL", "BRIDGE_CONFIG")
     }
     port, sandbox_port = free_port(), free_port()
-    out = open(tmp_path / "dev.log", "w+")  # noqa: SIM115
+    log = tmp_path / "dev.log"
+    out = open(log, "w+")  # noqa: SIM115
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -66,14 +70,15 @@ def test_dev_runs_everything_and_ctrl_c_stops_everything(tmp_path):
         stdout=out,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # a process group of its own, as a shell gives a command
     )
     try:
-        deadline = time.monotonic() + 60
-        while "oliai-bridge is running" not in (tmp_path / "dev.log").read_text():
-            assert proc.poll() is None, (tmp_path / "dev.log").read_text()
-            assert time.monotonic() < deadline, (tmp_path / "dev.log").read_text()
+        deadline = time.monotonic() + HANG_GUARD
+        while "oliai-bridge is running" not in log.read_text():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, f"hang guard: not started\n{log.read_text()}"
             time.sleep(0.1)
-        banner = (tmp_path / "dev.log").read_text()
+        banner = log.read_text()
         hook = re.search(r"curl -sS -X POST (\S+)", banner).group(1)
         sandbox_url = re.search(r"'(http://\S+/v1)/contacts", banner).group(1)
         assert (tmp_path / ".bridge-data" / "redis" / "appendonly.aof").exists() or any(
@@ -82,37 +87,40 @@ def test_dev_runs_everything_and_ctrl_c_stops_everything(tmp_path):
         children = descendants(proc.pid)
         assert len(children) >= 4  # redis, sandbox, web (+ its workers), worker
 
-        started = time.monotonic()
         r = requests.post(
             hook,
             json={"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"},
             timeout=5,
         )
         assert r.status_code == 202, r.text
-        found = []
-        while time.monotonic() - started < 2.0 and not found:
-            # poll gently: the sandbox allows this key 60 requests a minute, the bridge included
-            time.sleep(0.1)
-            found = requests.get(
-                f"{sandbox_url}/contacts",
-                params={"search": "+919876543210"},
-                headers={"x-api-key": DEMO_KEY},
-                timeout=2,
-            ).json()["data"]
-        assert found and found[0]["name"] == "Priya Sharma", "not in the sandbox within 2 s"
         status_url = f"http://127.0.0.1:{port}/deliveries/{r.json()['deliveryId']}"
-        while requests.get(status_url, timeout=2).json()["status"] != "delivered":
-            assert time.monotonic() - started < 5.0, requests.get(status_url, timeout=2).json()
-            time.sleep(0.05)
+        deadline = time.monotonic() + HANG_GUARD
+        while (status := requests.get(status_url, timeout=5).json())["status"] != "delivered":
+            assert status["status"] in ("queued", "delivering", "retrying"), status
+            assert time.monotonic() < deadline, f"hang guard: not delivered: {status}"
+            time.sleep(0.1)
+        found = requests.get(
+            f"{sandbox_url}/contacts",
+            params={"search": "+919876543210"},
+            headers={"x-api-key": DEMO_KEY},
+            timeout=5,
+        ).json()["data"]
+        assert [c["name"] for c in found] == ["Priya Sharma"]
+
+        # Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(HANG_GUARD)  # a hang guard, not a speed claim
     finally:
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            raise
-    deadline = time.monotonic() + 5
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    deadline = time.monotonic() + 10  # hang guard: dev waits for its children before exiting
     while any(alive(pid) for pid in children) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not [pid for pid in children if alive(pid)], "dev left processes running"
     assert proc.returncode in (0, 130)
+    output = log.read_text()
+    # Redis went last: no worker lost its connection, nothing crashed on the way down.
+    assert not [line for line in output.splitlines() if "ERROR" in line or "Traceback" in line], (
+        output
+    )

@@ -1,0 +1,176 @@
+"""The front door: webhooks per second the bridge answers, as a ratio to a bare Flask app under
+the same gunicorn settings, measured with ``wrk`` (Debian package) posting distinct ~600-byte
+leads at 16 and 64 connections, in one run.
+
+    python -m bench.ingest [--seconds 10] [--connections 16,64] [--server-models]
+
+``--server-models`` also runs the bridge and the bare app under gunicorn's threaded worker
+(2 x 4 threads, the model before the slow-client change) to show what the server model costs.
+Nothing is delivered: no worker runs, so this is receive + verify + map + store + enqueue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from redis import Redis
+
+from bench.stack import REPO, ROUTE, TOKEN, bench_route, say
+from bridge import keys
+from bridge.processes import Children, wait_for_port, write_toml
+from bridge.storage import EmbeddedRedis, free_port
+
+LUA = r"""
+local counter = 0
+local nthreads = 0
+function setup(thread)
+  nthreads = nthreads + 1
+  thread:set("tid", nthreads)
+end
+function init(args)
+  pad = string.rep("x", tonumber(args[1]))
+  nonce = args[2]
+end
+request = function()
+  counter = counter + 1
+  local n = tid * 10000000 + counter
+  local body = string.format(
+    '{"name":"Lead %d","phone":"+919%09d","email":"lead%d@example.com","city":"Mumbai",' ..
+    '"utm_source":"bench","run":"%s","note":"%s"}', n, n % 1000000000, n, nonce, pad)
+  return wrk.format("POST", "/hooks/ROUTE?token=TOKEN",
+                    {["Content-Type"] = "application/json"}, body)
+end
+"""
+PAD = 420  # the rest of the body is ~180 bytes: ~600 in all, a typical form's webhook
+
+
+def wrk(url: str, script: Path, connections: int, seconds: float, nonce: str) -> dict:
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t2",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            str(script),
+            url,
+            "--",
+            str(PAD),
+            nonce,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {
+        "rps": rps,
+        "requests": total,
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ingest", description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", default="16,64")
+    parser.add_argument("--server-models", action="store_true")
+    args = parser.parse_args(argv)
+    if not shutil.which("wrk"):
+        print("wrk is not installed: apt-get install wrk")
+        return 2
+    conns = [int(c) for c in args.connections.split(",")]
+    runs = [("bare", None), ("lpush", None), ("bridge", None)]
+    if args.server_models:
+        runs += [("bare", "gthread"), ("bridge", "gthread")]
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    (tmp / "logs").mkdir()
+    script = tmp / "leads.lua"
+    script.write_text(LUA.replace("ROUTE", ROUTE).replace("TOKEN", TOKEN))
+    config = write_toml(tmp / "config.toml", {"routes": [bench_route()]})
+    redis_server = EmbeddedRedis(tmp / "redis")
+    redis_server.start()
+    redis = Redis.from_url(redis_server.url)
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "REDIS_URL": redis_server.url,
+        "BRIDGE_CONFIG": str(config),
+        "LOG_LEVEL": "WARNING",
+    }
+    children = Children(env=env, cwd=REPO, logdir=tmp / "logs")
+    results: dict[tuple[str, str | None], dict[int, dict]] = {}
+    started = datetime.now(UTC)
+    try:
+        for kind, worker_class in runs:
+            redis.flushall()
+            port = free_port()
+            extra = ["--worker-class", worker_class] if worker_class else []
+            name = f"{kind}-{worker_class or 'default'}"
+            children.spawn(name, "-m", "bench.webapps", kind, "--port", str(port), *extra)
+            wait_for_port(port, timeout=30, watch=children)
+            url = f"http://127.0.0.1:{port}"
+            wrk(url, script, 4, 1, f"warm{time.time_ns()}")  # imports, connections, caches
+            results[(kind, worker_class)] = {}
+            for c in conns:
+                res = wrk(url, script, c, args.seconds, f"n{time.time_ns()}")
+                results[(kind, worker_class)][c] = res
+                say(f"{name:<16} c={c:<3} {res['rps']:8.0f} req/s  non-2xx {res['non_2xx']}")
+            if kind == "bridge":
+                stored = redis.zcard(keys.RECEIVED)
+                accepted = sum(
+                    r["requests"] - r["non_2xx"] for r in results[(kind, worker_class)].values()
+                )
+                say(f"{name}: {stored} deliveries stored for {accepted} accepted (+ warm-up)")
+            children.stop(name)
+    finally:
+        children.stop_all()
+        redis_server.stop()
+    print()
+    print(f"ingest benchmark, {started:%Y-%m-%d %H:%M} UTC, {machine()}")
+    print(f"wrk -t2, {args.seconds:g} s per run, distinct ~600-byte leads, gunicorn 2 processes")
+    print(f"{'app':<22}" + "".join(f"{f'c={c} req/s':>14}{'ratio':>8}" for c in conns))
+    for (kind, worker_class), per in results.items():
+        base = results.get(("bare", worker_class)) or results[("bare", None)]
+        label = f"{kind} ({worker_class or 'gevent, guarded'})"
+        row = f"{label:<22}"
+        for c in conns:
+            row += f"{per[c]['rps']:>14.0f}{per[c]['rps'] / base[c]['rps']:>8.2f}"
+        print(row)
+    if args.server_models:
+        bridge, threaded = results[("bridge", None)], results[("bridge", "gthread")]
+        ratios = ", ".join(f"c={c} {bridge[c]['rps'] / threaded[c]['rps']:.2f}" for c in conns)
+        print(f"server model, bridge gevent / bridge gthread: {ratios}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
