@@ -2,7 +2,10 @@
 
 A delivery is the source of truth for a lead's fate; the RQ job that works on it carries only
 its id. Statuses: ``queued`` → ``delivering`` → ``delivered``, or ``retrying`` (a job is
-scheduled), or ``failed`` / ``skipped`` with a reason (both replayable). Nothing here holds a
+scheduled), or ``failed`` / ``skipped`` with a reason (both replayable). A delivery's ``lane`` says
+where it came from: ``live`` (a webhook) or ``backfill`` (``oliai-bridge import``, a replay),
+so that workers can put a lead someone just submitted ahead of a spreadsheet's thousands.
+Nothing here holds a
 secret: the raw payload keeps only the headers an adapter declared safe and drops ``?token=``.
 """
 
@@ -28,6 +31,7 @@ if TYPE_CHECKING:
 P = defaults.KEY_PREFIX
 HISTORY_MAX = 100
 TERMINAL = ("delivered", "failed", "skipped")
+LANES = ("live", "backfill")
 ACTIVE = ("queued", "delivering", "retrying")
 
 
@@ -99,6 +103,7 @@ class Delivery:
     job_seq: int = 0
     #: The reason code this delivery is listed under in the failed indexes (None: not listed).
     failed_index: str | None = None
+    lane: str = "live"
 
     @property
     def terminal(self) -> bool:
@@ -118,6 +123,7 @@ class Delivery:
             "failures": str(self.failures),
             "job_seq": str(self.job_seq),
             "audience_added": "1" if self.audience_added else "",
+            "lane": self.lane,
         }
         for key in (
             "raw_id",
@@ -166,6 +172,7 @@ class Delivery:
             job_id=d.get("job_id") or None,
             job_seq=int(d.get("job_seq") or 0),
             failed_index=d.get("failed_index"),
+            lane=d.get("lane") or "live",  # records stored before lanes existed were live
         )
 
     def summary(self) -> dict[str, Any]:
@@ -174,6 +181,7 @@ class Delivery:
             "deliveryId": self.id,
             "route": self.route,
             "source": self.source,
+            "lane": self.lane,
             "status": self.status,
             "eventId": self.event.event_id,
             "receivedAt": self.received_at,
