@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -21,6 +22,7 @@ from bridge.deliveries import (
     Delivery,
     DeliveryStore,
     dedup_key,
+    delivery_key,
     new_delivery_id,
     raw_record,
     redact,
@@ -77,66 +79,35 @@ class Ingest:
         source.verify(req, route)
         results = map_request(req, route, source, utcnow_iso())
         prepared = [
-            _delivery_for(result, index, len(results), route, source)
+            delivery_for(result, index, len(results), route, source)
             for index, result in enumerate(results)
         ]
         if not prepared:
             return []
         try:
-            return self._store(req, route, source, prepared)
+            return self.store_leads([Received(req, source.kept_headers, prepared)])
         except RedisError as exc:
             log.error("route %s: Redis unavailable, answering 503: %s", route.name, exc)
             raise StorageUnavailable(
                 "the bridge cannot store this webhook right now (queue unavailable): retry later"
             ) from None
 
-    def _store(
-        self, req: InboundRequest, route: Route, source: Source, deliveries: list[Delivery]
-    ) -> list[Accepted]:
-        ttl = self.settings.dedup_ttl_seconds
-        accepted: list[Accepted] = []
-        fresh: list[Delivery] = []
+    def store_leads(self, batch: list[Received]) -> list[Accepted]:
+        """Store every delivery of ``batch`` with its request's raw payload and its job, unless
+        its dedup key names a stored delivery already (then it is a duplicate of that one).
+
+        One request's leads for a webhook, a chunk of rows for ``oliai-bridge import``: the
+        dedup claims go in one round trip, the records and jobs in one MULTI/EXEC. Returns an
+        ``Accepted`` per delivery, in order. A ``RedisError`` releases the claims made.
+        """
+        deliveries = [delivery for received in batch for delivery in received.deliveries]
+        keys = [dedup_key(d.route, d.event.event_id) for d in deliveries]
         claimed: list[str] = []
         try:
-            for delivery in deliveries:
-                key = dedup_key(route.name, delivery.event.event_id)
-                if self.redis.set(key, delivery.id, nx=True, ex=ttl):
-                    claimed.append(key)
-                    fresh.append(delivery)
-                    accepted.append(Accepted(delivery.id, delivery.status, delivery.reason))
-                    continue
-                first_id = (self.redis.get(key) or b"").decode()
-                if first_id and self.store.exists(first_id):
-                    accepted.append(Accepted(first_id, "duplicate"))
-                    metrics.count(self.redis, "duplicate", route.name)
-                    continue
-                # The first copy was claimed but never stored (a crash in between): take over.
-                self.redis.set(key, delivery.id, ex=ttl)
-                claimed.append(key)
-                fresh.append(delivery)
-                accepted.append(Accepted(delivery.id, delivery.status, delivery.reason))
+            firsts = self._claim(keys, deliveries, claimed)
+            fresh = {d.id for d, first in zip(deliveries, firsts, strict=True) if first == d.id}
             if fresh:
-                pipe = transaction(self.redis)
-                raw_id = f"r{secrets.token_hex(8)}"
-                hidden = self.settings.secrets()
-                self.store.add_raw(pipe, raw_id, raw_record(req, source.kept_headers, hidden))
-                for delivery in fresh:
-                    delivery.event.fields = redact(delivery.event.fields, hidden)
-                    if delivery.contact is not None:
-                        delivery.contact = redact(delivery.contact, hidden)
-                    delivery.raw_id = raw_id
-                    if delivery.status == "queued":
-                        enqueue(
-                            self.queue,
-                            delivery,
-                            pipe=pipe,
-                            job_timeout=self.settings.delivery.job_timeout_seconds,
-                        )
-                    self.store.add(pipe, delivery)
-                    detail = delivery.job_id if delivery.status == "queued" else delivery.reason
-                    self.store.log_on(pipe, delivery.id, delivery.status, detail)
-                    metrics.count_on(pipe, delivery.status, route.name)
-                pipe.execute()
+                self._write(batch, fresh)
         except RedisError:
             if claimed:
                 try:
@@ -144,11 +115,103 @@ class Ingest:
                 except RedisError:
                     pass
             raise
+        accepted = []
+        duplicates: dict[str, int] = {}
+        for delivery, first in zip(deliveries, firsts, strict=True):
+            if first == delivery.id:
+                accepted.append(Accepted(delivery.id, delivery.status, delivery.reason))
+            else:
+                accepted.append(Accepted(first, "duplicate"))
+                duplicates[delivery.route] = duplicates.get(delivery.route, 0) + 1
+        for route, amount in duplicates.items():
+            metrics.count(self.redis, "duplicate", route, amount=amount)
         return accepted
 
+    def _claim(self, keys: list[str], deliveries: list[Delivery], claimed: list[str]) -> list[str]:
+        """For each delivery, the id of the delivery its dedup key belongs to: its own when it
+        claimed the key (``claimed`` collects those keys), else the first copy's."""
+        ttl = self.settings.dedup_ttl_seconds
+        firsts = [delivery.id for delivery in deliveries]
+        pipe = self.redis.pipeline(transaction=False)
+        for key, delivery in zip(keys, deliveries, strict=True):
+            pipe.set(key, delivery.id, nx=True, ex=ttl)
+        won = pipe.execute()
+        claimed += [key for key, ok in zip(keys, won, strict=True) if ok]
+        lost = [i for i, ok in enumerate(won) if not ok]
+        if not lost:
+            return firsts
+        pipe = self.redis.pipeline(transaction=False)
+        for i in lost:
+            pipe.get(keys[i])
+        for i, first in zip(lost, pipe.execute(), strict=True):
+            firsts[i] = (first or b"").decode()
+        # A key held by an earlier lead of this batch: a duplicate of a delivery stored with it.
+        ours = {d.id for d in deliveries}
+        elsewhere = [i for i in lost if firsts[i] and firsts[i] not in ours]
+        pipe = self.redis.pipeline(transaction=False)
+        for i in elsewhere:
+            pipe.exists(delivery_key(firsts[i]))
+        stored = pipe.execute() if elsewhere else []
+        gone = [i for i in lost if not firsts[i]]
+        gone += [i for i, there in zip(elsewhere, stored, strict=True) if not there]
+        if gone:
+            # The first copy was claimed but never stored (a crash in between): take over.
+            pipe = self.redis.pipeline(transaction=False)
+            for i in gone:
+                pipe.set(keys[i], deliveries[i].id, ex=ttl)
+                firsts[i] = deliveries[i].id
+            pipe.execute()
+            claimed += [keys[i] for i in gone]
+        return firsts
 
-def _delivery_for(
-    result: LeadResult, index: int, count: int, route: Route, source: Source
+    def _write(self, batch: list[Received], fresh: set[str]) -> None:
+        """One MULTI/EXEC: the raw request of each received item and its ``fresh`` deliveries,
+        each with its history, indexes, metrics and (when queued) its job."""
+        pipe = transaction(self.redis)
+        hidden = self.settings.secrets()
+        for received in batch:
+            new = [d for d in received.deliveries if d.id in fresh]
+            if not new:
+                continue
+            raw_id = f"r{secrets.token_hex(8)}"
+            raw = raw_record(received.req, received.kept_headers, hidden)
+            self.store.add_raw(pipe, raw_id, raw)
+            for delivery in new:
+                delivery.event.fields = redact(delivery.event.fields, hidden)
+                if delivery.contact is not None:
+                    delivery.contact = redact(delivery.contact, hidden)
+                delivery.raw_id = raw_id
+                if delivery.status == "queued":
+                    enqueue(
+                        self.queue,
+                        delivery,
+                        pipe=pipe,
+                        job_timeout=self.settings.delivery.job_timeout_seconds,
+                    )
+                self.store.add(pipe, delivery)
+                detail = delivery.job_id if delivery.status == "queued" else delivery.reason
+                self.store.log_on(pipe, delivery.id, delivery.status, detail)
+                metrics.count_on(pipe, delivery.status, delivery.route)
+        pipe.execute()
+
+
+@dataclass
+class Received:
+    """The leads of one request, ready to store: the request (kept as the raw payload that
+    replay ``--remap`` reads again), the headers its source keeps, a delivery per lead."""
+
+    req: InboundRequest
+    kept_headers: tuple[str, ...]
+    deliveries: list[Delivery]
+
+
+def delivery_for(
+    result: LeadResult,
+    index: int,
+    count: int,
+    route: Route,
+    source: Source,
+    lane: str = "live",
 ) -> Delivery:
     """The delivery to store for one lead of a request: queued, or skipped as unmappable
     (refused with a 422 instead when it is the request's only lead and the sender shows
@@ -161,6 +224,7 @@ def _delivery_for(
         event=result.event,
         received_at=result.event.received_at,
         lead_index=index,
+        lane=lane,
     )
     if result.unmappable is None:
         delivery.contact = result.contact  # None for a lead the job fetches first
