@@ -181,6 +181,23 @@ def test_an_id_column_decides_what_is_a_duplicate(run_import, tmp_path, redis):
     assert "no column 'Record'" in missing.err
 
 
+def test_the_routes_expressions_read_columns_by_name(run_import, tmp_path, redis):
+    route = route_dict(
+        fields={"phoneNumber": 'fields."Mobile No."', "name": 'fields."Full Name"'},
+        metadata={"source": "'spreadsheet'", "city": "fields.City"},
+    )
+    sheet = write_bytes(
+        tmp_path / "leads.csv", "Full Name,Mobile No.,City,Other\nRavi K,9876543210,Pune,x\n"
+    )
+    assert summary(run_import(sheet, route=route).out)["accepted"] == 1
+    [delivery] = stored(redis)
+    assert delivery.contact == {
+        "name": "Ravi K",
+        "phoneNumber": "+919876543210",
+        "metadata": {"source": "spreadsheet", "city": "Pune"},
+    }
+
+
 def test_skipped_rows_are_counted_by_reason_and_not_stored(run_import, tmp_path, redis):
     sheet = write_bytes(
         tmp_path / "leads.csv",
