@@ -105,11 +105,11 @@ class Backfill:
                     self.tally.skipped[outcome.label] += 1
                     if on_reject:
                         on_reject(outcome)
-            self.tally.rows += len(chunk)
             if received and self.dry_run:
                 self._seen(received)
             elif received:
                 self._store(received)
+            self.tally.rows += len(chunk)
             if on_chunk:
                 on_chunk(self.tally)
         return self.tally

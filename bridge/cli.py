@@ -505,7 +505,11 @@ def cmd_import(args) -> int:
     backfill = Backfill(
         settings, redis_for(settings), route, id_column=args.id_column, dry_run=args.dry_run
     )
-    rejects = RejectsFile(args.rejects, rows) if args.rejects else None
+    try:
+        rejects = RejectsFile(args.rejects, rows) if args.rejects else None
+    except OSError as exc:
+        print(f"oliai-bridge import: cannot write {args.rejects}: {exc.strerror}", file=sys.stderr)
+        return 1
     shown = []
 
     def rejected(item) -> None:
@@ -517,11 +521,12 @@ def cmd_import(args) -> int:
     progress = Progress(total)
     try:
         backfill.run(rows, on_chunk=lambda tally: progress.update(tally.rows), on_reject=rejected)
-    except RedisError as exc:
+    except (RedisError, UnreadableFile) as exc:
         progress.finish()
+        problem = f"Redis unavailable ({exc})" if isinstance(exc, RedisError) else str(exc)
         print(
-            f"oliai-bridge import: Redis unavailable after {backfill.tally.rows} rows ({exc}): "
-            "run the same command again; rows stored so far are not imported twice",
+            f"oliai-bridge import: stopped after {backfill.tally.rows} rows: {problem}; "
+            "rows stored so far are not imported twice when the command runs again",
             file=sys.stderr,
         )
         return 1
@@ -537,7 +542,7 @@ def import_summary(args, rows, tally, shown) -> list[str]:
     """What ``import`` says when done: the counts, then where to look next."""
     where = "line" if rows.kind == "jsonl" else "row"
     lines = [
-        f"{'dry run, nothing stored: ' if args.dry_run else ''}{args.path} → route "
+        f"{'dry run, nothing stored: ' if args.dry_run else ''}{args.path} into route "
         f"{args.route} (backfill lane): {tally.rows} rows",
         f"{'would import' if args.dry_run else 'accepted'}: {tally.accepted}",
         f"duplicates: {tally.duplicates}",
@@ -547,7 +552,8 @@ def import_summary(args, rows, tally, shown) -> list[str]:
     if tally.blank:
         lines.append(f"blank {where}s ignored: {tally.blank}")
     if args.rejects:
-        lines.append(f"rows not imported, each with its reason: {args.rejects}")
+        skipped = sum(tally.skipped.values())
+        lines.append(f"rows not imported ({skipped}), each with its reason: {args.rejects}")
     elif shown:
         lines.append("not imported:")
         lines += [f"  {where} {r.row.number}: {r.label}: {r.reason}" for r in shown]

@@ -251,7 +251,7 @@ def test_rejects_file_holds_each_row_as_it_was_with_its_reason(run_import, tmp_p
     rejects = tmp_path / "rejects.csv"
     r = run_import(sheet, "--rejects", str(rejects))
     assert r.returncode == 1  # the row with an extra cell could not be read
-    assert f"each with its reason: {rejects}" in r.out
+    assert f"rows not imported (3), each with its reason: {rejects}" in r.out
     raw = rejects.read_bytes()
     assert raw.startswith(b"\xef\xbb\xbf"), "Excel needs the BOM to read UTF-8"
     with rejects.open(encoding="utf-8-sig", newline="") as f:
@@ -278,6 +278,30 @@ def test_a_file_that_is_not_utf8_is_refused_naming_the_line(run_import, tmp_path
     named = run_import(legacy, "--encoding", "cp1252")
     assert named.returncode == 0, named.err
     assert sorted(x.contact["name"] for x in stored(redis)) == ["José", "Ravi"]
+
+
+def test_redis_unreachable_is_a_clear_error(tmp_path):
+    from bridge.storage import free_port
+
+    sheet = write_bytes(tmp_path / "leads.csv", "name,phone\nRavi,9876543210\n")
+    config = write_config(tmp_path / "config.toml", {"routes": [route_dict()]})
+    env = {
+        **os.environ,
+        "BRIDGE_CONFIG": str(config),
+        "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",  # nothing listens there
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "bridge", "import", str(sheet), "--route", "leads"],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert r.returncode == 1
+    err = r.stderr.decode()
+    assert "stopped after 0 rows: Redis unavailable" in err
+    assert "not imported twice when the command runs again" in err
+    assert "Traceback" not in err
 
 
 def test_progress_lines_when_not_a_terminal(run_import, tmp_path):
