@@ -58,6 +58,8 @@ class Rejected:
 
 @dataclass
 class Tally:
+    """What became of the rows so far; ``rows`` counts every row done, blank ones too."""
+
     rows: int = 0
     accepted: int = 0
     duplicates: int = 0
@@ -101,8 +103,11 @@ class Backfill:
                 outcome = self.read(row)
                 if isinstance(outcome, Received):
                     received.append(outcome)
-                elif isinstance(outcome, Rejected):
+                elif outcome is None:
+                    self.tally.blank += 1
+                else:
                     self.tally.skipped[outcome.label] += 1
+                    self.tally.unreadable += row.fields is None
                     if on_reject:
                         on_reject(outcome)
             if received and self.dry_run:
@@ -117,10 +122,8 @@ class Backfill:
     def read(self, row: Row) -> Received | Rejected | None:
         """The row as a delivery ready to store, or why it is not one (None: a blank row)."""
         if row.blank:
-            self.tally.blank += 1
             return None
         if row.fields is None:
-            self.tally.unreadable += 1
             return Rejected(row, "unreadable row", row.problem or "unreadable")
         req = row_request(self.route.name, row.fields, self._row_id(row.fields))
         try:
