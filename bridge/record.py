@@ -25,6 +25,9 @@ from bridge.redaction import redact
 
 TERMINAL = ("delivered", "failed", "skipped")
 ACTIVE = ("queued", "delivering", "retrying")
+#: Where a delivery came from: a webhook (``live``), or ``oliai-bridge import`` and replays
+#: (``backfill``), so that workers can put a lead someone just submitted first.
+LANES = ("live", "backfill")
 
 
 def new_delivery_id() -> str:
@@ -58,6 +61,8 @@ class Delivery:
     #: The reason code this delivery is listed under in the failed indexes (None: not listed;
     #: ``""``: listed without a reason code).
     failed_index: str | None = None
+    #: ``LANES``: records stored before lanes existed read as live.
+    lane: str = "live"
 
     def __post_init__(self) -> None:
         if not self.updated_at:
@@ -101,6 +106,7 @@ class Delivery:
             "contactId": self.contact_id,
             "audienceId": self.audience_id,
             "phoneNumber": (self.contact or {}).get("phoneNumber"),
+            "lane": self.lane,
         }
 
 

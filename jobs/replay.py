@@ -118,6 +118,7 @@ class Replayer:
         d.contact = contact
         d.event = event
         d.status = "queued"
+        d.lane = "backfill"  # a person's second try waits behind leads arriving live
         d.failures = 0
         d.reason_code = d.reason = None
         pipe = transaction(self.redis)
@@ -145,8 +146,9 @@ class Replayer:
         if raw is None:
             raise _Gone("the raw payload has expired: replay without --remap")
         route = self.settings.routes[d.route]
+        # The source that read the request at first (an imported row was read as generic JSON).
         events = request_events(
-            request_from_raw(raw), route, get_source(route.source), d.event.received_at
+            request_from_raw(raw), route, get_source(d.source), d.event.received_at
         )
         if d.lead_index >= len(events):
             raise _Gone(f"the payload no longer yields lead #{d.lead_index + 1}")
