@@ -14,6 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bridge.event import InboundRequest
 from bridge.ingest import Ingest
@@ -38,6 +39,10 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
     # that says so in JSON, like every other wrong URL.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
+    if settings.trusted_proxy_count:
+        # The sender's address from X-Forwarded-For, as many entries from the right as there
+        # are proxies we run: entries further left are whatever the client wrote.
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.trusted_proxy_count)
     redis = redis if redis is not None else connect(settings.redis_url)
     queue = make_queue(redis, settings.queue_name)
     ingest = Ingest(settings, redis, queue)
@@ -48,6 +53,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
         "redis": redis,
         "queue": queue,
         "store": store,
+        "ingest": ingest,
     }
 
     @app.route("/hooks/<route>", methods=["GET", "HEAD", "POST", "PUT"])
@@ -62,6 +68,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
             # Signatures that cover the URL (HubSpot) need the query exactly as sent.
             url=request.base_url
             + ("?" + request.query_string.decode("latin-1") if request.query_string else ""),
+            remote_addr=request.remote_addr,
         )
         reply = ingest.handle(inbound)
         response = Response(
@@ -86,6 +93,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics():
+        ingest.refusals.flush()  # this process's refusals so far, not up to a second later
         try:
             data = generate_latest(metrics_registry)
         except RedisError:

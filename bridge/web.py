@@ -13,8 +13,12 @@ to other greenlets through gevent's patched sockets.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import io
+import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,7 +27,10 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
 from bridge import defaults
+from bridge.metrics import Tally
 from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: The access log shows the path without its query string: ``?token=`` must never be logged.
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
@@ -78,9 +85,28 @@ def run_web(
     def load_app():
         from bridge.app import create_app
 
-        return ReadDeadlines(create_app(settings), settings.max_body_bytes)
+        app = create_app(settings)
+        flush_in_background(app.extensions["oliai_bridge"]["ingest"].refusals)
+        return ReadDeadlines(app, settings.max_body_bytes)
 
     BridgeWeb(load_app, gunicorn_options(host, port, workers, access_log=access_log)).run()
+
+
+def flush_in_background(tally: Tally) -> None:
+    """Write the process's counted refusals every ``tally.interval`` and at exit, so that a
+    process that gets no further request still adds what it counted (a greenlet under gevent:
+    threads are patched by then)."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(tally.interval)
+            try:
+                tally.flush()
+            except Exception:  # never let the loop die: the next second may work
+                log.exception("counting refusals failed")
+
+    threading.Thread(target=loop, name="tally-flush", daemon=True).start()
+    atexit.register(tally.flush)
 
 
 # --- deadlines for reading a request ---------------------------------------------------------

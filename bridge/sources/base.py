@@ -23,7 +23,6 @@ from bridge.exceptions import (
     IngestError,
     ProviderFetchError,
     SignatureInvalid,
-    StorageUnavailable,
 )
 from bridge.parsing import parse_body
 from bridge.values import country_code, id_text, squash, text
@@ -232,8 +231,9 @@ def default_reply(outcome: Outcome) -> Reply:
 
 def error_reply(error: IngestError) -> Reply:
     headers = {}
-    if isinstance(error, StorageUnavailable):
-        headers["Retry-After"] = str(error.retry_after)
+    retry_after = getattr(error, "retry_after", None)  # StorageUnavailable, QuotaExceeded
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return Reply(error.status, error.to_dict(), headers=headers)
 
 
