@@ -165,7 +165,12 @@ class ReadDeadlines:
                 body = environ["wsgi.input"].read(self.max_body + 1)
             finally:
                 deadline.disarm()
+            # What was read is the body now, of a known length: for a chunked one past the
+            # limit this is how the app learns it (werkzeug reads a chunked body up to
+            # max_body and stops there, silently, handing on a truncated body, not a 413).
             environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
         try:
             return self.app(environ, start_response)
         finally:
