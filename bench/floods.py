@@ -114,7 +114,7 @@ def config() -> dict:
                 "secret": GENUINE_SECRET,
                 "audience_name": "Typeform leads",
             },
-        ]
+        ],
     }
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from redis import Redis
 
 from bench.stack import REPO, ROUTE, TOKEN, bench_route, say
+from bridge import keys
 from bridge.processes import Children, wait_for_port, write_toml
 from bridge.storage import EmbeddedRedis, free_port
 
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[(kind, worker_class)][c] = res
                 say(f"{name:<16} c={c:<3} {res['rps']:8.0f} req/s  non-2xx {res['non_2xx']}")
             if kind == "bridge":
-                stored = redis.zcard("oliai-bridge:idx:received")
+                stored = redis.zcard(keys.RECEIVED)
                 accepted = sum(
                     r["requests"] - r["non_2xx"] for r in results[(kind, worker_class)].values()
                 )

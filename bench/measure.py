@@ -19,7 +19,7 @@ from redis import Redis
 
 from bench.load import Leads, run_load
 from bench.stack import ROUTE, STOP, TOKEN, Stack, say
-from bridge.deliveries import delivery_key, history_key
+from bridge import keys
 
 
 def pct(values: list[float], p: float) -> float:
@@ -93,14 +93,14 @@ def cpu_snapshot(stack: Stack) -> dict[str, float]:
 def statuses(redis: Redis, ids: list[str]) -> list[str | None]:
     pipe = redis.pipeline(transaction=False)
     for i in ids:
-        pipe.hget(delivery_key(i), "status")
+        pipe.hget(keys.delivery(i), "status")
     return [s.decode() if s else None for s in pipe.execute()]
 
 
 def delivery_field(redis: Redis, ids: list[str], name: str) -> list[str | None]:
     pipe = redis.pipeline(transaction=False)
     for i in ids:
-        pipe.hget(delivery_key(i), name)
+        pipe.hget(keys.delivery(i), name)
     return [s.decode() if s else None for s in pipe.execute()]
 
 
@@ -109,7 +109,7 @@ def histories(redis: Redis, ids: list[str]) -> list[list[dict]]:
     for start in range(0, len(ids), 500):
         pipe = redis.pipeline(transaction=False)
         for i in ids[start : start + 500]:
-            pipe.lrange(history_key(i), 0, -1)
+            pipe.lrange(keys.history(i), 0, -1)
         out += [[json.loads(x) for x in h] for h in pipe.execute()]
     return out
 

@@ -3,34 +3,56 @@
 ``GET /admin/failed`` (filters ``route``, ``reason``, ``since``; ``offset``/``limit``),
 ``GET /admin/deliveries/<id>`` (raw payload, mapped contact, history), ``POST /admin/replay``
 (``{"ids": [...]}`` or ``{"route": ..., "since": ..., "all": true}``, ``remap``, ``dry_run``).
-Without a configured admin token the whole API answers 404: it does not exist.
+Without a configured admin token the whole API answers 404: it does not exist. A browser asking
+for the first two URLs gets the admin page's views of them instead (``bridge.admin_page``).
 """
 
 from __future__ import annotations
 
 import base64
 import time
+from typing import Any, Protocol
 
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, Response, jsonify, request
 from redis import Redis
 from rq import Queue
 
+from bridge import metrics
 from bridge.deliveries import DeliveryStore
 from bridge.settings import Settings
-from bridge.sources.base import equal
+from bridge.signatures import equal
 
 MAX_REPLAY_PER_REQUEST = 10_000
 
 
+class Page(Protocol):
+    """The admin page (``bridge.admin_page.AdminPage``), which answers browsers on two of the
+    API's URLs and adds its security headers to every admin response."""
+
+    def serve_shared(self, endpoint: str, view_args: dict[str, Any]) -> Any: ...
+
+    def finish(self, response: Response) -> Response: ...
+
+
 def admin_blueprint(
-    settings: Settings, redis: Redis, queue: Queue, store: DeliveryStore
+    settings: Settings,
+    redis: Redis,
+    queue: Queue,
+    store: DeliveryStore,
+    page: Page | None = None,
 ) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/admin")
+    if page is not None:
+        bp.after_request(page.finish)
 
     @bp.before_request
     def authorize():
         if not settings.admin_token:
             return _error(404, "not_found", "the admin API is off: set bridge.admin_token")
+        if page is not None:
+            shown = page.serve_shared(request.endpoint, request.view_args or {})
+            if shown is not None:
+                return shown
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
         if (
@@ -38,6 +60,8 @@ def admin_blueprint(
             or not given
             or not equal(given.strip(), settings.admin_token)
         ):
+            if scheme.lower() == "bearer" and given:
+                metrics.count(redis, "admin_auth_failed", "bearer")
             return _error(401, "unauthorized", "send Authorization: Bearer <admin token>")
         return None
 

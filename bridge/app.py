@@ -113,8 +113,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
         return jsonify(body)
 
     from bridge.admin import admin_blueprint
+    from bridge.admin_page import AdminPage
 
-    app.register_blueprint(admin_blueprint(settings, redis, queue, store))
+    page = AdminPage(settings, redis, store)
+    app.register_blueprint(page.blueprint)
+    app.register_blueprint(admin_blueprint(settings, redis, queue, store, page))
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):

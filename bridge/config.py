@@ -122,6 +122,46 @@ class DeliverySchema(Schema):
     alert_webhook_url = fields.Url(require_tld=False, allow_none=True)
 
 
+def _kind(value: Any) -> str:
+    """What a TOML value is, in the file's own words."""
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, list):
+        return "a list"
+    return "a date or time"
+
+
+class Credential(fields.Field):
+    """A credential a sender presents: one string, or a list of strings while it is rotated
+    (every entry is accepted). A list entry that is empty or not a string is named by its place
+    (``secret[1]``), never by its value."""
+
+    def _deserialize(self, value, attr, data, **kwargs):
+        if isinstance(value, str):
+            return value
+        if not isinstance(value, list):
+            raise ValidationError(
+                f"must be a string, or a list of strings while rotating it, not {_kind(value)}"
+            )
+        if not value:
+            raise ValidationError(
+                "must not be an empty list (one value, or the old and the new while rotating)"
+            )
+        problems = {}
+        for index, item in enumerate(value):
+            if not isinstance(item, str):
+                problems[f"[{index}]"] = [f"must be a string, not {_kind(item)}"]
+            elif not item.strip():
+                problems[f"[{index}]"] = ["must not be empty"]
+        if problems:
+            raise ValidationError(problems)
+        return tuple(value)
+
+
 class CampaignSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -181,10 +221,10 @@ class RouteSchema(Schema):
     )
     metadata = fields.Dict(keys=fields.String(), values=fields.String(), load_default=dict)
     api_base_url = fields.Url(require_tld=False)
-    secret = fields.String()
-    token = fields.String()
-    basic_auth = fields.String()
-    verify_token = fields.String()
+    secret = Credential()
+    token = Credential()
+    basic_auth = Credential()
+    verify_token = Credential()
     access_token = fields.String()
     api_key = fields.String()
     campaign = fields.Nested(CampaignSchema)
@@ -206,8 +246,10 @@ class RouteSchema(Schema):
         if region is not None and not valid_region(region):
             errors.setdefault("region", []).append(f"unknown region code {region!r}")
         basic = data.get("basic_auth")
-        if basic is not None and ":" not in basic:
-            errors.setdefault("basic_auth", []).append('must be "user:password"')
+        for index, value in enumerate((basic,) if isinstance(basic, str) else basic or ()):
+            if ":" not in value:
+                where = "basic_auth" if isinstance(basic, str) else f"basic_auth[{index}]"
+                errors.setdefault(where, []).append('must be "user:password"')
         for key, expr in data.get("fields_", {}).items():
             if key not in CONTACT_FIELDS:
                 known = ", ".join(sorted(set(CONTACT_FIELDS.values())))
@@ -468,7 +510,12 @@ def _flatten_errors(messages: Any, where: str) -> list[str]:
     if isinstance(messages, dict):
         for key, value in messages.items():
             key = "fields" if key == "fields_" else key
-            sub = where if key == "_schema" else f"{where}.{key}"
+            if key == "_schema":
+                sub = where
+            elif str(key).startswith("["):
+                sub = f"{where}{key}"  # a list entry: secret[1]
+            else:
+                sub = f"{where}.{key}"
             out.extend(_flatten_errors(value, sub))
     elif isinstance(messages, list):
         for value in messages:

@@ -18,15 +18,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from bridge import metrics
-from bridge.deliveries import (
-    Delivery,
-    DeliveryStore,
-    dedup_key,
-    new_delivery_id,
-    raw_record,
-    redact,
-)
+from bridge import keys, metrics
+from bridge.deliveries import DeliveryStore
 from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
     IngestError,
@@ -39,6 +32,8 @@ from bridge.exceptions import (
 from bridge.pipeline import LeadResult, map_request
 from bridge.queue import enqueue, transaction
 from bridge.quotas import ADDRESS_QUOTA, Quotas
+from bridge.record import Delivery, new_delivery_id, raw_record
+from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
@@ -117,7 +112,7 @@ class Ingest:
         claimed: list[str] = []
         try:
             for delivery in deliveries:
-                key = dedup_key(route.name, delivery.event.event_id)
+                key = keys.dedup(route.name, delivery.event.event_id)
                 if self.redis.set(key, delivery.id, nx=True, ex=ttl):
                     claimed.append(key)
                     fresh.append(delivery)
@@ -133,6 +128,15 @@ class Ingest:
                 claimed.append(key)
                 fresh.append(delivery)
                 accepted.append(Accepted(delivery.id, delivery.status, delivery.reason))
+            if fresh and source.dedups_body:
+                body_key, earlier = self._claim_body(req, route, fresh[0].id, ttl)
+                if earlier:
+                    # The same signed body under another event id: a captured request re-sent
+                    # with its unsigned id header changed, or one event sent by two hooks.
+                    self.redis.delete(*claimed)
+                    metrics.count(self.redis, "duplicate", route.name)
+                    return [Accepted(earlier, "duplicate") for _ in deliveries]
+                claimed.append(body_key)
             if fresh:
                 pipe = transaction(self.redis)
                 raw_id = f"r{secrets.token_hex(8)}"
@@ -163,6 +167,20 @@ class Ingest:
                     pass
             raise
         return accepted
+
+    def _claim_body(
+        self, req: InboundRequest, route: Route, delivery_id: str, ttl: int
+    ) -> tuple[str, str | None]:
+        """Claim the request's body hash for ``delivery_id``: (the key, None), or (the key, the
+        delivery the same body made before)."""
+        key = keys.dedup(route.name, f"body:{req.body_hash}")
+        if self.redis.set(key, delivery_id, nx=True, ex=ttl):
+            return key, None
+        earlier = (self.redis.get(key) or b"").decode()
+        if earlier and self.store.exists(earlier):
+            return key, earlier
+        self.redis.set(key, delivery_id, ex=ttl)  # claimed but never stored (a crash): take over
+        return key, None
 
 
 def _delivery_for(

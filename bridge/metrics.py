@@ -3,6 +3,7 @@
 Web processes and workers run on several machines; a per-process ``prometheus_client`` registry
 would show one process's view. So counts are ``HINCRBY`` on one Redis hash and a custom
 collector turns them (and live gauges: queue depth, active and failed deliveries) into metrics.
+Each count also lands in an hourly bucket that lives a day, for the admin overview's "last 24 h".
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
-from bridge import defaults
+from bridge import defaults, keys
 
 log = logging.getLogger(__name__)
 
-STATS_KEY = f"{defaults.KEY_PREFIX}stats"
 SEP = "|"
+#: Hourly copies of the counters; a bucket outlives the 24 hours the overview adds up.
+HOURLY_TTL_SECONDS = 26 * 3600
 
 # counter name → (help, label names)
 COUNTERS = {
@@ -38,6 +40,8 @@ COUNTERS = {
     "delivered": ("Deliveries that reached OliAI", ("route",)),
     "failed": ("Deliveries that failed for good, by reason", ("route", "reason")),
     "retried": ("Delivery attempts rescheduled, by cause", ("route", "cause")),
+    "admin_auth_failed": ("Admin sign-ins refused for a wrong token, by how it came", ("via",)),
+    "admin_csrf_refused": ("Admin page posts refused as cross-site, by check", ("check",)),
 }
 
 
@@ -48,18 +52,47 @@ def field_name(name: str, *labels: str) -> str:
 def count(redis: Redis, name: str, *labels: str, amount: int = 1) -> None:
     """Best effort: a metric must never turn an accepted webhook into an error."""
     try:
-        redis.hincrby(STATS_KEY, field_name(name, *labels), amount)
+        pipe = redis.pipeline(transaction=False)
+        count_on(pipe, name, *labels, amount=amount)
+        pipe.execute()
     except RedisError as exc:
         log.debug("metric %s not counted: %s", name, exc)
 
 
 def count_on(pipe: Pipeline, name: str, *labels: str, amount: int = 1) -> None:
-    pipe.hincrby(STATS_KEY, field_name(name, *labels), amount)
+    add_on(pipe, {field_name(name, *labels): amount})
+
+
+def add_on(pipe: Pipeline, counts: dict[str, int]) -> None:
+    """Add to counters by their field names, in the totals and this hour's bucket."""
+    hourly = hourly_key(time.time())
+    for field, amount in counts.items():
+        pipe.hincrby(keys.STATS, field, amount)
+        pipe.hincrby(hourly, field, amount)
+    pipe.expire(hourly, HOURLY_TTL_SECONDS)
+
+
+def hourly_key(when: float) -> str:
+    return keys.stats_hour(int(when // 3600))
+
+
+def recent_counters(redis: Redis, hours: int = 24, now: float | None = None) -> dict[str, int]:
+    """The counters summed over the current hour and the ``hours - 1`` before it."""
+    now = time.time() if now is None else now
+    pipe = redis.pipeline(transaction=False)
+    for back in range(hours):
+        pipe.hgetall(hourly_key(now - back * 3600))
+    totals: dict[str, int] = {}
+    for bucket in pipe.execute():
+        for key, value in bucket.items():
+            totals[key.decode()] = totals.get(key.decode(), 0) + int(value)
+    return totals
 
 
 class Tally:
     """Counts kept in this process and added to the shared hash at most once per ``interval``,
-    in one pipeline of one ``HINCRBY`` per counter: for what a flood can drive (refused
+    in one pipeline (``add_on``: a ``HINCRBY`` per counter for the totals and one for the hour's
+    bucket, which expires): for what a flood can drive (refused
     requests), so that a million forged requests cost a few writes a second, not a million.
 
     A count is added by the first ``add`` after the interval, by ``flush`` (``/metrics`` calls
@@ -101,8 +134,7 @@ class Tally:
             return
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for field, amount in counts.items():
-                pipe.hincrby(STATS_KEY, field, amount)
+            add_on(pipe, counts)
             pipe.execute()
         except RedisError as exc:
             log.debug("%d counters kept for the next flush: %s", len(counts), exc)
@@ -111,7 +143,7 @@ class Tally:
 
 
 def read_counters(redis: Redis) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in redis.hgetall(STATS_KEY).items()}
+    return {k.decode(): int(v) for k, v in redis.hgetall(keys.STATS).items()}
 
 
 class RedisCollector(Collector):

@@ -16,7 +16,7 @@ from redis.client import Pipeline
 from rq import Queue
 
 from bridge import defaults
-from bridge.deliveries import Delivery
+from bridge.record import Delivery
 
 JOB_FUNC = "jobs.deliver.deliver"
 #: RQ keeps a job that raised for a day; our own record (with reason) lives longer.

@@ -27,21 +27,14 @@ from dataclasses import dataclass
 from redis import Redis
 from redis.exceptions import RedisError
 
-from bridge import defaults
+from bridge import defaults, keys
 from bridge.exceptions import QuotaExceeded
 from bridge.settings import Route, Settings
 
 log = logging.getLogger(__name__)
 
-QUOTA_KEY_PREFIX = f"{defaults.KEY_PREFIX}quota:"
 ROUTE_QUOTA = "max_requests_per_minute"
 ADDRESS_QUOTA = "max_requests_per_minute_per_ip"
-
-
-def quota_key(scope: str, window: int) -> str:
-    """String with a TTL of two windows: requests admitted for ``scope`` (a route, or
-    ``<route>:ip:<address>``) during window number ``window``."""
-    return f"{QUOTA_KEY_PREFIX}{scope}:{window}"
 
 
 def sender(address: str) -> str:
@@ -146,7 +139,7 @@ class Quotas:
     def _push(self, pushes: list[tuple[_Quota, _Count]], route: Route, now: float, window: int):
         pipe = self.redis.pipeline(transaction=False)
         for quota, count in pushes:
-            key = quota_key(quota.scope, window)
+            key = keys.quota(quota.scope, window)
             pipe.incrby(key, count.pushing)
             pipe.expire(key, 2 * self.window_seconds)
         try:

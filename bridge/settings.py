@@ -29,6 +29,8 @@ CONTACT_FIELDS = {
     "country": "country",
 }
 SECRET_KEYS = ("api_key", "secret", "token", "basic_auth", "verify_token", "access_token")
+#: Route keys that take a list of values while the credential is rotated (every one is valid).
+ROTATABLE_KEYS = ("secret", "token", "basic_auth", "verify_token")
 
 
 @dataclass(frozen=True)
@@ -76,7 +78,12 @@ class CampaignSettings:
 
 @dataclass(frozen=True)
 class Route:
-    """One ``[[routes]]`` entry. Secrets are kept out of ``repr``."""
+    """One ``[[routes]]`` entry. Secrets are kept out of ``repr``.
+
+    ``secret``, ``token``, ``basic_auth`` and ``verify_token`` hold a string, or a tuple of
+    strings while the credential is rotated (``secret = ["${OLD}", "${NEW}"]``); read them with
+    ``values_of``.
+    """
 
     name: str
     source: str
@@ -89,10 +96,10 @@ class Route:
     metadata: Mapping[str, str] = field(default_factory=dict)
     options: Mapping[str, Any] = field(default_factory=dict)
     api_base_url: str | None = None
-    secret: str | None = field(default=None, repr=False)
-    token: str | None = field(default=None, repr=False)
-    basic_auth: str | None = field(default=None, repr=False)
-    verify_token: str | None = field(default=None, repr=False)
+    secret: str | tuple[str, ...] | None = field(default=None, repr=False)
+    token: str | tuple[str, ...] | None = field(default=None, repr=False)
+    basic_auth: str | tuple[str, ...] | None = field(default=None, repr=False)
+    verify_token: str | tuple[str, ...] | None = field(default=None, repr=False)
     access_token: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     campaign: CampaignSettings | None = None
@@ -100,8 +107,17 @@ class Route:
     max_requests_per_minute: int | None = None
     max_requests_per_minute_per_ip: int | None = None
 
+    def values_of(self, key: str) -> tuple[str, ...]:
+        """Every valid value of a credential key: one, or several while it is rotated (the
+        newest last, as the rotation steps in the docs add it)."""
+        value = getattr(self, key)
+        if not value:
+            return ()
+        return (value,) if isinstance(value, str) else tuple(v for v in value if v)
+
     def secrets(self) -> list[str]:
-        return [v for v in (getattr(self, k) for k in SECRET_KEYS) if v]
+        """Every secret value of the route, each value of a rotation list included."""
+        return [v for k in SECRET_KEYS for v in self.values_of(k)]
 
 
 @dataclass(frozen=True)

@@ -13,13 +13,12 @@ import secrets
 
 from redis import Redis
 
-from bridge import defaults
+from bridge import keys
 from bridge.exceptions import Deferred
 from bridge.settings import Route
 
 log = logging.getLogger(__name__)
 
-P = defaults.KEY_PREFIX
 LOCK_MS = 30_000
 RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -27,8 +26,9 @@ return 0
 """
 
 
-def cache_key(key_id: str, name: str) -> str:
-    return f"{P}aud:{key_id}:{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+def name_hash(name: str) -> str:
+    """Audience names are free text: keys carry a short hash of them."""
+    return hashlib.sha256(name.encode()).hexdigest()[:16]
 
 
 def resolve_audience(client, redis: Redis, route: Route, key_id: str) -> str:
@@ -36,12 +36,12 @@ def resolve_audience(client, redis: Redis, route: Route, key_id: str) -> str:
     if route.audience_id:
         return route.audience_id
     name = route.audience_name or ""
-    key = cache_key(key_id, name)
+    key = keys.audience(key_id, name_hash(name))
     cached = redis.get(key)
     if cached:
         return cached.decode()
     token = secrets.token_hex(8)
-    lock = f"{key}:lock"
+    lock = keys.audience_lock(key_id, name_hash(name))
     if not redis.set(lock, token, nx=True, px=LOCK_MS):
         raise Deferred(1.0, f"another worker is resolving audience {name!r}")
     try:
@@ -69,4 +69,4 @@ def resolve_audience(client, redis: Redis, route: Route, key_id: str) -> str:
 
 def forget_audience(redis: Redis, route: Route, key_id: str) -> None:
     if route.audience_name:
-        redis.delete(cache_key(key_id, route.audience_name))
+        redis.delete(keys.audience(key_id, name_hash(route.audience_name)))

@@ -16,21 +16,20 @@ audience is never reused after its campaign was created.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from redis import Redis
 
-from bridge import defaults
+from bridge import keys
 from bridge.calling_hours import CallingHours, zones_for
 from bridge.exceptions import NotFound, ValidationFailed
 from bridge.settings import CampaignSettings, Route
+from jobs.audiences import name_hash
 
 log = logging.getLogger(__name__)
 
-P = defaults.KEY_PREFIX
 NAME_PREFIX = "olb"
 #: Statuses in which a campaign has been started (or will start by itself).
 STARTED = ("SCHEDULED", "IN_PROGRESS", "PAUSED", "COMPLETED")
@@ -39,16 +38,16 @@ SCHEDULE_LEAD_SECONDS = 120
 
 
 def flow_key(key_id: str, name: str) -> str:
-    return f"{P}flow:{key_id}:{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    return keys.flow(key_id, name_hash(name))
 
 
 def per_lead_counter_key(route: str, minute: int) -> str:
-    return f"{P}camp:rate:{route}:{minute}"
+    return keys.campaign_rate(route, minute)
 
 
 def window_key(route: str, start: int) -> str:
     """The window's state: its audience id, then its campaign id once created."""
-    return f"{P}camp:win:{route}:{start}"
+    return keys.campaign_window(route, start)
 
 
 def resolve_flow(client, redis: Redis, campaign: CampaignSettings, key_id: str) -> str:

@@ -25,8 +25,8 @@ import requests
 from redis import Redis
 from rq import Queue, get_current_job
 
-from bridge import defaults, metrics
-from bridge.deliveries import Delivery, DeliveryStore
+from bridge import defaults, keys, metrics
+from bridge.deliveries import DeliveryStore
 from bridge.exceptions import (
     ApiError,
     ApiForbidden,
@@ -44,6 +44,7 @@ from bridge.exceptions import (
 )
 from bridge.pipeline import fetched_event, map_lead
 from bridge.queue import enqueue, make_queue, transaction
+from bridge.record import Delivery
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from jobs.audiences import forget_audience, resolve_audience
@@ -52,15 +53,10 @@ from jobs.ratelimit import RateLimiter, key_id
 
 log = logging.getLogger(__name__)
 
-P = defaults.KEY_PREFIX
 #: A running delivery holds a lease refreshed every LEASE_REFRESH seconds; when its worker dies
 #: the lease lapses and the reaper (``jobs.reaper``) hands the delivery to another worker.
 LEASE_SECONDS = 15.0
 LEASE_REFRESH = 5.0
-
-
-def lease_key(delivery_id: str) -> str:
-    return f"{P}lease:{delivery_id}"
 
 
 @dataclass
@@ -356,7 +352,7 @@ class Deliverer:
     def lease(self, delivery_id: str) -> Iterator[None]:
         """Hold ``lease:<id>`` while working, refreshed by a thread, so the reaper can tell a
         running delivery from one whose worker died."""
-        key = lease_key(delivery_id)
+        key = keys.lease(delivery_id)
         ms = int(LEASE_SECONDS * 1000)
         self.redis.set(key, "1", px=ms)
         stop = threading.Event()

@@ -14,10 +14,8 @@ import math
 
 from redis import Redis
 
-from bridge import defaults
+from bridge import defaults, keys
 from bridge.exceptions import RateLimited
-
-P = defaults.KEY_PREFIX
 
 # KEYS: pause, general window, bulk window
 # ARGV: window_ms, general_limit, bulk_limit, is_bulk (0/1), member
@@ -92,6 +90,9 @@ class RateLimiter:
     ):
         self.redis = redis
         self.kid = key_id(api_key)
+        self.pause_key = keys.pause(self.kid)
+        self.general_key = keys.rate_window(self.kid, "general")
+        self.bulk_key = keys.rate_window(self.kid, "bulk")
         self.window_ms = int(window_seconds * 1000)
         self.general_limit = max(1, math.floor(general_per_window * headroom))
         self.bulk_limit = max(1, math.floor(bulk_per_window * headroom))
@@ -103,16 +104,12 @@ class RateLimiter:
     def __repr__(self) -> str:
         return f"RateLimiter(key={self.kid}, general={self.general_limit}, bulk={self.bulk_limit})"
 
-    @property
-    def pause_key(self) -> str:
-        return f"{P}pause:{self.kid}"
-
     def acquire(self, rate_class: str = "general") -> None:
         """Take a token or raise ``RateLimited`` with the seconds until one is free."""
         self._seq += 1
         member = f"{id(self)}:{self._seq}:{self.redis.connection_pool.pid}"
         wait_ms = self._acquire(
-            keys=[self.pause_key, f"{P}rl:{self.kid}:general", f"{P}rl:{self.kid}:bulk"],
+            keys=[self.pause_key, self.general_key, self.bulk_key],
             args=[
                 self.window_ms,
                 self.general_limit,
@@ -127,7 +124,7 @@ class RateLimiter:
     def wait_time(self) -> float:
         """Seconds until a general token would be free (0: now), without taking one."""
         ms = self._peek(
-            keys=[self.pause_key, f"{P}rl:{self.kid}:general"],
+            keys=[self.pause_key, self.general_key],
             args=[self.window_ms, self.general_limit],
         )
         return max(0, int(ms)) / 1000.0
@@ -144,3 +141,20 @@ class RateLimiter:
     def paused_for(self) -> float:
         ms = self.redis.pttl(self.pause_key)
         return max(0, ms) / 1000.0
+
+    def usage(self) -> dict[str, float]:
+        """Tokens taken in the current window and the pause left, read without taking one."""
+        seconds, micros = self.redis.time()  # Redis's clock, as the scripts use
+        since = seconds * 1000 + micros // 1000 - self.window_ms
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcount(self.general_key, f"({since}", "+inf")
+        pipe.zcount(self.bulk_key, f"({since}", "+inf")
+        pipe.pttl(self.pause_key)
+        general, bulk, pause_ms = pipe.execute()
+        return {
+            "general_used": general,
+            "general_limit": self.general_limit,
+            "bulk_used": bulk,
+            "bulk_limit": self.bulk_limit,
+            "paused_for": max(0, pause_ms) / 1000.0,
+        }

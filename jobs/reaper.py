@@ -20,19 +20,16 @@ from redis.exceptions import RedisError
 from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
-from bridge import defaults
-from bridge.deliveries import IDX_ACTIVE
+from bridge import keys
 from bridge.queue import enqueue, transaction
-from jobs.deliver import LEASE_SECONDS, Context, lease_key
+from jobs.deliver import LEASE_SECONDS, Context
 
 log = logging.getLogger(__name__)
 
-LOCK_KEY = f"{defaults.KEY_PREFIX}reaper:lock"
 INTERVAL_SECONDS = 5.0
 #: How long a delivery may stay queued before we check that its job still exists.
 QUEUED_RECHECK_SECONDS = 60.0
 #: How often the listing indexes are trimmed of entries whose records have expired.
-TRIM_KEY = f"{defaults.KEY_PREFIX}reaper:trimmed"
 TRIM_EVERY_SECONDS = 600
 #: A scheduled retry this late means no scheduler is running: we enqueue it ourselves.
 OVERDUE = 3.0
@@ -45,15 +42,15 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
     store, redis = ctx.store, ctx.redis
     revived = []
     now = time.time() if now is None else now
-    if redis.set(TRIM_KEY, "1", nx=True, ex=TRIM_EVERY_SECONDS):
+    if redis.set(keys.REAPER_TRIMMED, "1", nx=True, ex=TRIM_EVERY_SECONDS):
         store.trim_indexes(now)
     for delivery_id in store.due_active(now):
         d = store.get(delivery_id)
         if d is None or d.terminal:
-            redis.zrem(IDX_ACTIVE, delivery_id)
+            redis.zrem(keys.ACTIVE, delivery_id)
             continue
-        if redis.exists(lease_key(d.id)):
-            redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
+        if redis.exists(keys.lease(d.id)):
+            redis.zadd(keys.ACTIVE, {d.id: now + LEASE_SECONDS})
             continue
         job = fetch_job(ctx, d.job_id)
         status = job.get_status(refresh=False) if job else None
@@ -63,13 +60,13 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
             # RQ still calls it queued, and nothing will ever run it.
             status = "taken by a worker that is gone"
         if d.status != "delivering" and status in LIVE_JOB_STATES and not overdue:
-            redis.zadd(IDX_ACTIVE, {d.id: now + QUEUED_RECHECK_SECONDS})
+            redis.zadd(keys.ACTIVE, {d.id: now + QUEUED_RECHECK_SECONDS})
             continue
         if status == JobStatus.STARTED and d.status != "delivering":
             started = as_epoch(job.started_at) if job.started_at else now
             if now - started < LEASE_SECONDS:
                 # Picked up a moment ago; its lease is about to be taken.
-                redis.zadd(IDX_ACTIVE, {d.id: now + LEASE_SECONDS})
+                redis.zadd(keys.ACTIVE, {d.id: now + LEASE_SECONDS})
                 continue
             status = "started by a worker that is gone"
         if d.status == "delivering":
@@ -133,7 +130,9 @@ class ReaperThread(threading.Thread):
     def run(self) -> None:
         while not self.stopped.wait(self.interval):
             try:
-                if self.ctx.redis.set(LOCK_KEY, self.token, nx=True, px=int(self.interval * 2000)):
+                if self.ctx.redis.set(
+                    keys.REAPER_LOCK, self.token, nx=True, px=int(self.interval * 2000)
+                ):
                     try:
                         reap_once(self.ctx)
                     finally:
@@ -141,7 +140,7 @@ class ReaperThread(threading.Thread):
                             "if redis.call('GET', KEYS[1]) == ARGV[1] then "
                             "return redis.call('DEL', KEYS[1]) end return 0",
                             1,
-                            LOCK_KEY,
+                            keys.REAPER_LOCK,
                             self.token,
                         )
             except RedisError as exc:

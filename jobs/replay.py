@@ -12,11 +12,13 @@ from dataclasses import dataclass, replace
 
 from redis import Redis
 
-from bridge.deliveries import IDX_FAILED, Delivery, DeliveryStore, request_from_raw
+from bridge import keys
+from bridge.deliveries import DeliveryStore
 from bridge.event import Event
 from bridge.exceptions import IngestError
 from bridge.pipeline import map_lead, request_events
 from bridge.queue import enqueue, make_queue, transaction
+from bridge.record import Delivery, request_from_raw
 from bridge.settings import Settings
 from bridge.sources import get_source
 
@@ -68,7 +70,7 @@ class Replayer:
     def _still_failed(self, delivery_id: str) -> bool:
         # The index itself, not the record: an expired record left in the index must move the
         # offset too, or the same page would come back for ever.
-        return self.redis.zscore(IDX_FAILED, delivery_id) is not None
+        return self.redis.zscore(keys.FAILED, delivery_id) is not None
 
     def replay_many(
         self,

@@ -4,7 +4,8 @@ import time
 
 from rq import Queue
 
-from jobs.deliver import configure, lease_key
+from bridge import keys
+from jobs.deliver import configure
 from jobs.reaper import reap_once
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210"}
@@ -43,7 +44,7 @@ def test_a_running_delivery_with_a_live_lease_is_left_alone(make_client, redis):
     d = client.store.get(delivery_id)
     d.status = "delivering"
     client.store.update(d, recheck_in=-1)
-    redis.set(lease_key(delivery_id), "1", px=5000)
+    redis.set(keys.lease(delivery_id), "1", px=5000)
     assert reap_once(ctx) == []
     assert client.store.get(delivery_id).job_id == d.job_id
 

@@ -37,7 +37,8 @@ def test_counts_wait_for_the_interval_then_go_in_one_write_per_counter(redis):
     clock.now = 1.0
     with CommandCount(redis) as flush:
         tally.add("rejected", "leads", "bad_signature")  # the first count after the interval
-    assert flush.write_calls == {"hincrby": 2}
+    # per counter one HINCRBY for the totals and one for the hour's bucket, whose TTL is renewed
+    assert flush.write_calls == {"hincrby": 4, "expire": 1}
     assert read_counters(redis) == {
         "rejected|leads|bad_signature": 1001,
         "rejected|leads|missing_header": 10,

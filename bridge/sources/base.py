@@ -1,40 +1,31 @@
-"""What a source adapter is, and the helpers adapters share (verification, fetching, values).
+"""What a source adapter is: the ``Source`` base class and the answers it gives.
 
 An adapter is a ``Source`` subclass instance: a few class attributes that describe the source
-(does it sign, what to do with an unmappable submission, which headers identify an event) and
-small pure methods (verify, parse, normalize, reply). ``bridge.ingest`` does the rest: size
-limit, dedup, storage, enqueueing, metrics.
+(its signature schemes, what to do with an unmappable submission, which headers identify an
+event) and small pure methods (verify, parse, normalize, reply). ``bridge.ingest`` does the
+rest: size limit, dedup, storage, enqueueing, metrics. Signature, token and HTTP Basic checks
+are in ``bridge.signatures``; reading a lead from a provider's API in
+``bridge.sources.fetching``.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import json
-import math
-import time
-from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bridge.event import InboundRequest, Lead
-from bridge.exceptions import (
-    IngestError,
-    ProviderFetchError,
-    SignatureInvalid,
-)
+from bridge.exceptions import IngestError
 from bridge.parsing import parse_body
-from bridge.values import country_code, id_text, squash, text
+from bridge.signatures import Scheme, check_schemes, check_shared_credentials, check_signed
+from bridge.values import country_code, squash, text
 
 if TYPE_CHECKING:
     import requests
 
     from bridge.event import Event
     from bridge.settings import Route
-
-TOKEN_HEADER = "x-bridge-token"
-TOKEN_QUERY = "token"
 
 #: Event ids an adapter takes from a body or a header are cut to this length (as ``bridge.ingest``
 #: cuts every event id).
@@ -86,6 +77,10 @@ class Source:
     name = "base"
     #: True when the provider signs requests with a shared secret (config then requires one).
     signs = False
+    #: How the provider signs, as data (``bridge.signatures.Scheme``): alternatives the provider
+    #: sends side by side or instead of each other. A source whose scheme cannot be said as data
+    #: (HubSpot) overrides ``verify`` instead.
+    schemes: tuple[Scheme, ...] = ()
     #: "reject": an unmappable submission gets a 422 (the sender shows it to its user);
     #: "accept": it is recorded as a ``skipped`` delivery and acknowledged, for providers that
     #: disable a hook after 4xx answers.
@@ -93,11 +88,13 @@ class Source:
     #: Request headers kept with the stored raw payload (needed to normalize it again on replay).
     #: Never list a header that carries a secret or a signature.
     kept_headers: tuple[str, ...] = ()
-    #: Seconds of clock skew allowed where the signature covers a timestamp.
-    timestamp_tolerance = 300
     #: True for providers that count any status but 200 as a failed delivery: every 2xx answer
     #: is sent as 200.
     answers_200 = False
+    #: True when the event id comes from a header the signature does not cover: a body already
+    #: accepted is then a duplicate whatever id it comes with, so a captured request re-sent
+    #: under a new id is not delivered twice.
+    dedups_body = False
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -112,8 +109,19 @@ class Source:
         return None
 
     def verify(self, req: InboundRequest, route: Route) -> None:
-        """Raise ``SignatureInvalid`` unless the request comes from the route's sender."""
-        check_shared_credentials(req, route)
+        """Raise ``SignatureInvalid`` unless the request comes from the route's sender: signed
+        with one of the route's secrets (when the source signs), carrying its token or HTTP
+        Basic credentials (whichever the route sets)."""
+        if self.signs:
+            check_signed(req, route, self.check_signature)
+        else:
+            check_shared_credentials(req, route)
+
+    def check_signature(
+        self, req: InboundRequest, secrets: str | Sequence[str], now: float | None = None
+    ) -> None:
+        """Raise ``SignatureInvalid`` unless ``req`` is signed with one of ``secrets``."""
+        check_schemes(req, self.schemes, secrets, now)
 
     def parse(self, req: InboundRequest) -> Any:
         return parse_body(req)
@@ -135,69 +143,6 @@ class Source:
     def fetch(self, event: Event, route: Route, http: requests.Session, timeout: float) -> Lead:
         """For id-only sources: fetch the lead the event points at (``event.fetch``)."""
         raise NotImplementedError(f"source {self.name!r} does not fetch leads")
-
-
-# --- fetching from a provider's API (sources whose webhooks carry ids only) --------------
-
-
-def provider_get(
-    http: requests.Session,
-    url: str,
-    *,
-    provider: str,
-    timeout: float,
-    params: dict | None = None,
-    headers: dict | None = None,
-) -> tuple[requests.Response, Any]:
-    """GET a provider's JSON API for ``Source.fetch``: the response and its JSON (None when the
-    body is not JSON). Network trouble is a transient ``ProviderFetchError`` that names only
-    the provider and the error type: the exception's own text holds the URL, which may hold a
-    token."""
-    import requests
-
-    try:
-        resp = http.get(url, params=params, headers=headers, timeout=timeout)
-    except requests.Timeout:
-        raise ProviderFetchError(
-            f"{provider} did not answer within {timeout:g} s", transient=True
-        ) from None
-    except requests.RequestException as exc:
-        raise ProviderFetchError(
-            f"{provider} unreachable ({type(exc).__name__})", transient=True
-        ) from None
-    try:
-        data = resp.json()
-    except ValueError:
-        data = None
-    return resp, data
-
-
-def fetch_reference(event: Event, kind: str, what: str) -> str:
-    """The id of the record ``event.fetch`` names, when it names a ``kind`` record. Anything else
-    is a permanent ``ProviderFetchError``: the stored event will not change on a retry."""
-    spec = event.fetch or {}
-    record_id = id_text(spec.get("id"))
-    if spec.get("kind") != kind or record_id is None:
-        raise ProviderFetchError(f"not a {what} reference: {spec!r}", transient=False)
-    return record_id
-
-
-def refused_fetch(provider: str, status: int, what: str, detail: str) -> ProviderFetchError:
-    """A provider API's non-200 answer for ``what``: transient for 429 and 5xx (the provider's
-    own trouble passes), permanent otherwise (a missing record or a bad token stays so)."""
-    return ProviderFetchError(
-        f"{provider} answered {status} for {what}: {detail}",
-        transient=status == 429 or status >= 500,
-        status=status,
-    )
-
-
-def redact(message: str, route: Route, mask: str = "***") -> str:
-    """A provider's error text as it may be stored and shown: every secret of the route masked
-    (an API may echo the token it was sent) and cut to ``MAX_ERROR_CHARS``."""
-    for secret in route.secrets():
-        message = message.replace(secret, mask)
-    return message[:MAX_ERROR_CHARS]
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -241,107 +186,6 @@ def raise_malformed(message: str) -> None:
     from bridge.exceptions import MalformedBody
 
     raise MalformedBody(message)
-
-
-# --- verification helpers ----------------------------------------------------------------
-
-
-def check_signed(
-    req: InboundRequest,
-    route: Route,
-    check_signature: Callable[[InboundRequest, str], None],
-) -> None:
-    """``verify`` of a source that signs: ``check_signature(req, secret)`` with the route's
-    secret. A route without one must have a ``token`` or ``basic_auth`` instead (a hook made
-    where the provider offers no signing, such as Webflow's dashboard); then those are checked
-    too, whichever are configured."""
-    if route.secret:
-        check_signature(req, route.secret)
-    elif not (route.token or route.basic_auth):
-        require_secret(route)
-    check_shared_credentials(req, route)
-
-
-def check_shared_credentials(req: InboundRequest, route: Route) -> None:
-    """The route's ``token`` (header or query) and ``basic_auth``, whichever are configured."""
-    if route.token:
-        check_token(req, route.token)
-    if route.basic_auth:
-        check_basic_auth(req, route.basic_auth)
-
-
-def check_token(req: InboundRequest, expected: str) -> None:
-    given = req.header(TOKEN_HEADER) or req.query.get(TOKEN_QUERY)
-    if not given:
-        raise SignatureInvalid(
-            "missing token: send it as the X-Bridge-Token header or the ?token= query parameter",
-            reason="missing_token",
-        )
-    if not equal(given, expected):
-        raise SignatureInvalid("token does not match this route's token", reason="bad_token")
-
-
-def check_basic_auth(req: InboundRequest, expected: str) -> None:
-    header = req.header("authorization") or ""
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "basic" or not value:
-        raise SignatureInvalid("missing HTTP Basic credentials", reason="missing_header")
-    try:
-        given = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (ValueError, UnicodeDecodeError):
-        raise SignatureInvalid("unreadable HTTP Basic credentials", reason="bad_token") from None
-    if not equal(given, expected):
-        raise SignatureInvalid("HTTP Basic credentials do not match", reason="bad_token")
-
-
-def require_header(req: InboundRequest, name: str) -> str:
-    value = req.header(name)
-    if not value:
-        raise SignatureInvalid(f"missing {name} header", reason="missing_header")
-    return value.strip()
-
-
-def require_secret(route: Route) -> str:
-    if not route.secret:
-        raise SignatureInvalid("this route has no signing secret configured", reason="no_secret")
-    return route.secret
-
-
-def hmac_digest(secret: str | bytes, message: bytes, algorithm: str = "sha256") -> bytes:
-    key = secret.encode() if isinstance(secret, str) else secret
-    return hmac.new(key, message, getattr(hashlib, algorithm)).digest()
-
-
-def equal(given: str | bytes, expected: str | bytes) -> bool:
-    """Constant-time comparison of two strings or byte strings."""
-    a = given.encode() if isinstance(given, str) else given
-    b = expected.encode() if isinstance(expected, str) else expected
-    return hmac.compare_digest(a, b)
-
-
-def check_timestamp(
-    timestamp: str | int | float, tolerance: float, now: float | None = None
-) -> None:
-    """Raise ``SignatureInvalid`` (reason ``stale_timestamp``) outside ``±tolerance`` seconds.
-
-    Accepts seconds or milliseconds since the epoch.
-    """
-    try:
-        value = float(timestamp)
-    except (TypeError, ValueError):
-        raise SignatureInvalid(
-            f"unreadable timestamp {str(timestamp)[:40]!r}", reason="bad_timestamp"
-        ) from None
-    if not math.isfinite(value):
-        raise SignatureInvalid("unreadable timestamp", reason="bad_timestamp")
-    if value > 1e11:  # milliseconds
-        value /= 1000.0
-    now = time.time() if now is None else now
-    if abs(now - value) > tolerance:
-        raise SignatureInvalid(
-            f"timestamp is {int(abs(now - value))} s away from now (tolerance {int(tolerance)} s)",
-            reason="stale_timestamp",
-        )
 
 
 # --- flat records: Zapier's contract, shared by WordPress plugins' key/value bodies ------

@@ -7,33 +7,34 @@ whose contact the delivery job fetches from the CRM API with the route's ``acces
 
 HubSpot signs with the app's client secret: ``X-HubSpot-Signature-v3`` (HMAC over method, URL,
 body and a millisecond timestamp) plus the older ``X-HubSpot-Signature`` hash (v1 for the
-Webhooks API, v2 for workflows). A route without the app secret can use a token instead (the
-workflow action's "API key" authentication).
+Webhooks API, v2 for workflows). Three versions, two of them over a URL that has candidates,
+are not one ``Scheme``: this module checks them itself, in ``bridge.signatures``' order and with
+its helpers. A route without the app secret can use a token instead (the workflow action's
+"API key" authentication).
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode, urlsplit
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid
-from bridge.sources.base import (
-    Source,
+from bridge.redaction import redact
+from bridge.signatures import (
     check_signed,
-    check_timestamp,
-    equal,
-    fetch_reference,
+    check_window,
+    decode,
+    equal_any,
     hmac_digest,
-    provider_get,
-    redact,
-    refused_fetch,
+    read_timestamp,
     require_header,
-    require_secret,
 )
+from bridge.sources.base import MAX_ERROR_CHARS, Source
+from bridge.sources.fetching import fetch_reference, provider_get, refused_fetch
 from bridge.values import clean_text, first_country, first_text, id_text
 
 if TYPE_CHECKING:
@@ -43,6 +44,11 @@ if TYPE_CHECKING:
     from bridge.settings import Route
 
 DEFAULT_API_BASE_URL = "https://api.hubapi.com"
+V3_HEADER = "x-hubspot-signature-v3"
+LEGACY_HEADER = "x-hubspot-signature"
+TIMESTAMP_HEADER = "x-hubspot-request-timestamp"
+#: HubSpot's documented limit: reject a request timestamp older than five minutes.
+TIMESTAMP_TOLERANCE = 300
 #: Contact properties fetched for a Webhooks API event; ``properties`` in the route adds more.
 FETCH_PROPERTIES = (
     "firstname",
@@ -93,7 +99,6 @@ class HubSpotSource(Source):
     # The Webhooks API retries any 4xx for a day and a workflow shows a 4xx only as a failed
     # action: a contact without a usable phone is recorded as skipped and acknowledged instead.
     unmappable = "accept"
-    timestamp_tolerance = 300
 
     def check_route(self, route: Route) -> list[str]:
         problems = []
@@ -112,63 +117,73 @@ class HubSpotSource(Source):
 
     def verify(self, req: InboundRequest, route: Route) -> None:
         # The v2 and v3 signatures cover the URL, which the route's public_url may correct.
-        check_signed(req, route, lambda req, _secret: self._verify_signature(req, route))
+        check_signed(req, route, lambda req, secrets: self.check_request(req, route, secrets))
 
-    def _verify_signature(self, req: InboundRequest, route: Route) -> None:
-        """Accept the request when any signature version HubSpot sent is valid."""
-        secret = require_secret(route)
-        failures: list[SignatureInvalid] = []
-        if req.header("x-hubspot-signature-v3"):
-            try:
-                self._check_v3(req, route, secret)
-                return
-            except SignatureInvalid as exc:
-                failures.append(exc)
-        if req.header("x-hubspot-signature"):
-            try:
-                self._check_legacy(req, route, secret)
-                return
-            except SignatureInvalid as exc:
-                failures.append(exc)
-        if not failures:
+    def check_request(
+        self,
+        req: InboundRequest,
+        route: Route,
+        secrets: Sequence[str],
+        now: float | None = None,
+    ) -> None:
+        """Accept the request when any signature version HubSpot sent is valid with one of
+        ``secrets``. The request timestamp, when sent, must be readable and within the window
+        whichever version matched: v1 and v2 sign none, and must not let a captured request
+        through late."""
+        if not req.header(V3_HEADER) and not req.header(LEGACY_HEADER):
             raise SignatureInvalid(
                 "missing X-HubSpot-Signature-v3 (or X-HubSpot-Signature) header",
                 reason="missing_header",
             )
-        raise failures[0]
+        stamp = (req.header(TIMESTAMP_HEADER) or "").strip()
+        seconds = read_timestamp(stamp, "ms", TIMESTAMP_HEADER) if stamp else None
+        failures: list[SignatureInvalid] = []
+        for header, check in ((V3_HEADER, self._check_v3), (LEGACY_HEADER, self._check_legacy)):
+            if not req.header(header):
+                continue
+            try:
+                check(req, route, secrets)
+                break
+            except SignatureInvalid as exc:
+                failures.append(exc)
+        else:
+            raise failures[0]
+        # After the signature, so a late genuine request is not counted as a forgery.
+        if seconds is not None:
+            check_window(seconds, TIMESTAMP_TOLERANCE, now)
 
-    def _check_v3(self, req: InboundRequest, route: Route, secret: str) -> None:
-        given = require_header(req, "x-hubspot-signature-v3")
-        timestamp = require_header(req, "x-hubspot-request-timestamp")
-        check_timestamp(timestamp, self.timestamp_tolerance)
-        for uri in request_uris(req, route):
-            message = f"{req.method.upper()}{uri}".encode() + req.body + timestamp.encode()
-            expected = base64.b64encode(hmac_digest(secret, message)).decode()
-            if equal(given, expected):
-                return
-        raise SignatureInvalid(
-            "X-HubSpot-Signature-v3 does not match (check the app's client secret and, behind a "
-            "proxy, the route's public_url)",
-            reason="bad_signature",
-        )
+    def _check_v3(self, req: InboundRequest, route: Route, secrets: Sequence[str]) -> None:
+        given = decode(require_header(req, V3_HEADER), "base64")
+        timestamp = require_header(req, TIMESTAMP_HEADER)
+        signed = [
+            f"{req.method.upper()}{uri}".encode() + req.body + timestamp.encode()
+            for uri in request_uris(req, route)
+        ]
+        expected = [hmac_digest(secret, message) for secret in secrets for message in signed]
+        if not equal_any(given, expected):
+            raise SignatureInvalid(
+                "X-HubSpot-Signature-v3 does not match (check the app's client secret and, behind "
+                "a proxy, the route's public_url)",
+                reason="bad_signature",
+            )
 
-    def _check_legacy(self, req: InboundRequest, route: Route, secret: str) -> None:
-        given = require_header(req, "x-hubspot-signature").lower()
+    def _check_legacy(self, req: InboundRequest, route: Route, secrets: Sequence[str]) -> None:
+        given = decode(require_header(req, LEGACY_HEADER), "hex")
         version = (req.header("x-hubspot-signature-version") or "").strip().lower()
         sources = []
-        if version in ("v1", ""):
-            sources.append(secret.encode() + req.body)
-        if version in ("v2", ""):
-            for uri in request_uris(req, route):
-                sources.append(f"{secret}{req.method.upper()}{uri}".encode() + req.body)
-        for source in sources:
-            if equal(given, hashlib.sha256(source).hexdigest()):
-                return
-        label = version or "v1/v2"
-        raise SignatureInvalid(
-            f"X-HubSpot-Signature ({label}) does not match (check the app's client secret)",
-            reason="bad_signature",
-        )
+        for secret in secrets:
+            if version in ("v1", ""):
+                sources.append(secret.encode() + req.body)
+            if version in ("v2", ""):
+                for uri in request_uris(req, route):
+                    sources.append(f"{secret}{req.method.upper()}{uri}".encode() + req.body)
+        # A plain SHA-256 of secret and request, not an HMAC: HubSpot's v1/v2 definition.
+        if not equal_any(given, [hashlib.sha256(source).digest() for source in sources]):
+            label = version or "v1/v2"
+            raise SignatureInvalid(
+                f"X-HubSpot-Signature ({label}) does not match (check the app's client secret)",
+                reason="bad_signature",
+            )
 
     # --- normalization ---------------------------------------------------------------------------
 
@@ -365,7 +380,7 @@ def _api_error(resp: Any, route: Route) -> str:
         text = ": ".join(parts) or resp.reason or "error"
     else:
         text = resp.reason or "error"
-    return redact(text, route)
+    return redact(text, route.secrets(), min_chars=1)[:MAX_ERROR_CHARS]
 
 
 def _scalar(value: Any) -> bool:

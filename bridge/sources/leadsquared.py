@@ -18,17 +18,8 @@ from typing import Any
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid, StorageUnavailable
 from bridge.settings import Route
-from bridge.sources.base import (
-    TOKEN_HEADER,
-    TOKEN_QUERY,
-    Outcome,
-    Reply,
-    Source,
-    check_basic_auth,
-    default_reply,
-    equal,
-    error_reply,
-)
+from bridge.signatures import TOKEN_HEADER, TOKEN_QUERY, check_basic_auth, check_token_value
+from bridge.sources.base import Outcome, Reply, Source, default_reply, error_reply
 from bridge.values import clean_text, first_text
 
 #: LeadSquared's own example of a custom auth header, accepted besides ``X-Bridge-Token``.
@@ -113,12 +104,9 @@ class LeadSquaredSource(Source):
                     "webhook",
                     reason="missing_token",
                 )
-            if not equal(given.strip(), route.token):
-                raise SignatureInvalid(
-                    "token does not match this route's token", reason="bad_token"
-                )
+            check_token_value(given.strip(), route.values_of("token"))
         if route.basic_auth:
-            check_basic_auth(req, route.basic_auth)
+            check_basic_auth(req, route.values_of("basic_auth"))
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if isinstance(payload, dict):

@@ -17,17 +17,12 @@ from urllib.parse import quote
 import requests
 
 from bridge.event import InboundRequest, Lead
-from bridge.exceptions import MalformedBody, ProviderFetchError, SignatureInvalid
+from bridge.exceptions import MalformedBody, ProviderFetchError
+from bridge.redaction import redact
 from bridge.settings import Route
-from bridge.sources.base import (
-    Reply,
-    Source,
-    check_signed,
-    equal,
-    hmac_digest,
-    provider_get,
-    redact,
-)
+from bridge.signatures import Scheme, equal_any
+from bridge.sources.base import MAX_ERROR_CHARS, Reply, Source
+from bridge.sources.fetching import provider_get
 from bridge.values import clean_text, country_code, id_text
 
 if TYPE_CHECKING:
@@ -43,6 +38,14 @@ DEFAULT_LEAD_FIELDS = "created_time,field_data,ad_id,form_id,campaign_id,platfor
 
 #: ``Lead.fetch["kind"]`` for a lead this module fetches.
 FETCH_KIND = "meta_lead"
+
+#: ``X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw body>``, and the legacy
+#: ``X-Hub-Signature: sha1=<hex>`` beside or instead of it: either valid one is enough.
+HINT = "that the route's secret is the app secret"
+SCHEMES = (
+    Scheme(header="x-hub-signature-256", prefix="sha256=", hint=HINT),
+    Scheme(header="x-hub-signature", prefix="sha1=", digest="sha1", hint=HINT),
+)
 
 # Graph object ids are decimal; anything else must never reach the request path.
 LEAD_ID = re.compile(r"^[0-9]{1,32}$")
@@ -63,6 +66,7 @@ class MetaLeadAdsSource(Source):
     unmappable = "accept"
     # Meta's docs ask for "200 OK"; a 202 is not promised to count as delivered.
     answers_200 = True
+    schemes = SCHEMES
 
     # --- configuration ---------------------------------------------------------------------
 
@@ -100,7 +104,7 @@ class MetaLeadAdsSource(Source):
                     "hub.verify_token (Meta's subscription check)",
                 },
             )
-        if not route.verify_token or not given or not equal(given, route.verify_token):
+        if not given or not equal_any(given, route.values_of("verify_token")):
             return Reply(
                 403,
                 {
@@ -113,9 +117,6 @@ class MetaLeadAdsSource(Source):
         return Reply(
             200, challenge, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"}
         )
-
-    def verify(self, req: InboundRequest, route: Route) -> None:
-        check_signed(req, route, check_hub_signature)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):
@@ -180,10 +181,12 @@ class MetaLeadAdsSource(Source):
             "access_token": route.access_token,
             "fields": fields if isinstance(fields, str) and fields.strip() else DEFAULT_LEAD_FIELDS,
         }
-        if route.secret:
-            # Required when the app has "Require App Secret" on; harmless otherwise.
+        secrets = route.values_of("secret")
+        if secrets:
+            # Required when the app has "Require App Secret" on (harmless otherwise). Made with
+            # the newest secret, the last listed: the one the app holds after a rotation.
             params["appsecret_proof"] = hmac.new(
-                route.secret.encode(), route.access_token.encode(), hashlib.sha256
+                secrets[-1].encode(), route.access_token.encode(), hashlib.sha256
             ).hexdigest()
         resp, data = provider_get(
             http, f"{base}/{quote(lead_id)}", provider="Graph API", timeout=timeout, params=params
@@ -197,29 +200,6 @@ class MetaLeadAdsSource(Source):
                 status=resp.status_code,
             )
         return lead_from_node(data, event, lead_id)
-
-
-def check_hub_signature(req: InboundRequest, secret: str) -> None:
-    """``X-Hub-Signature-256: sha256=<hex>`` (and the legacy SHA-1 header): any valid one."""
-    given = {
-        "sha256": req.header("x-hub-signature-256"),
-        "sha1": req.header("x-hub-signature"),
-    }
-    if not any(given.values()):
-        raise SignatureInvalid("missing X-Hub-Signature-256 header", reason="missing_header")
-    for algorithm, header in given.items():
-        if not header:
-            continue
-        prefix, _, signature = header.strip().partition("=")
-        if prefix.lower() != algorithm or not signature:
-            continue
-        expected = hmac_digest(secret, req.body, algorithm).hex()
-        if equal(signature.strip().lower(), expected):
-            return
-    raise SignatureInvalid(
-        "X-Hub-Signature-256 does not match the body (check the route's secret is the app secret)",
-        reason="bad_signature",
-    )
 
 
 def graph_error(status: int, data: Any, route: Route) -> ProviderFetchError:
@@ -242,7 +222,8 @@ def graph_error(status: int, data: Any, route: Route) -> ProviderFetchError:
         or error.get("is_transient") is True
         or (isinstance(code, int) and (code in TRANSIENT_CODES or 80000 <= code < 80100))
     )
-    return ProviderFetchError(redact(text, route, "[redacted]"), transient=transient, status=status)
+    text = redact(text, route.secrets(), min_chars=1)[:MAX_ERROR_CHARS]
+    return ProviderFetchError(text, transient=transient, status=status)
 
 
 def lead_from_node(node: dict[str, Any], event: Event, lead_id: str) -> Lead:

@@ -15,7 +15,9 @@ from urllib.parse import quote
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, ProviderFetchError
-from bridge.sources.base import Source, fetch_reference, provider_get, redact, refused_fetch
+from bridge.redaction import redact
+from bridge.sources.base import MAX_ERROR_CHARS, Source
+from bridge.sources.fetching import fetch_reference, provider_get, refused_fetch
 from bridge.values import clean_text, id_text
 
 if TYPE_CHECKING:
@@ -222,7 +224,7 @@ def _api_error(resp: Any, body: Any, route: Route) -> str:
             text += f" ({body['error_info']})"
     else:
         text = resp.reason or "error"
-    return redact(text, route)
+    return redact(text, route.secrets(), min_chars=1)[:MAX_ERROR_CHARS]
 
 
 def _named(value: Any) -> Any:

@@ -18,15 +18,8 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import IngestError, MalformedBody, SignatureInvalid, StorageUnavailable
 from bridge.parsing import local_name, media_kind, parse_xml, xml_to_data
 from bridge.settings import Route
-from bridge.sources.base import (
-    MAX_EVENT_ID_CHARS,
-    Outcome,
-    Reply,
-    Source,
-    check_shared_credentials,
-    default_reply,
-    equal,
-)
+from bridge.signatures import check_shared_credentials, equal
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Outcome, Reply, Source, default_reply
 from bridge.values import clean_text, first_country, first_text
 
 XSI = "{http://www.w3.org/2001/XMLSchema-instance}"

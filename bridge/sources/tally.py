@@ -8,23 +8,21 @@ response id is the event id, so retries and re-sends of one response count once.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 
 from bridge.event import InboundRequest, Lead
-from bridge.exceptions import MalformedBody, SignatureInvalid
+from bridge.exceptions import MalformedBody
 from bridge.settings import Route
-from bridge.sources.base import (
-    MAX_EVENT_ID_CHARS,
-    Source,
-    check_signed,
-    equal,
-    hmac_digest,
-    require_header,
-)
+from bridge.signatures import Scheme
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
 from bridge.values import put_field, text
 
-SIGNATURE_HEADER = "tally-signature"
+#: ``Tally-Signature: <base64 HMAC-SHA256 of the raw body>``; no prefix, no timestamp.
+SCHEME = Scheme(
+    header="tally-signature",
+    encoding="base64",
+    hint="that the route's secret is the webhook's signing secret",
+)
 
 SINGLE_CHOICE = {"MULTIPLE_CHOICE", "DROPDOWN"}
 MULTI_CHOICE = {"CHECKBOXES", "MULTI_SELECT", "RANKING"}
@@ -36,9 +34,7 @@ class TallySource(Source):
     signs = True
     # Tally retries a 4xx five times over a day to no end; the respondent never sees it.
     unmappable = "accept"
-
-    def verify(self, req: InboundRequest, route: Route) -> None:
-        check_signed(req, route, check_tally_signature)
+    schemes = (SCHEME,)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):
@@ -79,16 +75,6 @@ class TallySource(Source):
         )
         lead.event_id = event_id[:MAX_EVENT_ID_CHARS] or None
         return [lead]
-
-
-def check_tally_signature(req: InboundRequest, secret: str) -> None:
-    given = require_header(req, SIGNATURE_HEADER)
-    expected = base64.b64encode(hmac_digest(secret, req.body)).decode()
-    if not equal(given, expected):
-        raise SignatureInvalid(
-            "Tally-Signature does not match the body signed with this route's secret",
-            reason="bad_signature",
-        )
 
 
 def answer_value(item: dict[str, Any]) -> Any:

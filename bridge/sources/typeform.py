@@ -9,24 +9,23 @@ so every re-send of one response (retries included) counts once.
 
 from __future__ import annotations
 
-import base64
 import re
 from typing import Any
 
 from bridge.event import InboundRequest, Lead
-from bridge.exceptions import MalformedBody, SignatureInvalid
+from bridge.exceptions import MalformedBody
 from bridge.settings import Route
-from bridge.sources.base import (
-    MAX_EVENT_ID_CHARS,
-    Source,
-    check_signed,
-    equal,
-    hmac_digest,
-    require_header,
-)
+from bridge.signatures import Scheme
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
 from bridge.values import put_field, text
 
-SIGNATURE_HEADER = "typeform-signature"
+#: ``Typeform-Signature: sha256=<base64 HMAC-SHA256 of the raw body>``; no timestamp.
+SCHEME = Scheme(
+    header="typeform-signature",
+    prefix="sha256=",
+    encoding="base64",
+    hint="that the route's secret is the webhook's secret",
+)
 
 # Refs Typeform assigns when nobody set one: UUIDs (builder) and ULIDs (newer forms).
 GENERATED_REF = re.compile(
@@ -50,9 +49,7 @@ class TypeformSource(Source):
     signs = True
     # A 4xx buys ~5 pointless retries and, if it keeps happening, a disabled webhook.
     unmappable = "accept"
-
-    def verify(self, req: InboundRequest, route: Route) -> None:
-        check_signed(req, route, check_typeform_signature)
+    schemes = (SCHEME,)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):
@@ -104,22 +101,6 @@ class TypeformSource(Source):
         event_id = text(response.get("token")) or text(payload.get("event_id"))
         lead.event_id = event_id[:MAX_EVENT_ID_CHARS] or None
         return [lead]
-
-
-def check_typeform_signature(req: InboundRequest, secret: str) -> None:
-    header = require_header(req, SIGNATURE_HEADER)
-    scheme, sep, given = header.partition("=")
-    if not sep or scheme.strip().lower() != "sha256":
-        raise SignatureInvalid(
-            "Typeform-Signature header is not of the form sha256=<base64 digest>",
-            reason="bad_signature",
-        )
-    expected = base64.b64encode(hmac_digest(secret, req.body)).decode()
-    if not equal(given.strip(), expected):
-        raise SignatureInvalid(
-            "Typeform-Signature does not match the body signed with this route's secret",
-            reason="bad_signature",
-        )
 
 
 def answer_value(answer: dict[str, Any]) -> Any:

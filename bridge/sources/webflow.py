@@ -14,21 +14,23 @@ from __future__ import annotations
 from typing import Any
 
 from bridge.event import InboundRequest, Lead
-from bridge.exceptions import MalformedBody, SignatureInvalid
+from bridge.exceptions import MalformedBody
 from bridge.settings import Route
-from bridge.sources.base import (
-    MAX_EVENT_ID_CHARS,
-    Source,
-    check_signed,
-    check_timestamp,
-    equal,
-    hmac_digest,
-    require_header,
-)
+from bridge.signatures import Scheme
+from bridge.sources.base import MAX_EVENT_ID_CHARS, Source
 from bridge.values import text
 
-SIGNATURE_HEADER = "x-webflow-signature"
-TIMESTAMP_HEADER = "x-webflow-timestamp"
+#: ``x-webflow-signature``: hex HMAC-SHA256 of ``"<x-webflow-timestamp>:<raw body>"``, the
+#: timestamp in milliseconds.
+SCHEME = Scheme(
+    header="x-webflow-signature",
+    signed="{timestamp}:{body}",
+    timestamp_header="x-webflow-timestamp",
+    timestamp_unit="ms",
+    # Webflow's documented replay window.
+    tolerance=300,
+    hint="that the route's secret is the webhook's secretKey or the app's client secret",
+)
 
 
 class WebflowSource(Source):
@@ -37,28 +39,7 @@ class WebflowSource(Source):
     # A non-200 counts as a failure and failures deactivate the webhook.
     unmappable = "accept"
     answers_200 = True
-    # Webflow's documented replay window.
-    timestamp_tolerance = 300
-
-    def verify(self, req: InboundRequest, route: Route) -> None:
-        check_signed(req, route, self.check_signature)
-
-    def check_signature(self, req: InboundRequest, secret: str) -> None:
-        given = require_header(req, SIGNATURE_HEADER)
-        timestamp = require_header(req, TIMESTAMP_HEADER)
-        if not timestamp.isdigit():
-            raise SignatureInvalid(
-                f"{TIMESTAMP_HEADER} is not a Unix time in milliseconds",
-                reason="bad_timestamp",
-            )
-        check_timestamp(timestamp, self.timestamp_tolerance)
-        expected = hmac_digest(secret, timestamp.encode() + b":" + req.body).hex()
-        if not equal(given.lower(), expected):
-            raise SignatureInvalid(
-                "x-webflow-signature does not match the timestamp and body signed with this "
-                "route's secret",
-                reason="bad_signature",
-            )
+    schemes = (SCHEME,)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         if not isinstance(payload, dict):

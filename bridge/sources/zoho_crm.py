@@ -18,14 +18,14 @@ from bridge.event import InboundRequest, Lead
 from bridge.exceptions import IngestError, MalformedBody, SignatureInvalid
 from bridge.parsing import parse_body, xml_to_data
 from bridge.settings import Route
-from bridge.sources.base import (
+from bridge.signatures import (
     TOKEN_HEADER,
     TOKEN_QUERY,
-    Source,
     check_basic_auth,
     check_shared_credentials,
-    equal,
+    check_token_value,
 )
+from bridge.sources.base import Source
 from bridge.values import clean_text, country_code
 
 #: The body parameter that may carry the route's token.
@@ -59,21 +59,19 @@ class ZohoCrmSource(Source):
                     "parameter or a 'token' body parameter",
                     reason="missing_token",
                 )
-            if not equal(given, route.token):
-                raise SignatureInvalid(
-                    "token does not match this route's token", reason="bad_token"
-                )
+            check_token_value(given, route.values_of("token"))
             if route.basic_auth:
-                check_basic_auth(req, route.basic_auth)
+                check_basic_auth(req, route.values_of("basic_auth"))
             return
         check_shared_credentials(req, route)
 
     def normalize(self, req: InboundRequest, payload: Any, route: Route) -> list[Lead]:
         records = records_of(payload)
         secrets = set(route.secrets())
-        password = (route.basic_auth or "").partition(":")[2]
-        if password:
-            secrets.add(password)
+        for credentials in route.values_of("basic_auth"):
+            password = credentials.partition(":")[2]
+            if password:
+                secrets.add(password)
         leads = []
         for record in records:
             fields = {

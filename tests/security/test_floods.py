@@ -189,9 +189,10 @@ def test_a_forged_flood_costs_redis_a_bounded_number_of_writes(make_stack, sandb
 
     # The quota's counter: batches of a twentieth of 600, about 20 round trips of INCRBY +
     # EXPIRE per process and minute, none past the quota; if the flood straddles a minute, two
-    # windows. Refusals: at most one HINCRBY per reason and process each second.
+    # windows. Refusals: at most one flush per process each second, of two HINCRBY per reason
+    # (the totals, the hour's bucket) and an EXPIRE.
     quota_writes = 2 * 2 * 2 * 21
-    refusal_writes = 2 * 2 * (int(seconds) + 2)
+    refusal_writes = 2 * (2 * 2 + 1) * (int(seconds) + 2)
     print(
         f"\n{sent} forged requests in {seconds:.1f} s: "
         f"{seen.writes} Redis writes {seen.write_calls}"

@@ -1,0 +1,146 @@
+"""Every Redis key the bridge writes, named in one place (RQ's own ``rq:`` keys are RQ's).
+
+Each key is a constant or a function of the ids it is built from. The layout is part of what a
+user's Redis holds, so a name here never changes without a migration; ``docs/internals.md``
+lists the same keys (a test checks that the two agree).
+"""
+
+from __future__ import annotations
+
+from bridge.defaults import KEY_PREFIX
+
+# --- deliveries (bridge.deliveries) ---------------------------------------------------------
+
+
+def delivery(delivery_id: str) -> str:
+    """Hash: the delivery record (``bridge.record.Delivery``)."""
+    return f"{KEY_PREFIX}d:{delivery_id}"
+
+
+def history(delivery_id: str) -> str:
+    """List: the delivery's history entries, oldest first."""
+    return f"{KEY_PREFIX}d:{delivery_id}:log"
+
+
+def raw(raw_id: str) -> str:
+    """String: the request as received (secrets redacted), shared by the leads of one batch."""
+    return f"{KEY_PREFIX}raw:{raw_id}"
+
+
+def dedup(route: str, event_id: str) -> str:
+    """String: the first delivery id stored for this event of this route."""
+    return f"{KEY_PREFIX}dedup:{route}:{event_id}"
+
+
+#: Zset: every delivery by when it was received.
+RECEIVED = f"{KEY_PREFIX}idx:received"
+#: Zset: failed and skipped deliveries, everything a person may need to replay.
+FAILED = f"{KEY_PREFIX}idx:failed"
+#: Zset: unfinished deliveries, scored by when the reaper should look at them.
+ACTIVE = f"{KEY_PREFIX}idx:active"
+
+
+def received_by_route(route: str) -> str:
+    """Zset: one route's deliveries by when they were received (the admin page's route filter)."""
+    return f"{KEY_PREFIX}idx:received:route:{route}"
+
+
+def by_phone(phone: str) -> str:
+    """Zset: the deliveries of one E.164 number (the admin page's phone search); expires with
+    its last delivery."""
+    return f"{KEY_PREFIX}idx:phone:{phone}"
+
+
+def route_state(route: str) -> str:
+    """Hash: a route's ``last_received`` / ``last_delivered`` (epoch seconds)."""
+    return f"{KEY_PREFIX}route:{route}"
+
+
+def failed_by_route(route: str) -> str:
+    """Zset: ``FAILED`` narrowed to one route."""
+    return f"{FAILED}:route:{route}"
+
+
+def failed_by_reason(reason_code: str) -> str:
+    """Zset: ``FAILED`` narrowed to one reason code."""
+    return f"{FAILED}:reason:{reason_code}"
+
+
+#: SCAN pattern matching every ``failed_by_route`` and ``failed_by_reason`` index (routes
+#: removed from the config keep theirs until trimmed).
+FAILED_NARROWED_PATTERN = f"{FAILED}:*"
+
+
+def failed_by_route_and_reason(token: str) -> str:
+    """Zset, kept one minute: the intersection of a route's and a reason's failed indexes."""
+    return f"{KEY_PREFIX}tmp:failed:{token}"
+
+
+# --- the worker side (jobs/) ----------------------------------------------------------------
+
+
+def lease(delivery_id: str) -> str:
+    """String with a short TTL: held by the worker running the delivery (``jobs.deliver``)."""
+    return f"{KEY_PREFIX}lease:{delivery_id}"
+
+
+def rate_window(key_id: str, rate_class: str) -> str:
+    """Zset: one API key's sliding window for ``general`` or ``bulk`` calls (``jobs.ratelimit``).
+
+    ``key_id`` is a hash of the API key: the key itself is never written to Redis."""
+    return f"{KEY_PREFIX}rl:{key_id}:{rate_class}"
+
+
+def pause(key_id: str) -> str:
+    """String with a TTL: the API key is paused after a 429 until the key expires."""
+    return f"{KEY_PREFIX}pause:{key_id}"
+
+
+def audience(key_id: str, name_hash: str) -> str:
+    """String: an audience name's id for one API key (``jobs.audiences``)."""
+    return f"{KEY_PREFIX}aud:{key_id}:{name_hash}"
+
+
+def audience_lock(key_id: str, name_hash: str) -> str:
+    """String with a TTL: held by the one worker creating the audience."""
+    return f"{audience(key_id, name_hash)}:lock"
+
+
+def flow(key_id: str, name_hash: str) -> str:
+    """String with a TTL: a voice flow name's id for one API key (``jobs.campaigns``)."""
+    return f"{KEY_PREFIX}flow:{key_id}:{name_hash}"
+
+
+def campaign_rate(route: str, minute: int) -> str:
+    """String with a TTL: per-lead campaigns the route started in that minute (epoch minutes)."""
+    return f"{KEY_PREFIX}camp:rate:{route}:{minute}"
+
+
+def campaign_window(route: str, start: int) -> str:
+    """A campaign window's state: its audience id, then its campaign id once created."""
+    return f"{KEY_PREFIX}camp:win:{route}:{start}"
+
+
+# --- the web side's quotas (bridge.quotas) ---------------------------------------------------
+
+
+def quota(scope: str, window: int) -> str:
+    """String with a TTL of two windows: requests the web processes admitted for ``scope`` (a
+    route, or ``<route>:ip:<address>``) during one quota window (epoch minutes)."""
+    return f"{KEY_PREFIX}quota:{scope}:{window}"
+
+
+#: String with a TTL: held by the one worker whose reaper runs (``jobs.reaper``).
+REAPER_LOCK = f"{KEY_PREFIX}reaper:lock"
+#: String with a TTL: set when the listing indexes were last trimmed.
+REAPER_TRIMMED = f"{KEY_PREFIX}reaper:trimmed"
+
+# --- both sides -----------------------------------------------------------------------------
+
+#: Hash: the counters behind ``/metrics`` (``bridge.metrics``).
+STATS = f"{KEY_PREFIX}stats"
+
+
+def stats_hour(hour: int) -> str:
+    """Hash: the counters of one hour (epoch hours), kept 26 h for the admin overview's 24 h."""
+    return f"{KEY_PREFIX}stats:hour:{hour}"

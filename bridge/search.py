@@ -1,0 +1,102 @@
+"""Finding deliveries for the admin page: by phone number (however it is typed), delivery id,
+route and status, newest first.
+
+Each search starts from the narrowest index the bridge keeps (one phone number's deliveries, a
+route's, the failed ones, or all received) and reads records from there, so a search touches at
+most ``SCAN_LIMIT`` records however many are stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from bridge import keys
+from bridge.deliveries import Delivery, DeliveryStore
+from bridge.phone import InvalidPhone, to_e164
+
+STATUSES = ("queued", "delivering", "retrying", "delivered", "failed", "skipped")
+#: The most index entries one search reads before it stops and says so.
+SCAN_LIMIT = 5000
+BATCH = 200
+
+
+@dataclass
+class Search:
+    query: str = ""
+    route: str = ""
+    status: str = ""
+    limit: int = 50
+
+
+@dataclass
+class Found:
+    deliveries: list[Delivery] = field(default_factory=list)
+    #: What the query was understood as, e.g. "phone +919876543210" (shown above the results).
+    understood: str = ""
+    problem: str = ""
+    #: True when the newest SCAN_LIMIT entries were read without filling the page.
+    truncated: bool = False
+    more: bool = False
+
+
+def find(store: DeliveryStore, search: Search, *, region: str) -> Found:
+    query = search.query.strip()
+    if search.status and search.status not in STATUSES:
+        return Found(problem=f"unknown status {search.status!r}")
+    if query.startswith("dlv_"):
+        d = store.get(query)
+        found = Found(understood=f"delivery {query}")
+        if d is None:
+            found.problem = f"no delivery {query} (it may have expired)"
+        elif _matches(d.route, d.status, search):
+            found.deliveries = [d]
+        return found
+    if query:
+        try:
+            phone = to_e164(query, region=region)
+        except InvalidPhone:
+            return Found(problem=f"{query!r} is neither a delivery id (dlv_...) nor a phone number")
+        return _walk(store, keys.by_phone(phone), search, understood=f"phone {phone}")
+    if search.status in ("failed", "skipped"):
+        key = keys.failed_by_route(search.route) if search.route else keys.FAILED
+    else:
+        key = keys.received_by_route(search.route) if search.route else keys.RECEIVED
+    return _walk(store, key, search)
+
+
+def _walk(store: DeliveryStore, index: str, search: Search, understood: str = "") -> Found:
+    """Read ``index`` newest first, keeping the records that pass the filters."""
+    redis = store.redis
+    found = Found(understood=understood)
+    offset = 0
+    while offset < SCAN_LIMIT:
+        ids = [i.decode() for i in redis.zrevrange(index, offset, offset + BATCH - 1)]
+        if not ids:
+            return found
+        offset += len(ids)
+        pipe = redis.pipeline(transaction=False)
+        for delivery_id in ids:
+            pipe.hmget(keys.delivery(delivery_id), "route", "status")
+        keep = [
+            delivery_id
+            for delivery_id, (route, status) in zip(ids, pipe.execute(), strict=True)
+            if route is not None and _matches(route.decode(), (status or b"").decode(), search)
+        ]
+        pipe = redis.pipeline(transaction=False)
+        for delivery_id in keep:
+            pipe.hgetall(keys.delivery(delivery_id))
+        for h in pipe.execute():
+            if not h:
+                continue  # expired between the two reads
+            if len(found.deliveries) == search.limit:
+                found.more = True
+                return found
+            found.deliveries.append(Delivery.from_hash(h))
+    found.truncated = redis.zcard(index) > SCAN_LIMIT
+    return found
+
+
+def _matches(route: str, status: str, search: Search) -> bool:
+    return (not search.route or route == search.route) and (
+        not search.status or status == search.status
+    )
