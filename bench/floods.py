@@ -38,6 +38,7 @@ from redis import Redis
 
 from bench.ingest import machine
 from bench.stack import REPO, STOP, Stack, say
+from bridge import keys
 from bridge.config import build_settings
 from bridge.processes import Children, write_toml
 from bridge.quotas import Quotas
@@ -200,7 +201,7 @@ def delivered(stack: Stack, ids: list[str], timeout: float = 60) -> int:
     while time.monotonic() < deadline:
         pipe = stack.redis.pipeline(transaction=False)
         for delivery_id in ids:
-            pipe.hget(f"oliai-bridge:d:{delivery_id}", "status")
+            pipe.hget(keys.delivery(delivery_id), "status")
         done = sum(1 for s in pipe.execute() if s == b"delivered")
         if done == len(ids):
             break

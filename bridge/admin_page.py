@@ -34,11 +34,12 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from redis import Redis
 
 from bridge import metrics
-from bridge.deliveries import ACTIVE, DeliveryStore
+from bridge.deliveries import DeliveryStore
 from bridge.overview import OUTCOMES, read_overview
+from bridge.record import ACTIVE
 from bridge.search import STATUSES, Search, find
 from bridge.settings import Settings
-from bridge.sources.base import equal
+from bridge.signatures import equal
 
 SESSION_COOKIE = "oliai_bridge_admin"
 SESSION_SECONDS = 12 * 3600

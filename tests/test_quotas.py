@@ -8,6 +8,7 @@ from redis import Redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from bridge import keys
 from bridge.config import build_settings
 from bridge.exceptions import ConfigError, QuotaExceeded
 from bridge.quotas import Quotas, sender
@@ -156,7 +157,7 @@ def test_far_from_the_limit_a_round_trip_every_few_dozen_requests(redis):
     # batches of 1/20 of the quota: 10 round trips for 300 requests
     assert seen.calls["incrby"] == 10, seen.calls
     assert seen.writes == 2 * seen.calls["incrby"]  # INCRBY + EXPIRE, one pipeline
-    assert int(redis.get(next(iter(redis.scan_iter("oliai-bridge:quota:leads:*"))))) <= 300
+    assert int(redis.get(next(iter(redis.scan_iter(keys.quota("leads", "*")))))) <= 300
 
 
 def test_a_flood_past_the_limit_costs_redis_nothing(redis):
@@ -176,7 +177,7 @@ def test_quota_counters_expire(redis):
     settings = settings_with(max_requests_per_minute=10)
     q = quotas(redis, settings)
     admitted(q, settings.routes["leads"], 10)
-    [key] = list(redis.scan_iter("oliai-bridge:quota:*"))
+    [key] = list(redis.scan_iter(keys.quota("*", "*")))
     assert 60 < redis.ttl(key) <= 120
 
 

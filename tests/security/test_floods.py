@@ -13,6 +13,7 @@ from collections import Counter
 import pytest
 import requests
 
+from bridge import keys
 from tests.bridge_fixtures import route_dict
 from tests.redis_commands import CommandCount
 from tests.sources import test_typeform
@@ -206,7 +207,7 @@ def test_a_forged_flood_costs_redis_a_bounded_number_of_writes(make_stack, sandb
     time.sleep(2.5)
     counts = {
         reason: int(v)
-        for field, v in stack.redis.hgetall("oliai-bridge:stats").items()
+        for field, v in stack.redis.hgetall(keys.STATS).items()
         for _, route, reason in [field.decode().split("|")]
         if route == "flooded"
     }
