@@ -63,10 +63,7 @@ class Ingest:
         try:
             self.quotas.admit(route, req.remote_addr)
         except QuotaExceeded as over:
-            # Before the source sees the request: every sender gets the same 429 and retries.
-            reason = "ip_quota_exceeded" if over.quota == ADDRESS_QUOTA else "quota_exceeded"
-            self.refusals.add("rejected", route.name, reason)
-            return error_reply(over)
+            return self.over_quota(route, over)
         source = get_source(route.source)
         try:
             outcome = Outcome(accepted=self._accept(req, route, source), request=req)
@@ -78,6 +75,13 @@ class Ingest:
         except _Handshake as answered:
             return answered.reply
         return source.reply(outcome)
+
+    def over_quota(self, route: Route, over: QuotaExceeded) -> Reply:
+        """The answer past a quota, counted. Before the source sees the request: every sender
+        gets the same 429, and retries after it."""
+        reason = "ip_quota_exceeded" if over.quota == ADDRESS_QUOTA else "quota_exceeded"
+        self.refusals.add("rejected", route.name, reason)
+        return error_reply(over)
 
     def _accept(self, req: InboundRequest, route: Route, source: Source) -> list[Accepted]:
         if req.method in ("GET", "HEAD"):

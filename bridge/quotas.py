@@ -101,10 +101,7 @@ class Quotas:
         """Count one request on ``route`` from ``address`` (None: unknown), or raise
         ``QuotaExceeded`` without counting it. At most one Redis round trip; none when Redis
         is down (the request is admitted: storing it will say whether Redis works)."""
-        per_route, per_address = self.settings.quotas_for(route)
-        quotas = [_quota(ROUTE_QUOTA, route.name, per_route)]
-        if per_address and address:
-            quotas.append(_quota(ADDRESS_QUOTA, f"{route.name}:ip:{sender(address)}", per_address))
+        quotas = self._quotas_of(route, address)
         now = self.clock()
         window = int(now // self.window_seconds)
         with self._lock:
@@ -125,8 +122,33 @@ class Quotas:
         if pushes:
             self._push(pushes, route, now, window)
 
+    def refusal(self, route: Route, address: str | None) -> QuotaExceeded | None:
+        """The refusal this process already knows a request would get, found without counting
+        the request or asking Redis; None: ``admit`` decides."""
+        quotas = self._quotas_of(route, address)
+        now = self.clock()
+        window = int(now // self.window_seconds)
+        with self._lock:
+            if window != self._window:
+                return None
+            for quota in quotas:
+                count = self._table(quota).get(quota.scope)
+                if count is not None and count.known() >= quota.limit:
+                    return self._exceeded(quota, route, now, window)
+        return None
+
+    def _quotas_of(self, route: Route, address: str | None) -> list[_Quota]:
+        per_route, per_address = self.settings.quotas_for(route)
+        quotas = [_quota(ROUTE_QUOTA, route.name, per_route)]
+        if per_address and address:
+            quotas.append(_quota(ADDRESS_QUOTA, f"{route.name}:ip:{sender(address)}", per_address))
+        return quotas
+
+    def _table(self, quota: _Quota) -> dict[str, _Count]:
+        return self._senders if quota.name == ADDRESS_QUOTA else self._routes
+
     def _count(self, quota: _Quota) -> _Count:
-        table = self._senders if quota.name == ADDRESS_QUOTA else self._routes
+        table = self._table(quota)
         count = table.get(quota.scope)
         if count is None:
             if len(self._senders) >= defaults.MAX_QUOTA_COUNTERS:

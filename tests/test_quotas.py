@@ -300,3 +300,21 @@ def test_a_per_address_quota_without_a_trusted_proxy_is_warned_about():
         "trusted_proxy_count" in w
         for w in settings_with(max_requests_per_minute_per_ip=30, trusted_proxy_count=1).warnings
     )
+
+
+def test_a_process_learning_of_the_limit_from_redis_answers_as_one_that_knew(make_client):
+    # two web processes, one Redis: each has admitted one of the route's two requests
+    routes = [route_dict(max_requests_per_minute=2)]
+    one, two = make_client(routes=routes), make_client(routes=routes)
+    assert one.post("/hooks/leads", json=LEAD).status_code == 202
+    assert two.post("/hooks/leads", json={"name": "B", "phone": "9876543211"}).status_code == 202
+    # process one still counts one: it learns of the other's only from its push to Redis
+    learned = one.post("/hooks/leads", json={"name": "C", "phone": "9876543212"})
+    # ... and from then on knows, answering before Flask reads the request (bridge.app.QuotaGate)
+    known = one.post("/hooks/leads", json={"name": "D", "phone": "9876543213"})
+    for r in (learned, known):
+        assert r.status_code == 429 and r.mimetype == "application/json"
+        assert r.json["quota"] == "max_requests_per_minute" and r.json["limit"] == 2
+        assert r.headers["Retry-After"] == str(r.json["retryAfter"])
+    assert set(learned.json) == set(known.json)
+    assert one.store.counts().get("received", 0) == 2
