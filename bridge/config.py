@@ -419,6 +419,12 @@ def build_settings(
         **process,
         **bridge_vals,
     )
+    if settings.admin_token and len(settings.admin_token) < defaults.MIN_ADMIN_TOKEN_CHARS:
+        settings = _with_warning(
+            settings,
+            f"bridge.admin_token: shorter than {defaults.MIN_ADMIN_TOKEN_CHARS} characters; use "
+            "a random one: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
     per_address = [settings.max_requests_per_minute_per_ip] + [
         r.max_requests_per_minute_per_ip for r in routes.values()
     ]

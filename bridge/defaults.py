@@ -114,3 +114,7 @@ MAX_QUOTA_COUNTERS = 50_000
 #: Refused requests are counted in each process and added to the shared counters at most this
 #: often: a flood of forged requests costs one write per reason per second, not one per request.
 TALLY_FLUSH_SECONDS = 1.0
+
+#: An admin token shorter than this is warned about (``check-config``, start-up): the admin page
+#: is on the same public port as the hooks, so its token is all that keeps it closed.
+MIN_ADMIN_TOKEN_CHARS = 32

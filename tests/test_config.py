@@ -116,3 +116,11 @@ def test_example_config_is_valid():
         "config.example.toml", env={"WEBSITE_FORM_TOKEN": "t", "TYPEFORM_SECRET": "s"}
     )
     assert set(s.routes) == {"website-form", "typeform-leads"}
+
+
+def test_a_short_admin_token_is_warned_about():
+    routes = [{"name": "leads", "source": "generic", "audience_name": "Leads"}]
+    short = build_settings({"bridge": {"admin_token": "letmein"}, "routes": routes}, env={})
+    assert any(w.startswith("bridge.admin_token: shorter than 32") for w in short.warnings)
+    strong = build_settings({"bridge": {"admin_token": "k" * 43}, "routes": routes}, env={})
+    assert not any("admin_token" in w for w in strong.warnings)
