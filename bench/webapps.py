@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> None:
             app = bare_app(os.environ["REDIS_URL"] if args.kind == "lpush" else None)
         return ReadDeadlines(app, settings.max_body_bytes if settings else 1024 * 1024)
 
-    options = gunicorn_options("127.0.0.1", args.port, args.workers, access_log=True)
+    options = gunicorn_options("127.0.0.1", args.port, args.workers)
     if args.worker_class:
         options["worker_class"] = args.worker_class
         options["threads"] = 4

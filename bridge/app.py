@@ -8,20 +8,23 @@ no secret, ever reaches a response.
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
 from redis.exceptions import RedisError
 from werkzeug.exceptions import HTTPException
 from werkzeug.middleware.proxy_fix import ProxyFix
 
+from bridge import logs
 from bridge.event import InboundRequest
 from bridge.ingest import Ingest
 from bridge.metrics import registry_for
 from bridge.queue import make_queue
 from bridge.settings import Settings
-from bridge.storage import connect
+from bridge.storage import connect_for, eviction_warning, is_full
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +42,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
     # that says so in JSON, like every other wrong URL.
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
-    redis = redis if redis is not None else connect(settings.redis_url)
+    redis = redis if redis is not None else connect_for(settings)
     queue = make_queue(redis, settings.queue_name)
     ingest = Ingest(settings, redis, queue)
     app.wsgi_app = QuotaGate(app.wsgi_app, ingest)
@@ -56,6 +59,43 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
         "store": store,
         "ingest": ingest,
     }
+
+    @app.before_request
+    def start_request():
+        given = request.headers.get("X-Request-Id")
+        g.request_id = given if logs.sane_request_id(given) else uuid.uuid4().hex
+        g.started = time.monotonic()
+        g.log_token = logs.push(request_id=g.request_id)
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        if "request_id" not in g:  # a request refused before our first hook ran
+            start_request()
+        response.headers["X-Request-Id"] = g.request_id
+        route = (request.view_args or {}).get("route") if request.endpoint == "hook" else None
+        status = response.status_code
+        log.log(
+            logging.WARNING if status >= 500 else logging.INFO,
+            '"%s %s" %s',
+            request.method,
+            request.path,  # never the query string: ``?token=`` must not be logged
+            status,
+            extra={
+                "event": "http.request",
+                "method": request.method,
+                "path": request.path,
+                "status": status,
+                "duration_ms": round((time.monotonic() - g.started) * 1000, 1),
+                "route": route[:64] if route else None,
+            },
+        )
+        return response
+
+    @app.teardown_request
+    def end_request(exc: BaseException | None) -> None:
+        token = g.pop("log_token", None)
+        if token is not None:
+            logs.pop(token)
 
     @app.route("/hooks/<route>", methods=["GET", "HEAD", "POST", "PUT"])
     def hook(route: str):
@@ -83,6 +123,8 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
     def healthz():
         return jsonify(status="ok")
 
+    warned: list[str] = []  # the log says it once per process; every answer says it
+
     @app.get("/readyz")
     def readyz():
         try:
@@ -90,7 +132,18 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
         except RedisError as exc:
             body = {"status": "unavailable", "redis": f"unreachable: {type(exc).__name__}"}
             return jsonify(body), 503, {"Retry-After": "5"}
-        return jsonify(status="ready", redis="ok")
+        body = {"status": "ready", "redis": "ok"}
+        try:
+            warning = eviction_warning(redis)
+        except RedisError:
+            warning = None  # INFO refused: the ping above is what readiness means
+        if warning:
+            # Ready (a platform must not restart us for it), but loud: see docs/operating.md.
+            body["warnings"] = [warning]
+            if not warned:
+                log.warning(warning, extra={"event": "redis.eviction_policy"})
+                warned.append(warning)
+        return jsonify(body)
 
     @app.get("/metrics")
     def metrics():
@@ -130,6 +183,14 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
         if isinstance(exc, RedisError):
+            log.error(
+                "%s %s: %s: %s",
+                request.method,
+                request.path,
+                "Redis is full (maxmemory reached)" if is_full(exc) else "Redis is unavailable",
+                exc,
+                extra={"event": "redis.unavailable"},
+            )
             return _error(
                 503,
                 "storage_unavailable",

@@ -14,11 +14,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bridge import defaults, logs
 from bridge.config import (
     build_settings,
     config_exists,
     demo_settings_data,
     load_settings,
+    log_format,
     log_level,
 )
 from bridge.exceptions import ConfigError, IngestError
@@ -34,9 +36,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    logging.basicConfig(
+    # Before any config is read, from the environment alone: a config problem is logged too.
+    dev = args.func is cmd_dev
+    logs.setup(
         level=log_level(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        fmt=log_format(default=defaults.DEV_LOG_FORMAT if dev else defaults.LOG_FORMAT),
     )
     try:
         return args.func(args) or 0
@@ -130,17 +134,40 @@ def settings_for(args, *, demo_ok: bool = False) -> Settings:
     if args.config:
         env["BRIDGE_CONFIG"] = args.config
     if demo_ok and not config_exists(env):
-        return build_settings(demo_settings_data(), env=env, source_path="(built-in demo)")
-    return load_settings(env=env)
+        settings = build_settings(demo_settings_data(), env=env, source_path="(built-in demo)")
+    else:
+        settings = load_settings(args.config, env=env)
+    logs.hide(settings.secrets())
+    return settings
 
 
 def redis_for(settings: Settings):
-    from bridge.storage import connect
+    from bridge.storage import connect_for
 
     url = settings.redis_url or dev_redis_url(settings)
     if not url:
         raise SystemExit("oliai-bridge: REDIS_URL is not set (and no oliai-bridge dev is running)")
-    return connect(url)
+    return connect_for(settings, url)
+
+
+def warn_about(settings: Settings, redis=None) -> None:
+    """Config warnings, and a Redis that may evict leads, in the log at start-up."""
+    from redis.exceptions import RedisError
+
+    from bridge.storage import eviction_warning
+
+    log = logging.getLogger("bridge")
+    for warning in settings.warnings:
+        log.warning("config: %s", warning, extra={"event": "config.warning"})
+    if redis is None:
+        return
+    try:
+        warning = eviction_warning(redis)
+    except RedisError as exc:
+        log.warning("Redis not checked: %s", exc, extra={"event": "redis.unchecked"})
+        return
+    if warning:
+        log.warning(warning, extra={"event": "redis.eviction_policy"})
 
 
 def dev_redis_url(settings: Settings) -> str | None:
@@ -162,8 +189,7 @@ def cmd_web(args) -> int:
     from bridge.web import run_web
 
     settings = settings_for(args)
-    for warning in settings.warnings:
-        logging.getLogger("bridge").warning("config: %s", warning)
+    warn_about(settings)
     port = args.port or settings.port
     workers = args.workers or settings.web_concurrency
     run_web(settings, host=args.host, port=port, workers=workers)
@@ -177,8 +203,7 @@ def cmd_worker(args) -> int:
 
     settings = settings_for(args)
     log = logging.getLogger("bridge.worker")
-    for warning in settings.warnings:
-        log.warning("config: %s", warning)
+    warn_about(settings, redis_for(settings))
     wait = 1.0
     for start in itertools.count():
         # A worker that lost Redis may still be registered under its old name: use a new one.
@@ -188,13 +213,22 @@ def cmd_worker(args) -> int:
         try:
             if run_worker(settings, redis_for(settings), burst=args.burst, name=name):
                 return 0
-            log.warning("the worker loop ended on an error; starting again in %.0f s", wait)
+            log.warning(
+                "the worker loop ended on an error; starting again in %.0f s",
+                wait,
+                extra={"event": "worker.restart"},
+            )
             time.sleep(wait)
             wait = min(wait * 2, 30.0)
         except (ConnectionError, TimeoutError) as exc:
             # Redis restarting: start again when it is back instead of exiting (the reaper
             # hands back whatever this worker was in the middle of).
-            log.warning("Redis unavailable (%s); starting again in %.0f s", exc, wait)
+            log.warning(
+                "Redis unavailable (%s); starting again in %.0f s",
+                exc,
+                wait,
+                extra={"event": "worker.restart"},
+            )
             time.sleep(wait)
             wait = min(wait * 2, 30.0)
 
@@ -217,7 +251,7 @@ def cmd_check_config(args) -> int:
         f"OK: {settings.source_path}: {len(settings.routes)} route(s): "
         + ", ".join(f"{r.name} ({r.source})" for r in settings.routes.values())
     )
-    for warning in settings.warnings:
+    for warning in [*settings.warnings, *redis_warnings(settings)]:
         print(f"  warning: {warning}")
     problems = campaign_flow_problems(settings)
     for problem in problems:
@@ -292,6 +326,23 @@ def cmd_flows(args) -> int:
         if not entry["flows"]:
             print("  (no voice flows: create one in the OliAI dashboard)")
     return status
+
+
+def redis_warnings(settings: Settings) -> list[str]:
+    """What check-config says of the Redis in ``REDIS_URL`` (nothing when it is unset)."""
+    from redis.exceptions import RedisError
+
+    from bridge.storage import connect_for, eviction_warning
+
+    if not settings.redis_url:
+        return []
+    try:
+        redis = connect_for(settings)
+        redis.ping()
+        warning = eviction_warning(redis)
+    except RedisError as exc:
+        return [f"REDIS_URL: Redis did not answer ({type(exc).__name__}: {exc})"]
+    return [f"WARNING: {warning}"] if warning else []
 
 
 def cmd_try(args) -> int:

@@ -35,6 +35,35 @@ from bridge.settings import (
     Settings,
 )
 
+FORMATS = ("json", "text")
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+SSL_CERT_REQS = ("required", "optional", "none")
+
+#: Every environment variable the bridge reads itself, and what it is for. (A config may read
+#: any other with ``${VAR}``.) docs/configuration.md and app.json are tested against this list.
+ENVIRONMENT = {
+    "BRIDGE_CONFIG": "Path of the TOML config file (default ./config.toml).",
+    "BRIDGE_CONFIG_TOML": (
+        "The TOML config itself, instead of a file: for platforms that deploy the repository "
+        "as it is. Not together with BRIDGE_CONFIG."
+    ),
+    "REDIS_URL": (
+        "The Redis every process shares: redis://, rediss:// (TLS) or unix://. "
+        "Unset: oliai-bridge dev starts an embedded one."
+    ),
+    "REDIS_SSL_CERT_REQS": (
+        "Certificate check for a rediss:// URL: required (default), optional or none "
+        "(managed Redis with a self-signed certificate, such as Heroku's)."
+    ),
+    "REDIS_SSL_CA_CERTS": "A CA bundle file to verify a rediss:// server's certificate with.",
+    "OLIAI_API_KEY": "The OliAI API key; wins over oliai.api_key in the file.",
+    "OLIAI_BASE_URL": "The OliAI API's base URL; wins over oliai.base_url in the file.",
+    "PORT": "Port the web process listens on (default 8000).",
+    "WEB_CONCURRENCY": "gunicorn worker processes of the web process (default 2).",
+    "LOG_LEVEL": "DEBUG, INFO (default), WARNING or ERROR.",
+    "LOG_FORMAT": "json (default: one object per line) or text (default of oliai-bridge dev).",
+}
+
 # Settings that may stay empty when their ${VAR} is unset (dev runs the sandbox without a key).
 OPTIONAL_ENV = {"oliai.api_key", "bridge.admin_token", "delivery.alert_webhook_url"}
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -309,12 +338,23 @@ def load_settings(
 ) -> Settings:
     """Read and validate the config; raise ``ConfigError`` listing every problem.
 
-    ``path`` None means ``$BRIDGE_CONFIG`` or ``./config.toml``; ``data`` skips the file (tests,
-    the built-in demo config of ``oliai-bridge dev``).
+    ``path`` None means ``$BRIDGE_CONFIG``, else the TOML text in ``$BRIDGE_CONFIG_TOML`` (for
+    platforms where the file system is the repository's), else ``./config.toml``; ``data``
+    skips reading (tests, the built-in demo config of ``oliai-bridge dev``).
     """
     env = os.environ if env is None else env
     source_path = None
-    if data is None:
+    if data is None and path is None and env.get("BRIDGE_CONFIG_TOML"):
+        if env.get("BRIDGE_CONFIG"):
+            raise ConfigError(
+                ["set BRIDGE_CONFIG (a file) or BRIDGE_CONFIG_TOML (the text), not both"]
+            )
+        source_path = "$BRIDGE_CONFIG_TOML"
+        try:
+            data = tomllib.loads(env["BRIDGE_CONFIG_TOML"])
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError([f"BRIDGE_CONFIG_TOML: not valid TOML: {exc}"]) from None
+    elif data is None:
         source_path = str(path or env.get("BRIDGE_CONFIG") or defaults.CONFIG_PATH)
         try:
             with open(source_path, "rb") as fh:
@@ -443,8 +483,9 @@ def build_settings(
 
 
 def process_settings(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
-    """What the platform sets for the process: ``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``."""
-    out: dict[str, Any] = {"log_level": log_level(env)}
+    """What the platform sets for the process: ``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``,
+    ``LOG_FORMAT`` and the TLS options of a ``rediss://`` ``REDIS_URL``."""
+    out: dict[str, Any] = {"log_level": log_level(env), "log_format": log_format(env)}
     for key, var, top in (("port", "PORT", 65535), ("web_concurrency", "WEB_CONCURRENCY", 256)):
         value = env.get(var)
         if not value:
@@ -457,6 +498,29 @@ def process_settings(env: Mapping[str, str], problems: list[str]) -> dict[str, A
             problems.append(f"{var}: must be a whole number from 1 to {top}, not {value!r}")
         else:
             out[key] = number
+    given = env.get("LOG_FORMAT")
+    if given and given.lower() not in FORMATS:
+        problems.append(f"LOG_FORMAT: must be json or text, not {given[:20]!r}")
+    url = env.get("REDIS_URL") or ""
+    if url and not url.startswith(REDIS_SCHEMES):
+        problems.append(
+            "REDIS_URL: must start with redis://, rediss:// (TLS) or unix:// "
+            f"(not {url.partition(':')[0][:20]!r})"
+        )
+    reqs = (env.get("REDIS_SSL_CERT_REQS") or "").strip().lower()
+    if reqs:
+        if reqs not in SSL_CERT_REQS:
+            problems.append(
+                f"REDIS_SSL_CERT_REQS: must be one of {', '.join(SSL_CERT_REQS)}, not {reqs[:20]!r}"
+            )
+        else:
+            out["redis_ssl_cert_reqs"] = reqs
+    ca_certs = env.get("REDIS_SSL_CA_CERTS")
+    if ca_certs:
+        if not Path(ca_certs).is_file():
+            problems.append(f"REDIS_SSL_CA_CERTS: no such file {ca_certs!r}")
+        else:
+            out["redis_ssl_ca_certs"] = ca_certs
     return out
 
 
@@ -465,6 +529,13 @@ def log_level(env: Mapping[str, str] | None = None) -> str:
     env = os.environ if env is None else env
     level = (env.get("LOG_LEVEL") or defaults.LOG_LEVEL).upper()
     return level if level in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL") else "INFO"
+
+
+def log_format(env: Mapping[str, str] | None = None, default: str = defaults.LOG_FORMAT) -> str:
+    """``LOG_FORMAT``: ``json`` or ``text`` (``default`` when unset or unknown)."""
+    env = os.environ if env is None else env
+    fmt = (env.get("LOG_FORMAT") or default).lower()
+    return fmt if fmt in FORMATS else default
 
 
 def _with_warning(settings: Settings, warning: str) -> Settings:
@@ -556,4 +627,6 @@ def demo_settings_data() -> dict[str, Any]:
 
 def config_exists(env: Mapping[str, str] | None = None) -> bool:
     env = os.environ if env is None else env
+    if env.get("BRIDGE_CONFIG_TOML") and not env.get("BRIDGE_CONFIG"):
+        return True
     return Path(env.get("BRIDGE_CONFIG") or defaults.CONFIG_PATH).is_file()

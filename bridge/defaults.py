@@ -92,6 +92,15 @@ CAMPAIGN_WINDOW_MINUTES = 15
 #: start): five a minute spends about half of the 60/min budget, leaving the rest for contacts.
 CAMPAIGN_PER_LEAD_MAX_PER_MINUTE = 5
 
+#: Log lines are JSON objects (one per line) for platforms that collect and search them;
+#: ``oliai-bridge dev`` uses ``text`` instead, for a person at a terminal.
+LOG_FORMAT = "json"
+DEV_LOG_FORMAT = "text"
+
+#: Certificate check for ``rediss://`` URLs when ``REDIS_SSL_CERT_REQS`` is unset: verify, as
+#: for any TLS connection. Managed Redis with self-signed certificates (Heroku) needs ``none``.
+REDIS_SSL_CERT_REQS = "required"
+
 #: Requests one route accepts per minute (``[bridge] max_requests_per_minute``; 429 above). A
 #: form that goes viral sends a few leads a second; 600 a minute is ten a second, sustained.
 MAX_REQUESTS_PER_MINUTE = 600

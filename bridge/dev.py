@@ -34,6 +34,8 @@ class Dev:
     def __init__(self, args):
         self.args = args
         self.env = dict(os.environ)
+        # Text lines for the person at the terminal, unless LOG_FORMAT asks otherwise.
+        self.env.setdefault("LOG_FORMAT", defaults.DEV_LOG_FORMAT)
         self.children = Children(env=self.env)  # their output is this terminal's
         self.redis: EmbeddedRedis | None = None
         self.stopping = False

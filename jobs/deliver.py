@@ -19,14 +19,11 @@ import random
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 
 import requests
-from redis import Redis
-from rq import Queue, get_current_job
+from rq import get_current_job
 
-from bridge import defaults, keys, metrics
-from bridge.deliveries import DeliveryStore
+from bridge import keys, logs, metrics
 from bridge.exceptions import (
     ApiError,
     ApiForbidden,
@@ -43,13 +40,15 @@ from bridge.exceptions import (
     ValidationFailed,
 )
 from bridge.pipeline import fetched_event, map_lead
-from bridge.queue import enqueue, make_queue, transaction
+from bridge.queue import enqueue, transaction
 from bridge.record import Delivery
-from bridge.settings import Route, Settings
+from bridge.settings import Route
 from bridge.sources import get_source
 from jobs.audiences import forget_audience, resolve_audience
+from jobs.campaigns import schedule_step
+from jobs.context import Context, context
 from jobs.oliai import OliAIClient
-from jobs.ratelimit import RateLimiter, key_id
+from jobs.ratelimit import key_id
 
 log = logging.getLogger(__name__)
 
@@ -59,66 +58,10 @@ LEASE_SECONDS = 15.0
 LEASE_REFRESH = 5.0
 
 
-@dataclass
-class Context:
-    """What a worker process needs to deliver: built once per process."""
-
-    settings: Settings
-    redis: Redis
-    queue: Queue = None  # type: ignore[assignment]
-    store: DeliveryStore = None  # type: ignore[assignment]
-    http: requests.Session = field(default_factory=requests.Session)
-    clients: dict[tuple[str, str], OliAIClient] = field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.queue is None:
-            self.queue = make_queue(self.redis, self.settings.queue_name)
-        if self.store is None:
-            self.store = DeliveryStore.for_settings(self.redis, self.settings)
-
-    def client_for(self, api_key: str) -> OliAIClient:
-        base_url = self.settings.oliai.base_url
-        cached = self.clients.get((base_url, api_key))
-        if cached is None:
-            o = self.settings.oliai
-            limiter = RateLimiter(
-                self.redis,
-                api_key,
-                window_seconds=o.rate_window_seconds,
-                general_per_window=o.general_per_minute,
-                bulk_per_window=o.bulk_per_minute,
-            )
-            cached = OliAIClient(
-                base_url,
-                api_key,
-                limiter=limiter,
-                timeout=(defaults.OLIAI_CONNECT_TIMEOUT_SECONDS, o.timeout_seconds),
-            )
-            self.clients[(base_url, api_key)] = cached
-        return cached
-
-
-#: The worker's context: ``oliai-bridge worker`` (``jobs.worker``) sets it once at start with
-#: the settings it loaded; RQ calls ``deliver`` with the delivery id alone.
-_context: Context | None = None
-
-
-def configure(settings: Settings, redis: Redis) -> Context:
-    """Called once by the worker at start (and by tests) with the settings to deliver with."""
-    global _context
-    _context = Context(settings=settings, redis=redis)
-    return _context
-
-
-def context() -> Context:
-    if _context is None:
-        raise RuntimeError("deliveries run in `oliai-bridge worker`, which configures them")
-    return _context
-
-
 def deliver(delivery_id: str) -> str:
     """The RQ job. Returns the delivery's status after this attempt."""
-    return Deliverer(context()).run(delivery_id)
+    with logs.context(delivery_id=delivery_id):  # on every line logged while it runs
+        return Deliverer(context()).run(delivery_id)
 
 
 class Deliverer:
@@ -133,6 +76,7 @@ class Deliverer:
         if d is None:
             log.warning("delivery %s: not found (expired?), nothing to do", delivery_id)
             return "missing"
+        logs.bind(route=d.route)
         if d.terminal:
             return d.status
         if self.stale(d):
@@ -213,8 +157,18 @@ class Deliverer:
         d.status = "delivered"
         d.reason_code = d.reason = None
         d.last_api = None
-        self.store.update(d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}")
-        metrics.count(self.redis, "delivered", d.route)
+        pipe = transaction(self.redis)
+        self.store.update(
+            d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}", pipe=pipe
+        )
+        schedule_step(pipe, self.ctx.queue, d.id, route)
+        pipe.execute()
+        seconds = metrics.delivered(self.redis, d.route, d.received_at)
+        log.info(
+            "delivered %.1f s after receipt",
+            seconds,
+            extra={"event": "delivery.delivered", "latency_seconds": round(seconds, 3)},
+        )
         return d.status
 
     # --- the steps -----------------------------------------------------------------------
@@ -302,6 +256,7 @@ class Deliverer:
         # The reaper looks just after the due time, in case no scheduler promotes it.
         self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 4)
         pipe.execute()
+        log.info("next try in %.1f s: %s", delay, detail, extra={"event": "delivery.retrying"})
         return d.status
 
     def transient(self, d: Delivery, message: str) -> str:
@@ -328,7 +283,14 @@ class Deliverer:
         d.reason = message
         self.store.update(d, "failed", message)
         metrics.count(self.redis, "failed", d.route, code)
-        log.warning("delivery %s (route %s) failed: %s: %s", d.id, d.route, code, message)
+        log.warning(
+            "delivery %s (route %s) failed: %s: %s",
+            d.id,
+            d.route,
+            code,
+            message,
+            extra={"event": "delivery.failed", "reason": code},
+        )
         alert(self.ctx, d)
         return d.status
 
@@ -338,7 +300,13 @@ class Deliverer:
         d.reason = message
         self.store.update(d, "skipped", message)
         metrics.count(self.redis, "skipped", d.route)
-        log.warning("delivery %s (route %s) skipped: %s", d.id, d.route, message)
+        log.warning(
+            "delivery %s (route %s) skipped: %s",
+            d.id,
+            d.route,
+            message,
+            extra={"event": "delivery.skipped"},
+        )
         return d.status
 
     def note_api(self, d: Delivery, exc: ApiError) -> None:

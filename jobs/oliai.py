@@ -4,7 +4,9 @@ Every answer becomes either the decoded JSON body or exactly one error from
 ``bridge.exceptions`` (see ``_raise_for``), so callers decide retries by error type; the client
 itself never retries. An optional limiter is asked before every request and told about every
 429. The API key only ever travels in the ``x-api-key`` header: it is kept out of ``repr``,
-error messages and logs (which carry method, path, status and elapsed time only).
+error messages and logs. Each call logs one ``oliai.call`` line with its method, path (never
+the query: searches carry phone numbers), status and duration, and tells ``on_answer`` (the
+metrics) the same.
 """
 
 from __future__ import annotations
@@ -138,11 +140,14 @@ class OliAIClient:
         timeout: tuple[float, float] = DEFAULT_TIMEOUT,
         limiter: Limiter | None = None,
         session: requests.Session | None = None,
+        on_answer: Callable[[str, str, int | None, float], None] | None = None,
     ):
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.timeout = timeout
         self.limiter = limiter
+        #: Called after every call with (method, path, status or None, seconds).
+        self.on_answer = on_answer
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
@@ -362,16 +367,34 @@ class OliAIClient:
             response = self._session.request(method, self.base_url + path, **kwargs)
         except requests.RequestException as exc:
             failure = self._unreachable(exc, method, path)
-        elapsed = (time.monotonic() - started) * 1000
+        elapsed = time.monotonic() - started
+        self._answered(method, path, None if failure else response.status_code, elapsed)
         if failure is not None:
-            log.debug("OliAI %s %s -> no answer (%.0f ms)", method, path, elapsed)
             # Raised outside the except block so that neither __cause__ nor __context__ keeps
             # the requests exception, whose prepared request carries the key in its headers.
             raise failure
-        log.debug("OliAI %s %s -> %s (%.0f ms)", method, path, response.status_code, elapsed)
         if 200 <= response.status_code < 300:
             return self._decode(response, method, path)
         self._raise_for(response, method, path)
+
+    def _answered(self, method: str, path: str, status: int | None, seconds: float) -> None:
+        log.log(
+            logging.WARNING if status is None or status >= 500 else logging.INFO,
+            "OliAI %s %s -> %s (%.0f ms)",
+            method,
+            path,
+            status or "no answer",
+            seconds * 1000,
+            extra={
+                "event": "oliai.call",
+                "method": method,
+                "path": path,
+                "status": status,
+                "duration_ms": round(seconds * 1000, 1),
+            },
+        )
+        if self.on_answer is not None:
+            self.on_answer(method, path, status, seconds)
 
     def _unreachable(self, exc: requests.RequestException, method: str, path: str) -> Unreachable:
         # Query strings (phone numbers in searches) stay out of messages like out of logs.

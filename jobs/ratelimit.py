@@ -14,7 +14,7 @@ import math
 
 from redis import Redis
 
-from bridge import defaults, keys
+from bridge import defaults, keys, metrics
 from bridge.exceptions import RateLimited
 
 # KEYS: pause, general window, bulk window
@@ -119,6 +119,7 @@ class RateLimiter:
             ],
         )
         if wait_ms and int(wait_ms) > 0:
+            metrics.limiter_wait(self.redis, self.kid, int(wait_ms) / 1000.0)
             raise RateLimited(int(wait_ms) / 1000.0, "local rate limit: no token free yet")
 
     def wait_time(self) -> float:
@@ -127,7 +128,10 @@ class RateLimiter:
             keys=[self.pause_key, self.general_key],
             args=[self.window_ms, self.general_limit],
         )
-        return max(0, int(ms)) / 1000.0
+        wait = max(0, int(ms)) / 1000.0
+        if wait > 0:  # the caller puts the delivery off for this long
+            metrics.limiter_wait(self.redis, self.kid, wait)
+        return wait
 
     @property
     def window_seconds(self) -> float:

@@ -22,7 +22,9 @@ from rq.job import Job, JobStatus
 
 from bridge import keys
 from bridge.queue import enqueue, transaction
-from jobs.deliver import LEASE_SECONDS, Context
+from jobs import campaigns
+from jobs.context import Context
+from jobs.deliver import LEASE_SECONDS
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,7 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
         pipe.execute()
         log.warning("delivery %s: %s; re-queued", d.id, why)
         revived.append(d.id)
+    campaigns.recover(ctx, now)
     return revived
 
 

@@ -17,7 +17,7 @@ from rq import SimpleWorker
 
 from bridge.queue import make_queue
 from bridge.settings import Settings
-from jobs.deliver import configure
+from jobs.context import configure
 from jobs.reaper import ReaperThread
 
 log = logging.getLogger(__name__)

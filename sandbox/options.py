@@ -18,6 +18,8 @@ RUNTIME_FIELDS: dict[str, type] = {
     "fail_rate": float,
     "fail_after_commit_rate": float,
     "fail_after_commit_mode": str,
+    # Faults after commit only for paths under this prefix ("/v1/campaigns"); "" for every path.
+    "fail_after_commit_path": str,
     "latency_ms": float,
     "general_limit": int,
     "bulk_limit": int,
@@ -48,6 +50,7 @@ class Options:
     fail_rate: float = 0.0
     fail_after_commit_rate: float = 0.0
     fail_after_commit_mode: str = "mixed"
+    fail_after_commit_path: str = ""
     bulk_max_items: int = 100
     max_body_bytes: int = 1024 * 1024
     quota_exhausted: bool = False
@@ -94,6 +97,10 @@ def _problems(values: dict) -> list[str]:
         if wanted is bool:
             if not isinstance(value, bool):
                 problems.append(f"{name} must be true or false")
+            continue
+        if name == "fail_after_commit_path":
+            if not isinstance(value, str) or (value and not value.startswith("/")):
+                problems.append(f'{name} must be a path prefix such as "/v1/campaigns", or ""')
             continue
         if wanted is str:
             if value not in FAIL_AFTER_COMMIT_MODES:

@@ -207,7 +207,11 @@ def _after(response: Response) -> Response:
         and g.org is not None
     )
     drop = False
-    if committed and sb.roll(options.fail_after_commit_rate):
+    if (
+        committed
+        and request.path.startswith(options.fail_after_commit_path)
+        and sb.roll(options.fail_after_commit_rate)
+    ):
         mode = options.fail_after_commit_mode
         if mode == "mixed":
             mode = sb.choice(("500", "drop"))

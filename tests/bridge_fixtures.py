@@ -104,7 +104,7 @@ def make_client(redis, make_settings):
 def run_jobs(redis):
     """``run_jobs(settings, promote_scheduled=False)``: run every queued job with a real RQ
     worker in this process until the queue is empty; returns how many ran."""
-    from jobs.deliver import configure
+    from jobs.context import configure
 
     def run(settings: Settings, *, promote_scheduled: bool = False) -> int:
         configure(settings, redis)

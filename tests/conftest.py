@@ -8,3 +8,13 @@ import pytest
 pytest.register_assert_rewrite("tests.sources.harness")
 
 pytest_plugins = ["tests.sandbox_fixtures", "tests.bridge_fixtures"]
+
+
+@pytest.fixture
+def evicting_redis(redis):
+    """The shared test Redis with a memory limit and a policy that evicts, put back after."""
+    redis.config_set("maxmemory", 512 * 1024 * 1024)
+    redis.config_set("maxmemory-policy", "allkeys-lru")
+    yield redis
+    redis.config_set("maxmemory", 0)
+    redis.config_set("maxmemory-policy", "noeviction")

@@ -1,16 +1,15 @@
 """Hypothesis strategies for hostile webhook input: bodies, headers, JSON garbage, mutations of
-each source's own sample payloads, and the routes the adapters are run under.
+sample payloads, and the routes the adapters are run under.
 
-Used by ``tests/test_properties.py``. Sample payloads are read from
-``tests/sources/test_<source>.py`` when that module imports (it is edited independently); a small
-seed per source below keeps the mutation tests meaningful when it does not.
+Used by ``tests/test_properties.py``. Nothing here is about one source: each source's sample
+payloads, route keys and way of posting come from its own test module
+(``tests/sources/test_<source>.py``, see ``PROPERTY_SAMPLES`` there).
 """
 
 from __future__ import annotations
 
 import base64
 import copy
-import importlib
 import json
 from typing import Any
 from urllib.parse import urlencode
@@ -24,60 +23,32 @@ from bridge.sources import get_source, source_names
 SOURCES = source_names()
 TOKEN = "prop-token-5e1f"
 SECRET = "prop-secret-9c2d"
-WHSEC = "whsec_" + base64.b64encode(b"property-test-signing-key-32b!!!").decode()
-VERIFY_TOKEN = "prop-verify-77"
-ACCESS_TOKEN = "prop-access-88"
 BASIC = "prop:basic-pass"
 ORG_ID = "00D5g000004XyZa"
 BOUNDARY = "PropBoundary7MA4YWxk"
 
 # --- routes ----------------------------------------------------------------------------------
 
-#: Route options that send an adapter down its other branches.
-OPTIONS = {
-    "hubspot": {
-        "subscription_types": ["contact.creation", "contact.propertyChange"],
-        "properties": ["x"],
-        "public_url": "https://bridge.example.com/hooks/hubspot",
-    },
-    "pipedrive": {"actions": ["create", "change"]},
-    "salesforce": {"organization_id": ORG_ID, "respect_do_not_call": False},
-    "leadsquared": {"respect_do_not_call": False},
-    "shopify": {"require_sms_consent": True},
-    "standard_webhooks": {"event_types": ["lead.created"]},
-    "meta_lead_ads": {"lead_fields": "field_data,ad_id"},
-}
 
-
-def route_data(source: str, *, name: str | None = None, signed: bool = True, **extra) -> dict:
-    """A valid route for ``source`` with every key it may need."""
+def route_data(
+    source: str, *, name: str | None = None, secret: str | None = SECRET, **extra: Any
+) -> dict:
+    """A route for ``source`` carrying the token, and ``secret`` when the source signs (None:
+    unsigned); ``extra`` holds the keys the source needs besides (from its test module)."""
     data: dict[str, Any] = {
         "name": name or source,
         "source": source,
         "audience_name": "Property leads",
         "token": TOKEN,
     }
-    if signed and get_source(source).signs:
-        data["secret"] = WHSEC if source == "standard_webhooks" else SECRET
-    if source == "meta_lead_ads":
-        data["verify_token"] = VERIFY_TOKEN
-        data["access_token"] = ACCESS_TOKEN
+    if secret is not None and get_source(source).signs:
+        data["secret"] = secret
     data.update(extra)
     return data
 
 
 def build_route(data: dict) -> Route:
     return build_settings({"routes": [data]}, env={}).routes[data["name"]]
-
-
-def adapter_routes(source: str) -> list[Route]:
-    """The routes an adapter is exercised under: plain, with options, with basic auth."""
-    routes = [
-        build_route(route_data(source)),
-        build_route(route_data(source, region="US", **OPTIONS.get(source, {}))),
-        build_route(route_data(source, signed=False, basic_auth=BASIC)),
-    ]
-    return routes
 
 
 # --- text and JSON garbage ---------------------------------------------------------------------
@@ -395,156 +366,30 @@ HEADER_VALUES = (
     | st.integers(0, 2**80).map(str)
 )
 HEADERS = st.dictionaries(HEADER_NAMES, HEADER_VALUES, max_size=6)
-QUERY = st.dictionaries(
-    st.sampled_from(["token", "hub.mode", "hub.challenge", "hub.verify_token", "x"]),
-    HEADER_TEXT | st.sampled_from([TOKEN, "subscribe", VERIFY_TOKEN]),
-    max_size=4,
-)
+
+
+def queries(*known: str) -> st.SearchStrategy[dict[str, str]]:
+    """Query strings of the parameters the adapters read; ``known`` values (a route's handshake
+    token, say) are drawn besides garbage, so that a handshake can succeed."""
+    return st.dictionaries(
+        st.sampled_from(["token", "hub.mode", "hub.challenge", "hub.verify_token", "x"]),
+        HEADER_TEXT | st.sampled_from([TOKEN, "subscribe", *known]),
+        max_size=4,
+    )
 
 
 # --- sample payloads and their mutations -------------------------------------------------------
 
 
-def _sample_module(source: str):
-    try:
-        return importlib.import_module(f"tests.sources.test_{source}")
-    except Exception:  # noqa: BLE001 - edited elsewhere: fall back to the seeds below
-        return None
-
-
-#: A minimal valid payload per source, used besides the test modules' samples.
-SEEDS: dict[str, list[Any]] = {
-    "generic": [{"name": "Asha Rao", "phone": "098765 43210", "utm": {"source": "x"}}],
-    "typeform": [
-        {
-            "event_type": "form_response",
-            "form_response": {
-                "token": "t1",
-                "definition": {"fields": [{"id": "f1", "ref": "name", "title": "Your name"}]},
-                "answers": [
-                    {"type": "text", "text": "Asha", "field": {"id": "f1", "type": "short_text"}},
-                    {
-                        "type": "phone_number",
-                        "phone_number": "+919876543210",
-                        "field": {"id": "f2"},
-                    },
-                ],
-                "hidden": {"utm": "x"},
-            },
-        }
-    ],
-    "tally": [
-        {
-            "eventType": "FORM_RESPONSE",
-            "data": {
-                "responseId": "r1",
-                "fields": [
-                    {"key": "k1", "label": "Phone", "type": "INPUT_PHONE_NUMBER", "value": "+9198"},
-                    {
-                        "key": "k2",
-                        "label": "Pick",
-                        "type": "MULTIPLE_CHOICE",
-                        "value": ["o1"],
-                        "options": [{"id": "o1", "text": "One"}],
-                    },
-                ],
-            },
-        }
-    ],
-    "jotform": [{"q3_name": {"first": "A", "last": "R"}, "q4_phone": {"full": "9876543210"}}],
-    "google_forms": [{"responseId": "g1", "answers": {"Phone": "9876543210", "Name": "A"}}],
-    "zapier": [{"name": "A", "phone": "+919876543210", "event_id": "z1", "country": "IN"}],
-    "hubspot": [
-        {"vid": 1, "properties": {"phone": {"value": "+919876543210"}}},
-        [{"subscriptionType": "contact.creation", "objectId": 1, "eventId": 2, "portalId": 3}],
-    ],
-    "pipedrive": [
-        {
-            "meta": {"action": "create", "entity": "person", "id": "m1", "version": "2.0"},
-            "data": {"id": 1, "name": "A", "phones": [{"value": "+919876543210", "primary": True}]},
-        }
-    ],
-    "zoho_crm": [{"First_Name": "A", "Mobile": "9876543210", "token": TOKEN}],
-    "salesforce": [{"FirstName": "A", "MobilePhone": "9876543210", "DoNotCall": "false"}],
-    "meta_lead_ads": [
-        {
-            "object": "page",
-            "entry": [{"changes": [{"field": "leadgen", "value": {"leadgen_id": "123"}}]}],
-        }
-    ],
-    "calendly": [
-        {
-            "event": "invitee.created",
-            "payload": {
-                "uri": "u1",
-                "name": "A",
-                "text_reminder_number": "+919876543210",
-                "questions_and_answers": [{"question": "Phone", "answer": "9876543210"}],
-                "scheduled_event": {"location": {"type": "outbound_call", "location": "+9198"}},
-            },
-        }
-    ],
-    "indiamart": [
-        {"CODE": 200, "RESPONSE": {"UNIQUE_QUERY_ID": "1", "SENDER_MOBILE": "+91-9876543210"}}
-    ],
-    "leadsquared": [{"FirstName": "A", "Mobile": "+91-9876543210", "ProspectActivityId": "p"}],
-    "freshsales": [{"contact": {"first_name": "A", "mobile_number": "9876543210"}}],
-    "webflow": [
-        {
-            "triggerType": "form_submission",
-            "payload": {"id": "w1", "name": "F", "data": {"Phone": 15550000000}},
-        }
-    ],
-    "wordpress": [{"id": "1", "form_id": "2", "1.3": "A", "1.6": "R", "2": "9876543210"}],
-    "shopify": [
-        {
-            "id": 1,
-            "phone": "+919876543210",
-            "default_address": {"country_code": "IN", "phone": "98765"},
-            "addresses": [{"phone": "9876543210", "country_code": "IN"}],
-            "sms_marketing_consent": {"state": "subscribed"},
-        }
-    ],
-    "standard_webhooks": [{"type": "lead.created", "data": {"phone": "+919876543210"}}],
-}
-
-#: Module-level samples of ``tests/sources/test_<source>.py`` that are webhook payloads.
-SAMPLE_NAMES: dict[str, tuple[str, ...]] = {
-    "typeform": ("RESPONSE",),
-    "tally": ("SUBMISSION",),
-    "jotform": ("RAW",),
-    "google_forms": ("SCRIPT_BODY",),
-    "zapier": ("RECORD",),
-    "hubspot": ("WORKFLOW_ALL_PROPERTIES", "WORKFLOW_CUSTOM_BODY", "WEBHOOKS_BATCH"),
-    "pipedrive": ("V2_PERSON", "V1_PERSON", "V2_LEAD"),
-    "zoho_crm": ("LEAD",),
-    "meta_lead_ads": ("NOTIFICATION",),
-    "calendly": ("BOOKING",),
-    "indiamart": ("RECORD",),
-    "leadsquared": ("LEAD_CREATED",),
-    "freshsales": ("CONTACT",),
-    "webflow": ("SUBMISSION",),
-    "wordpress": ("GRAVITY_ENTRY", "CF7_POSTED", "WPFORMS_MAPPED"),
-    "shopify": ("CUSTOMER",),
-    "standard_webhooks": ("LEAD",),
-}
-
-
-def samples(source: str) -> list[Any]:
-    """The source's sample payloads (JSON values), seeds first."""
-    out = list(SEEDS.get(source, []))
-    module = _sample_module(source)
-    for name in SAMPLE_NAMES.get(source, ()):
-        value = getattr(module, name, None) if module is not None else None
-        if isinstance(value, (dict, list)):
-            try:
-                json.dumps(value)
-            except (TypeError, ValueError):
-                continue
-            if source == "indiamart" and "RESPONSE" not in value:
-                value = {"CODE": 200, "STATUS": "SUCCESS", "RESPONSE": value}
-            out.append(copy.deepcopy(value))
-    return out
+def sender_bodies(value: Any) -> st.SearchStrategy[tuple[bytes, str]]:
+    """How a sender posts a (mutated) payload: JSON, or a form when it is an object. A source
+    whose sender posts otherwise says so in its test module (``property_bodies``)."""
+    as_json = st.booleans().map(lambda ascii_only: (dumps(value, ascii_only), "application/json"))
+    if not isinstance(value, dict):
+        return as_json
+    pairs = [(str(k), v if isinstance(v, str) else json.dumps(v)) for k, v in value.items()]
+    as_form = st.just((form_encode(pairs), "application/x-www-form-urlencoded"))
+    return st.one_of(as_json, as_json, as_form)
 
 
 def _paths(value: Any, path: tuple = ()) -> list[tuple]:

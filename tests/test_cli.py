@@ -1,5 +1,5 @@
-"""The commands a person uses when something went wrong: try, failed list/show, replay; and the
-same over the admin HTTP API."""
+"""The commands a person uses when something went wrong: try, failed list/show, replay (the same
+over HTTP is in ``tests/test_admin.py``)."""
 
 import json
 import os
@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 
+from bridge import keys
 from bridge.deliveries import Delivery, DeliveryStore
 from bridge.event import Event
 from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
@@ -74,6 +75,38 @@ def test_try_explains_an_unmappable_sample(cli):
     assert r.returncode == 1
     [lead] = json.loads(r.stdout)["leads"]
     assert lead["error"]["field"] == "phoneNumber"
+
+
+FORM = b"first_name=Ravi&last_name=Kumar&mobile=0091+98765+43210"
+
+
+def test_try_reads_the_body_as_content_type_says(cli, tmp_path):
+    sample = tmp_path / "lead.json"  # the extension says JSON; the body is a form
+    sample.write_bytes(FORM)
+    guessed = cli(config_for(route_dict()), "try", "leads", str(sample))
+    assert guessed.returncode == 1
+    assert json.loads(guessed.stdout)["error"]["error"] == "malformed_body"
+    for option in (
+        ["--content-type", "application/x-www-form-urlencoded"],
+        ["-H", "Content-Type: application/x-www-form-urlencoded"],
+        ["-H", "Content-Type: text/xml", "--content-type", "application/x-www-form-urlencoded"],
+    ):
+        r = cli(config_for(route_dict()), "try", "leads", str(sample), *option)
+        assert r.returncode == 0, (option, r.stdout, r.stderr)
+        [lead] = json.loads(r.stdout)["leads"]
+        assert lead["contact"]["name"] == "Ravi Kumar", option
+        assert lead["contact"]["phoneNumber"] == "+919876543210", option
+
+
+def test_try_passes_headers_to_the_adapter(cli):
+    body = b'{"name": "Asha", "phone": "9876543210"}'
+    config = config_for(route_dict())
+    plain = json.loads(cli(config, "try", "leads", "-", stdin=body).stdout)
+    keyed = json.loads(
+        cli(config, "try", "leads", "-", "-H", "Idempotency-Key:  order-9 ", stdin=body).stdout
+    )
+    assert keyed["leads"][0]["event"]["event_id"] == "order-9"
+    assert plain["leads"][0]["event"]["event_id"] != "order-9"  # the body hash without it
 
 
 def failed_delivery(client, run_jobs, body):
@@ -233,34 +266,47 @@ def test_failed_list_pages_through_100000_failures(cli, redis):
     assert store.failed_ids(limit=1)[1] == 100_000
 
 
-def test_admin_api_needs_its_token_and_replays(make_client, run_jobs, sandbox):
-    route = route_dict(audience_name=None, audience_id="aud_typo")
-    client = make_client(routes=[route], bridge={"admin_token": "adm1n-t0ken"})
-    delivery_id = failed_delivery(client, run_jobs, {"name": "A", "phone": "9876543210"})
-    assert client.get("/admin/failed").status_code == 401
-    assert client.get("/admin/failed", headers={"Authorization": "Bearer nope"}).status_code == 401
-    auth = {"Authorization": "Bearer adm1n-t0ken"}
-    listed = client.get("/admin/failed", headers=auth).json
-    assert listed["total"] == 1 and listed["items"][0]["deliveryId"] == delivery_id
-    shown = client.get(f"/admin/deliveries/{delivery_id}", headers=auth).json
-    assert shown["raw"]["body"] and shown["history"]
-    dry = client.post("/admin/replay", json={"all": True, "dry_run": True}, headers=auth).json
-    assert dry["summary"] == {"would_requeue": 1}
-    assert "adm1n-t0ken" not in json.dumps([listed, shown, dry])
-
-
-def test_admin_api_is_absent_without_a_token(make_client):
-    client = make_client()
-    r = client.get("/admin/failed", headers={"Authorization": "Bearer x"})
-    assert r.status_code == 404
-
-
-def test_replay_all_passes_over_failures_whose_record_expired(make_client, redis):
-    from jobs.replay import Replayer
-
-    client = make_client()
-    redis.zadd("oliai-bridge:idx:failed", {"dlv_expired": time.time()})  # record gone, index not
-    results = Replayer(client.settings, redis).replay_many(
-        Replayer(client.settings, redis).select()
+def test_replay_selects_by_route_reason_and_since(cli, make_client, run_jobs, sandbox):
+    typo = route_dict(audience_name=None, audience_id="aud_typo")  # 404: not_found
+    revoked = route_dict(name="agency", api_key=sandbox.revoked_key)  # 401: unauthorized
+    client = make_client(routes=[typo, revoked])
+    old, recent = (
+        failed_delivery(client, run_jobs, {"name": n, "phone": p})
+        for n, p in (
+            ("Old", "9876543201"),
+            ("Recent", "9876543202"),
+        )
     )
-    assert [(r.delivery_id, r.outcome) for r in results] == [("dlv_expired", "missing")]
+    r = client.post("/hooks/agency", json={"name": "Agency", "phone": "9876543203"})
+    run_jobs(client.settings)
+    agency = r.json["deliveryId"]
+    assert client.store.get(agency).reason_code == "unauthorized"
+    two_hours_ago = time.time() - 7200
+    for key in (keys.FAILED, keys.failed_by_route("leads"), keys.failed_by_reason("not_found")):
+        client.redis.zadd(key, {old: two_hours_ago})
+    config = {"routes": [typo, revoked]}
+
+    def statuses():
+        return {i: client.store.get(i).status for i in (old, recent, agency)}
+
+    by_route = cli(config, "replay", "--route", "agency")
+    assert by_route.returncode == 0, by_route.stderr
+    assert "requeued 1 of 1" in by_route.stdout.decode()
+    assert statuses() == {old: "failed", recent: "failed", agency: "queued"}
+
+    recent_only = cli(config, "replay", "--reason", "not_found", "--since", "1h")
+    assert "requeued 1 of 1" in recent_only.stdout.decode()
+    assert statuses() == {old: "failed", recent: "queued", agency: "queued"}
+
+    by_reason = cli(config, "replay", "--reason", "not_found")
+    assert "requeued 1 of 1" in by_reason.stdout.decode()
+    assert statuses() == {old: "queued", recent: "queued", agency: "queued"}
+
+    nothing = cli(config, "replay", "--reason", "not_found")
+    assert "requeued 0 of 0" in nothing.stdout.decode()
+
+
+def test_replay_without_a_selection_says_how_to_name_one(cli):
+    r = cli(config_for(route_dict()), "replay")
+    assert r.returncode == 2
+    assert "--route / --reason / --since, or --all" in r.stderr.decode()

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from bridge.config import build_settings, load_settings
+from bridge.config import build_settings, config_exists, load_settings
 from bridge.exceptions import ConfigError
 
 ROUTE = {"name": "r", "source": "generic", "audience_name": "A"}
@@ -117,6 +117,24 @@ def test_example_config_is_valid():
     )
     assert set(s.routes) == {"website-form", "typeform-leads"}
 
+
+def test_the_config_may_come_as_text_in_the_environment(tmp_path):
+    text = '[[routes]]\nname = "web"\nsource = "generic"\naudience_id = "aud_1"\n'
+    settings = load_settings(env={"BRIDGE_CONFIG_TOML": text})
+    assert list(settings.routes) == ["web"]
+    assert settings.source_path == "$BRIDGE_CONFIG_TOML"
+    assert config_exists({"BRIDGE_CONFIG_TOML": text})
+    file = tmp_path / "c.toml"
+    file.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"BRIDGE_CONFIG_TOML": text, "BRIDGE_CONFIG": str(file)})
+    assert exc.value.problems == [
+        "set BRIDGE_CONFIG (a file) or BRIDGE_CONFIG_TOML (the text), not both"
+    ]
+    assert list(load_settings(file, env={"BRIDGE_CONFIG_TOML": "not toml ["}).routes) == ["web"]
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"BRIDGE_CONFIG_TOML": "[[routes]\n"})
+    assert exc.value.problems[0].startswith("BRIDGE_CONFIG_TOML: not valid TOML")
 
 def test_a_short_admin_token_is_warned_about():
     routes = [{"name": "leads", "source": "generic", "audience_name": "Leads"}]

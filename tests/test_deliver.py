@@ -1,4 +1,5 @@
-"""The delivery job against the sandbox over HTTP, with a real RQ worker and real Redis."""
+"""The delivery job against the sandbox over HTTP, with a real RQ worker and real Redis (and a
+local stand-in for a provider's API where the job fetches the lead first)."""
 
 import time
 from dataclasses import replace
@@ -7,6 +8,9 @@ from datetime import UTC
 import pytest
 from rq import Queue
 
+from bridge import defaults
+from bridge.app import create_app
+from bridge.config import build_settings
 from bridge.deliveries import DeliveryStore
 from jobs.ratelimit import RateLimiter
 from jobs.replay import Replayer
@@ -135,23 +139,6 @@ def test_429_reschedules_at_retry_after_and_pauses_the_key(make_client, run_jobs
     assert min(e["ts"] for e in after) >= first_429 + 1.0  # Retry-After is at least 1 s
 
 
-def test_our_limiter_keeps_under_the_published_limit(make_client, run_jobs, sandbox):
-    sandbox.configure(general_limit=10)
-    client = make_client(oliai={"general_per_minute": 10})
-    ids = [post(client, {"name": f"L{i}", "phone": f"98765432{i:02d}"}) for i in range(5)]
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        run_jobs(client.settings, promote_scheduled=True)
-        if all(client.store.get(i).status == "delivered" for i in ids):
-            break
-        time.sleep(0.3)
-    assert {client.store.get(i).status for i in ids} == {"delivered"}
-    assert all(e["status"] != 429 for e in sandbox.requests())
-    # waiting for a token is neither an attempt nor an answer from the API
-    assert [client.store.get(i).attempts for i in ids] == [1] * 5
-    assert [client.store.get(i).last_api for i in ids] == [None] * 5
-
-
 def test_5xx_is_retried_with_backoff_then_delivered(make_client, run_jobs, sandbox):
     sandbox.configure(fail_rate=1.0)
     client = make_client()
@@ -189,6 +176,60 @@ def test_backoff_grows_exponentially_with_jitter():
     for n, base in ((1, 30), (2, 60), (3, 120), (4, 240)):
         assert 0.75 * base <= backoff(n, 30, 1200) <= 1.25 * base
     assert backoff(20, 30, 1200) <= 1.25 * 1200
+
+
+def test_default_backoff_stays_within_its_jitter_and_varies():
+    from jobs.deliver import backoff
+
+    base, cap = defaults.RETRY_BASE_SECONDS, defaults.RETRY_MAX_SECONDS
+    for failures in range(1, defaults.MAX_ATTEMPTS):
+        wait = min(cap, base * 2 ** (failures - 1))
+        drawn = [backoff(failures, base, cap) for _ in range(200)]
+        assert all(0.75 * wait <= x <= 1.25 * wait for x in drawn), failures
+        assert min(drawn) < 0.9 * wait and max(drawn) > 1.1 * wait  # jitter, not a fixed wait
+
+
+def test_the_default_schedule_is_8_attempts_with_growing_waits(
+    redis, redis_server, run_jobs, sandbox
+):
+    settings = build_settings(
+        {
+            "oliai": {"base_url": sandbox.base_url, "api_key": sandbox.keys[0]},
+            "routes": [route_dict()],
+        },
+        env={"REDIS_URL": redis_server.url},
+    )
+    assert settings.delivery.max_attempts == 8
+    client = create_app(settings, redis=redis).test_client()
+    client.settings, client.redis, client.store = (
+        settings,
+        redis,
+        DeliveryStore(redis),
+    )  # as make_client
+    sandbox.configure(fail_rate=1.0)
+    delivery_id = post(client, LEAD)
+    waits = []
+    for attempt in range(1, 9):
+        run_jobs(settings, promote_scheduled=attempt > 1)
+        d = client.store.get(delivery_id)
+        assert d.failures == attempt and d.attempts == attempt
+        if attempt == 8:
+            break
+        assert d.status == "retrying", (attempt, d.status)
+        assert f"(attempt {attempt} of 8;" in client.store.last_history(delivery_id)["detail"]
+        failed_at = max(e["ts"] for e in sandbox.requests() if e["status"] == 500)
+        waits.append(scheduled_at(client, delivery_id) - failed_at)
+    base, cap = defaults.RETRY_BASE_SECONDS, defaults.RETRY_MAX_SECONDS
+    for n, wait in enumerate(waits, start=1):
+        nominal = min(cap, base * 2 ** (n - 1))
+        # jitter of ±25 %; the scheduled registry keeps whole seconds (rounded up)
+        assert 0.75 * nominal <= wait <= 1.25 * nominal + 2, (n, wait, nominal)
+    assert waits == sorted(waits)  # each wait longer than the last
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "retries_exhausted"
+    assert "gave up after 8 failed attempts" in d.reason
+    assert len([e for e in sandbox.requests() if e["status"] == 500]) == 8
+    assert contacts(sandbox) == []
 
 
 def test_permanent_400_fails_at_once_with_the_api_message(make_client, run_jobs, sandbox):
@@ -282,7 +323,8 @@ def test_fail_after_commit_never_duplicates(make_client, run_jobs, sandbox, mode
 
 
 def test_stale_job_does_nothing(make_client, run_jobs, sandbox, redis):
-    from jobs.deliver import Deliverer, configure
+    from jobs.context import configure
+    from jobs.deliver import Deliverer
 
     client = make_client()
     delivery_id = post(client, LEAD)
@@ -292,15 +334,6 @@ def test_stale_job_does_nothing(make_client, run_jobs, sandbox, redis):
     started = time.time()
     assert Deliverer(ctx).run(delivery_id) == "delivered"
     assert sandbox.requests(since=started) == []
-
-
-def test_store_keeps_deliveries_for_the_configured_time(make_client, run_jobs, sandbox):
-    client = make_client(delivery={"keep_delivered_days": 1})
-    delivery_id = post(client, LEAD)
-    run_jobs(client.settings)
-    ttl = client.redis.ttl(f"oliai-bridge:d:{delivery_id}")
-    assert 86000 < ttl <= 86400
-    assert DeliveryStore(client.redis).get(delivery_id).status == "delivered"
 
 
 def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, run_jobs, sandbox):
@@ -335,3 +368,116 @@ def test_a_newly_failed_delivery_is_announced_to_the_alert_webhook(make_client, 
     assert alert["deliveryId"] == delivery_id
     assert alert["reasonCode"] == "unauthorized"
     assert sandbox.revoked_key not in json.dumps(alert)
+
+
+# --- leads the job fetches from the provider first (HubSpot here) --------------------------------
+
+HS_TOKEN = "hs-route-token-51c0"
+HS_ACCESS = "pat-na1-fetch-token-0c2d"
+CONTACT_PATH = "/crm/v3/objects/contacts/123"
+CONTACT = {"id": "123", "properties": {"firstname": "Priya", "mobilephone": "098200 11223"}}
+
+
+@pytest.fixture
+def hubspot(make_client):
+    """(client, api): the bridge with a HubSpot route whose CRM API is a local stand-in."""
+    from tests.sources.harness import FakeApi
+
+    api = FakeApi()
+    route = route_dict(
+        name="hs", source="hubspot", token=HS_TOKEN, access_token=HS_ACCESS, api_base_url=api.url
+    )
+    yield make_client(routes=[route], delivery={"max_attempts": 3}), api
+    api.close()
+
+
+def contact_created(client) -> str:
+    """A HubSpot Webhooks API event: contact 123 was created (the body holds its id only)."""
+    event = {
+        "eventId": 7,
+        "subscriptionId": 1,
+        "portalId": 62515,
+        "subscriptionType": "contact.creation",
+        "objectId": 123,
+    }
+    r = client.post("/hooks/hs", json=[event], headers={"X-Bridge-Token": HS_TOKEN})
+    assert r.status_code == 202, r.json
+    return r.json["deliveryId"]
+
+
+@pytest.mark.parametrize("status", [502, 429])
+def test_a_provider_in_trouble_is_retried_then_the_lead_is_fetched(
+    hubspot, run_jobs, sandbox, status
+):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, status, {"message": "try later"})
+    delivery_id = contact_created(client)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "retrying" and d.failures == 1
+    last = client.store.history(delivery_id)[-1]
+    assert last["what"] == "retry_scheduled"
+    assert "fetching the lead: HubSpot" in last["detail"] and str(status) in last["detail"]
+    assert contacts(sandbox) == []
+    api.answer(CONTACT_PATH, 200, CONTACT)
+    run_jobs(client.settings, promote_scheduled=True)
+    d = client.store.get(delivery_id)
+    assert d.status == "delivered"
+    [contact] = contacts(sandbox)
+    assert (contact["name"], contact["phoneNumber"]) == ("Priya", "+919820011223")
+    assert "fetched" in history(client, delivery_id)
+    assert all(seen["path"] == CONTACT_PATH for seen in api.seen) and len(api.seen) == 2
+
+
+def test_a_provider_in_trouble_for_good_fails_the_delivery_after_the_retries(
+    hubspot, run_jobs, sandbox
+):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, 503, {"message": "down"})
+    delivery_id = contact_created(client)
+    for _ in range(3):
+        run_jobs(client.settings, promote_scheduled=True)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "retries_exhausted"
+    assert "gave up after 3 failed attempts" in d.reason and "fetching the lead" in d.reason
+    assert client.store.failed_ids() == ([delivery_id], 1)
+    assert len(api.seen) == 3 and contacts(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    "status, body, words",
+    [
+        (404, {"message": "Object not found.", "category": "OBJECT_NOT_FOUND"}, "404"),
+        (401, {"message": f"bad token {HS_ACCESS}", "category": "INVALID_AUTHENTICATION"}, "401"),
+    ],
+)
+def test_a_lead_the_provider_refuses_fails_at_once_with_its_answer(
+    hubspot, run_jobs, sandbox, status, body, words
+):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, status, body)
+    delivery_id = contact_created(client)
+    run_jobs(client.settings, promote_scheduled=True)
+    d = client.store.get(delivery_id)
+    assert d.status == "failed" and d.reason_code == "fetch_failed"
+    assert d.reason.startswith("fetching the lead: HubSpot") and words in d.reason
+    assert body["category"] in d.reason
+    assert HS_ACCESS not in d.reason  # an API echoing the token is masked
+    assert d.attempts == 1 and len(api.seen) == 1  # not retried
+    assert client.store.failed_ids(reason="fetch_failed") == ([delivery_id], 1)
+    assert history(client, delivery_id)[-1] == "failed"
+    assert contacts(sandbox) == []
+
+
+def test_a_fetched_lead_without_a_phone_is_skipped_with_the_reason(hubspot, run_jobs, sandbox):
+    client, api = hubspot
+    api.answer(CONTACT_PATH, 200, {"id": "123", "properties": {"firstname": "Priya"}})
+    delivery_id = contact_created(client)
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "skipped" and d.reason_code == "unmappable"
+    assert "phone" in d.reason
+    assert d.event.fields["firstname"] == "Priya" and d.event.fetch is None
+    assert history(client, delivery_id)[-2:] == ["fetched", "skipped"]
+    assert client.store.failed_ids(reason="unmappable") == ([delivery_id], 1)
+    assert contacts(sandbox) == [] and len(api.seen) == 1

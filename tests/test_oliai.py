@@ -43,6 +43,7 @@ class CannedAdapter(BaseAdapter):
         self.body = body
         self.headers = headers or {}
         self.sent: list[requests.PreparedRequest] = []
+        self.closed = False  # Session.close() closes every adapter mounted on it
 
     def send(self, request, **kwargs):
         self.sent.append(request)
@@ -62,7 +63,7 @@ class CannedAdapter(BaseAdapter):
         return response
 
     def close(self):
-        pass
+        self.closed = True
 
 
 def canned(status: int, body: object = None, headers: dict | None = None, **kw):
@@ -204,7 +205,9 @@ def test_request_shape_and_injected_session():
     assert patch.method == "PATCH" and patch.url.endswith("/contacts/ct%2F..%2Fx")
     assert json.loads(patch.body) == {"name": "N"}
     client.close()  # a session we did not create stays open for its owner
-    assert adapter.sent
+    assert adapter.closed is False
+    client.get_contact("ct_2")  # and the client still works through it
+    assert [r.method for r in adapter.sent] == ["GET", "PATCH", "GET"]
 
 
 # --- secrecy -------------------------------------------------------------------------------

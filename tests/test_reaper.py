@@ -1,12 +1,16 @@
 """The reaper hands back deliveries nobody is working on: dead worker, lost job, no scheduler."""
 
+import signal
 import time
 
+import pytest
+import requests
 from rq import Queue
 
 from bridge import keys
-from jobs.deliver import configure
+from jobs.context import configure
 from jobs.reaper import reap_once
+from tests.bridge_fixtures import route_dict
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210"}
 
@@ -134,3 +138,44 @@ def test_index_entries_of_expired_records_are_trimmed(make_client, redis):
     assert redis.zrange("oliai-bridge:idx:received", 0, -1) == [delivery_id.encode()]
     assert redis.zrange("oliai-bridge:idx:failed", 0, -1) == [b"dlv_new"]
     assert redis.zcard("oliai-bridge:idx:failed:route:leads") == 0
+
+
+# --- the reaper thread inside a running worker process --------------------------------------------
+
+
+@pytest.mark.e2e
+def test_a_running_worker_recovers_a_delivery_whose_worker_was_killed(make_stack, sandbox):
+    config = {
+        "oliai": {"rate_window_seconds": 2, "general_per_minute": 1000, "timeout_seconds": 5},
+        "delivery": {"retry_base_seconds": 0.3, "retry_max_seconds": 2},
+        "routes": [route_dict()],
+    }
+    sandbox.configure(latency_ms=2000)  # every API call takes a while: the kill lands mid-call
+    stack = make_stack(config, workers=1)
+    r = requests.post(stack.hook("leads"), json=LEAD, timeout=5)
+    assert r.status_code == 202
+    delivery_id = r.json()["deliveryId"]
+    victim = stack.processes["worker1"]
+    deadline = time.monotonic() + 30  # hang guard
+    while not stack.redis.exists(keys.lease(delivery_id)):
+        assert time.monotonic() < deadline, "the worker never started the delivery"
+        time.sleep(0.02)
+    victim.send_signal(signal.SIGSTOP)  # frozen: what we see now is what it held when killed
+    held = stack.store.get(delivery_id)
+    assert held.status == "delivering" and stack.redis.exists(keys.lease(delivery_id))
+    victim.kill()
+    victim.wait(10)
+    sandbox.configure(latency_ms=0)
+    # Its lease would lapse within 15 s; expire it now and make the delivery due for a look.
+    stack.redis.delete(keys.lease(delivery_id))
+    stack.redis.zadd(keys.ACTIVE, {delivery_id: time.time() - 1})
+    assert stack.store.get(delivery_id).status == "delivering"  # nobody else touches it
+    stack.start_worker("rescuer")
+    done = stack.wait_for(delivery_id, timeout=60)
+    recovered = [h for h in stack.store.history(delivery_id) if h["what"] == "recovered"]
+    assert len(recovered) == 1
+    assert "its worker stopped mid-delivery" in recovered[0]["detail"]
+    assert done["status"] == "delivered"
+    assert stack.store.get(delivery_id).job_id == f"{delivery_id}-2"
+    [contact] = sandbox.org_state()["contacts"]  # the killed call's write counted once
+    assert contact["phoneNumber"] == "+919876543210" and done["contactId"] == contact["id"]

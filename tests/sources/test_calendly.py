@@ -276,3 +276,19 @@ def test_through_the_app_with_a_retry(make_client):
     retry = signed(timestamp=time.time() + 1)  # Calendly signs each attempt afresh
     harness.post_twice(client, signed(), repeat=retry)
     assert harness.post(client, signed(secret="another-key")).status_code == 401
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {
+    "event": "invitee.created",
+    "payload": {
+        "uri": "u1",
+        "name": "A",
+        "text_reminder_number": "+919876543210",
+        "questions_and_answers": [{"question": "Phone", "answer": "9876543210"}],
+        "scheduled_event": {"location": {"type": "outbound_call", "location": "+9198"}},
+    },
+}
+PROPERTY_SAMPLES = [MINIMAL, BOOKING]

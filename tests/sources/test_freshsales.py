@@ -160,3 +160,10 @@ def test_through_the_app_and_redelivery(make_client):
     client = make_client(routes=[route])
     resp, _ = harness.post_twice(client, delivered(CONTACT))
     assert resp.get_json()["status"] == "queued"
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {"contact": {"first_name": "A", "mobile_number": "9876543210"}}
+PROPERTY_SAMPLES = [MINIMAL, CONTACT]

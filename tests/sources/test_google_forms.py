@@ -217,3 +217,10 @@ def test_through_the_app(make_client):
     refused = harness.post(client, nophone)
     assert refused.status_code == 422
     assert "phone" in refused.get_json()["message"]
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {"responseId": "g1", "answers": {"Phone": "9876543210", "Name": "A"}}
+PROPERTY_SAMPLES = [MINIMAL, SCRIPT_BODY]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -188,7 +189,26 @@ def test_v1_alone_is_enough():
 
 
 def test_v2_workflow_signature_covers_method_and_url():
-    SOURCE.verify(signed(WORKFLOW_CUSTOM_BODY, versions=("v2",)), make_route())
+    req = signed(WORKFLOW_CUSTOM_BODY, versions=("v2",))
+    SOURCE.verify(req, make_route())
+    for changed in (
+        dataclasses.replace(req, method="PUT"),
+        dataclasses.replace(req, url=URL.replace("/hooks/hs", "/hooks/other")),
+        dataclasses.replace(req, url=URL + "?extra=1"),
+    ):
+        error = refusal(changed)
+        assert (error.status, error.reason) == (401, "bad_signature"), changed
+
+
+def test_v2_workflow_signature_through_the_app_binds_method_and_url(make_client):
+    client = make_client(routes=[ROUTE_DATA])
+    url = "http://localhost/hooks/hs"
+    req = signed(WORKFLOW_CUSTOM_BODY, versions=("v2",), url=url)
+    put = client.put("/hooks/hs", data=req.body, headers=dict(req.headers))
+    assert put.status_code == 401 and put.get_json()["error"] == "unauthorized"
+    moved = client.post("/hooks/hs?campaign=x", data=req.body, headers=dict(req.headers))
+    assert moved.status_code == 401
+    assert harness.post(client, req, url="/hooks/hs").status_code == 202
 
 
 def test_any_valid_version_is_enough():
@@ -612,3 +632,25 @@ def test_through_the_app_batch_redelivery_and_fetch(make_client, run_jobs, hubsp
         ("delivered", "Priya Sharma", "+919820011223"),
         ("delivered", "Kiran", "+919820011223"),
     ]
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: Minimal valid payloads of both shapes, beside the documented ones, for the mutation tests.
+MINIMAL_WORKFLOW = {"vid": 1, "properties": {"phone": {"value": "+919876543210"}}}
+MINIMAL_BATCH = [
+    {"subscriptionType": "contact.creation", "objectId": 1, "eventId": 2, "portalId": 3}
+]
+PROPERTY_SAMPLES = [
+    MINIMAL_WORKFLOW,
+    MINIMAL_BATCH,
+    WORKFLOW_ALL_PROPERTIES,
+    WORKFLOW_CUSTOM_BODY,
+    WEBHOOKS_BATCH,
+]
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {
+    "subscription_types": ["contact.creation", "contact.propertyChange"],
+    "properties": ["x"],
+    "public_url": "https://bridge.example.com/hooks/hubspot",
+}

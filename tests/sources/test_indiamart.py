@@ -214,3 +214,10 @@ def test_through_the_app_with_a_repeat(make_client):
     resp, _ = harness.post_twice(client, req, status=200)
     assert resp.get_json()["status"] == "queued"
     assert harness.post(client, req, url="/hooks/r").status_code == 401
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid push, beside the documented record in its envelope, for the mutation tests.
+MINIMAL = {"CODE": 200, "RESPONSE": {"UNIQUE_QUERY_ID": "1", "SENDER_MOBILE": "+91-9876543210"}}
+PROPERTY_SAMPLES = [MINIMAL, {"CODE": 200, "STATUS": "SUCCESS", "RESPONSE": RECORD}]

@@ -14,6 +14,7 @@ from bridge.config import Route
 from bridge.event import InboundRequest
 from bridge.exceptions import MalformedBody, Unmappable
 from bridge.sources.jotform import SOURCE
+from tests import strategies as S
 from tests.sources import harness
 
 TOKEN = "jf-url-token-5d4c3b2a"
@@ -256,3 +257,23 @@ def test_through_the_app(make_client):
     req = delivery()  # posted to /hooks/r?token=...
     harness.post_twice(client, req)
     assert harness.post(client, req, url="/hooks/r").status_code == 401
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {"q3_name": {"first": "A", "last": "R"}, "q4_phone": {"full": "9876543210"}}
+PROPERTY_SAMPLES = [MINIMAL, RAW]
+
+
+def property_bodies(value):
+    """Jotform posts the answers as JSON inside the multipart part ``rawRequest``."""
+    if not isinstance(value, dict):
+        return S.sender_bodies(value)
+    ctype = f"multipart/form-data; boundary={S.BOUNDARY}"
+    return S.ODD_TEXT.map(
+        lambda submission_id: (
+            S.multipart([("rawRequest", json.dumps(value)), ("submissionID", submission_id)]),
+            ctype,
+        )
+    )

@@ -214,3 +214,12 @@ def test_through_the_app_head_and_redelivery(make_client):
     refused = client.post("/hooks/lsq", data=req.body, headers={"content-type": "application/json"})
     assert refused.status_code == 200
     assert refused.get_json()["Status"] == "Error"
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {"FirstName": "A", "Mobile": "+91-9876543210", "ProspectActivityId": "p"}
+PROPERTY_SAMPLES = [MINIMAL, LEAD_CREATED]
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {"respect_do_not_call": False}

@@ -428,3 +428,17 @@ def test_through_the_app_handshake_redelivery_and_fetch(make_client, run_jobs, g
     assert delivery.status == "delivered", (delivery.status, delivery.reason)
     assert delivery.contact["phoneNumber"] == "+919876543210"
     assert delivery.contact["name"] == "Meera Iyer"
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {
+    "object": "page",
+    "entry": [{"changes": [{"field": "leadgen", "value": {"leadgen_id": "123"}}]}],
+}
+PROPERTY_SAMPLES = [MINIMAL, NOTIFICATION]
+#: Keys every route of this source needs (the handshake's token is drawn into query strings).
+PROPERTY_ROUTE = {"verify_token": VERIFY_TOKEN, "access_token": ACCESS_TOKEN}
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {"lead_fields": "field_data,ad_id"}

@@ -442,3 +442,15 @@ def test_through_the_app_and_redelivery(make_client):
     }
     wrong = client.post("/hooks/pd", data=req.body, headers={"content-type": "application/json"})
     assert wrong.status_code == 401
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented ones, for the mutation tests to start from.
+MINIMAL = {
+    "meta": {"action": "create", "entity": "person", "id": "m1", "version": "2.0"},
+    "data": {"id": 1, "name": "A", "phones": [{"value": "+919876543210", "primary": True}]},
+}
+PROPERTY_SAMPLES = [MINIMAL, V2_PERSON, V1_PERSON, V2_LEAD]
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {"actions": ["create", "change"]}

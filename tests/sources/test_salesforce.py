@@ -7,11 +7,13 @@ from xml.sax.saxutils import escape
 
 import pytest
 from defusedxml import ElementTree as SafeET
+from hypothesis import strategies as st
 
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, SignatureInvalid, StorageUnavailable, Unmappable
 from bridge.sources.base import Accepted, Outcome
 from bridge.sources.salesforce import SOURCE
+from tests import strategies as S
 from tests.sources import harness
 
 TOKEN = "sf-route-token-5b8e"
@@ -365,3 +367,19 @@ def test_through_the_app_ack_and_redelivery(make_client):
 
     flow = json.dumps({"LastName": "Kumar", "MobilePhone": "9820011223"}).encode()
     harness.post_twice(client, delivered(flow, json_body=True))
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A Flow callout's minimal record; outbound messages are built from it by ``property_bodies``.
+MINIMAL = {"FirstName": "A", "MobilePhone": "9876543210", "DoNotCall": "false"}
+PROPERTY_SAMPLES = [MINIMAL]
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {"organization_id": ORG_18, "respect_do_not_call": False}
+
+
+def property_bodies(value):
+    """Half the time an outbound message (SOAP) holding the records, else a Flow's JSON."""
+    records = value if isinstance(value, list) else [value]
+    message = (S.salesforce_message(records, org=ORG_18), "text/xml; charset=utf-8")
+    return st.one_of(st.just(message), S.sender_bodies(value))

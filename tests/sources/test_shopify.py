@@ -257,3 +257,18 @@ def test_through_the_app_with_a_retry(make_client):
     skipped = harness.post(client, nophone)
     assert skipped.status_code == 202
     assert skipped.get_json()["status"] == "skipped"
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {
+    "id": 1,
+    "phone": "+919876543210",
+    "default_address": {"country_code": "IN", "phone": "98765"},
+    "addresses": [{"phone": "9876543210", "country_code": "IN"}],
+    "sms_marketing_consent": {"state": "subscribed"},
+}
+PROPERTY_SAMPLES = [MINIMAL, CUSTOMER]
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {"require_sms_consent": True}

@@ -298,3 +298,14 @@ def test_through_the_app_with_a_redelivery(make_client):
     resp, again = harness.post_twice(client, signed(), repeat=retry)
     assert resp.get_json()["status"] == "queued"
     assert again.get_json()["deliveryId"] == resp.get_json()["deliveryId"]
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {"type": "lead.created", "data": {"phone": "+919876543210"}}
+PROPERTY_SAMPLES = [MINIMAL, LEAD]
+#: The signing secret in the ``whsec_`` form this source takes.
+PROPERTY_SECRET = SECRET
+#: Route options that reach the adapter's other branches.
+PROPERTY_OPTIONS = {"event_types": ["lead.created"]}

@@ -382,3 +382,25 @@ def test_through_the_app(make_client):
     refused = harness.post(client, signed(secret="not-the-secret"))
     assert refused.status_code == 401
     assert SECRET not in refused.get_data(as_text=True)
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {
+    "eventType": "FORM_RESPONSE",
+    "data": {
+        "responseId": "r1",
+        "fields": [
+            {"key": "k1", "label": "Phone", "type": "INPUT_PHONE_NUMBER", "value": "+9198"},
+            {
+                "key": "k2",
+                "label": "Pick",
+                "type": "MULTIPLE_CHOICE",
+                "value": ["o1"],
+                "options": [{"id": "o1", "text": "One"}],
+            },
+        ],
+    },
+}
+PROPERTY_SAMPLES = [MINIMAL, SUBMISSION]

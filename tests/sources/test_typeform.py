@@ -439,3 +439,21 @@ def test_through_the_app(make_client):
     skipped = harness.post(client, signed(payload))
     assert skipped.status_code == 202
     assert skipped.get_json()["status"] == "skipped"
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {
+    "event_type": "form_response",
+    "form_response": {
+        "token": "t1",
+        "definition": {"fields": [{"id": "f1", "ref": "name", "title": "Your name"}]},
+        "answers": [
+            {"type": "text", "text": "Asha", "field": {"id": "f1", "type": "short_text"}},
+            {"type": "phone_number", "phone_number": "+919876543210", "field": {"id": "f2"}},
+        ],
+        "hidden": {"utm": "x"},
+    },
+}
+PROPERTY_SAMPLES = [MINIMAL, RESPONSE]

@@ -309,3 +309,13 @@ def test_through_the_app_always_200(make_client):
     skipped = harness.post(client, signed(payload))
     assert skipped.status_code == 200
     assert skipped.get_json()["status"] == "skipped"
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {
+    "triggerType": "form_submission",
+    "payload": {"id": "w1", "name": "F", "data": {"Phone": 15550000000}},
+}
+PROPERTY_SAMPLES = [MINIMAL, SUBMISSION]

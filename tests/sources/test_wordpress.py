@@ -283,3 +283,10 @@ def test_wrong_token():
 def test_through_the_app(make_client):
     client = make_client(routes=[ROUTE_DATA])
     harness.post_twice(client, posted(GRAVITY_ENTRY))
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented ones, for the mutation tests to start from.
+MINIMAL = {"id": "1", "form_id": "2", "1.3": "A", "1.6": "R", "2": "9876543210"}
+PROPERTY_SAMPLES = [MINIMAL, GRAVITY_ENTRY, CF7_POSTED, WPFORMS_MAPPED]

@@ -219,3 +219,10 @@ def test_through_the_app(make_client):
     harness.post_twice(client, posted())
     refused = harness.post(client, posted({"name": "Priya", "event_id": "lead-9000"}))
     assert refused.status_code == 422
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload, beside the documented one, for the mutation tests to start from.
+MINIMAL = {"name": "A", "phone": "+919876543210", "event_id": "z1", "country": "IN"}
+PROPERTY_SAMPLES = [MINIMAL, RECORD]

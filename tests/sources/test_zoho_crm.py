@@ -10,6 +10,7 @@ import pytest
 from bridge.event import InboundRequest, Lead
 from bridge.exceptions import MalformedBody, Unmappable
 from bridge.sources.zoho_crm import SOURCE
+from tests import strategies as S
 from tests.sources import harness
 
 TOKEN = "zoho-route-token-41d9"
@@ -185,3 +186,10 @@ def test_through_the_app_and_redelivery(make_client):
     refused = harness.post(client, delivered({"First_Name": "No"}))
     assert refused.status_code == 422
     assert refused.get_json()["field"] == "phoneNumber"
+
+
+# --- for the property tests (tests/test_properties.py) ------------------------------------------
+
+#: A minimal valid payload (its token the property routes' own), beside the documented one.
+MINIMAL = {"First_Name": "A", "Mobile": "9876543210", "token": S.TOKEN}
+PROPERTY_SAMPLES = [MINIMAL, LEAD]
