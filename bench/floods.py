@@ -138,7 +138,7 @@ def commands(redis: Redis) -> Counter[str]:
 
 
 def measure_quota_cost(redis: Redis, count: int = 600, rounds: int = 5) -> dict:
-    settings = build_settings(config(), env={"REDIS_URL": "unused"})
+    settings = build_settings(config(), env={})
     route = settings.routes["typeform"]
     quota_s, plain_s, trips = [], [], []
     for n in range(rounds):

@@ -31,7 +31,7 @@ class Clock:
 
 def settings_with(routes=None, **bridge):
     return build_settings(
-        {"bridge": bridge, "routes": routes or [route_dict()]}, env={"REDIS_URL": "x"}
+        {"bridge": bridge, "routes": routes or [route_dict()]}, env={}
     )
 
 
