@@ -30,9 +30,7 @@ class Clock:
 
 
 def settings_with(routes=None, **bridge):
-    return build_settings(
-        {"bridge": bridge, "routes": routes or [route_dict()]}, env={}
-    )
+    return build_settings({"bridge": bridge, "routes": routes or [route_dict()]}, env={})
 
 
 def quotas(redis, settings, clock=None) -> Quotas:
