@@ -229,7 +229,7 @@ def count_statuses(redis: Redis, store: DeliveryStore) -> dict[str, int]:
     ids = [i.decode() for i in redis.zrange(keys.RECEIVED, 0, -1)]
     pipe = redis.pipeline(transaction=False)
     for delivery_id in ids:
-        pipe.hget(f"oliai-bridge:d:{delivery_id}", "status")
+        pipe.hget(keys.delivery(delivery_id), "status")
     counts: dict[str, int] = {}
     for status in pipe.execute():
         key = (status or b"missing").decode()

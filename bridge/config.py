@@ -91,6 +91,31 @@ class OliAISchema(Schema):
             raise ValidationError(f"unknown region code {region!r}", "default_region")
 
 
+def route_quota() -> fields.Integer:
+    """``max_requests_per_minute``: in ``[bridge]`` for every route, or a route's own."""
+    return fields.Integer(
+        strict=True,
+        validate=validate.Range(
+            min=1,
+            max=1_000_000,
+            error="requests a route accepts a minute, a whole number from {min} to {max}",
+        ),
+    )
+
+
+def address_quota() -> fields.Integer:
+    """``max_requests_per_minute_per_ip``: in ``[bridge]`` for every route, or a route's own."""
+    return fields.Integer(
+        strict=True,
+        validate=validate.Range(
+            min=0,
+            max=1_000_000,
+            error="requests a route accepts a minute from one address, a whole number from "
+            "{min} to {max} (0: no per-address quota)",
+        ),
+    )
+
+
 class BridgeSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -100,6 +125,17 @@ class BridgeSchema(Schema):
     data_dir = fields.String()
     queue_name = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
     admin_token = fields.String(allow_none=True)
+    max_requests_per_minute = route_quota()
+    max_requests_per_minute_per_ip = address_quota()
+    trusted_proxy_count = fields.Integer(
+        strict=True,
+        validate=validate.Range(
+            min=0,
+            max=10,
+            error="the number of reverse proxies in front of the bridge that append to "
+            "X-Forwarded-For, from {min} to {max} (0: trust no X-Forwarded-For)",
+        ),
+    )
 
 
 class DeliverySchema(Schema):
@@ -221,6 +257,8 @@ class RouteSchema(Schema):
     access_token = fields.String()
     api_key = fields.String()
     campaign = fields.Nested(CampaignSchema)
+    max_requests_per_minute = route_quota()
+    max_requests_per_minute_per_ip = address_quota()
 
     @validates_schema(skip_on_field_errors=False)
     def _checks(self, data, **kwargs):
@@ -421,6 +459,22 @@ def build_settings(
         **process,
         **bridge_vals,
     )
+    if settings.admin_token and len(settings.admin_token) < defaults.MIN_ADMIN_TOKEN_CHARS:
+        settings = _with_warning(
+            settings,
+            f"bridge.admin_token: shorter than {defaults.MIN_ADMIN_TOKEN_CHARS} characters; use "
+            "a random one: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
+    per_address = [settings.max_requests_per_minute_per_ip] + [
+        r.max_requests_per_minute_per_ip for r in routes.values()
+    ]
+    if any(per_address) and not settings.trusted_proxy_count:
+        settings = _with_warning(
+            settings,
+            "bridge.max_requests_per_minute_per_ip: counted by the connection's address; behind "
+            "a reverse proxy every request comes from the proxy's: set "
+            "bridge.trusted_proxy_count to the number of proxies in front",
+        )
     if not settings.oliai.api_key and any(not r.api_key for r in routes.values()):
         settings = _with_warning(
             settings, "oliai.api_key: not set (OLIAI_API_KEY): deliveries will fail with 401"
@@ -511,6 +565,8 @@ def _route(vals: dict[str, Any], default_region: str) -> Route:
         access_token=vals.get("access_token"),
         api_key=vals.get("api_key"),
         campaign=CampaignSettings(**vals["campaign"]) if vals.get("campaign") else None,
+        max_requests_per_minute=vals.get("max_requests_per_minute"),
+        max_requests_per_minute_per_ip=vals.get("max_requests_per_minute_per_ip"),
     )
 
 

@@ -2,7 +2,9 @@
 
 ``Ingest.handle`` is the whole web-side path for one request, independent of Flask. Parsing,
 normalizing and mapping are ``bridge.pipeline``'s, shared with ``try``, replay and the job;
-what ingest adds is the handshake, the signature check, dedup, storage and metrics. A 2xx is
+what ingest adds is the route's quota, the handshake, the signature check, dedup, storage and
+metrics. A refused request (over a quota, unknown route, bad signature, ...) writes nothing to
+Redis of its own: its count joins the process's ``Tally``. A 2xx is
 only ever answered after the delivery and its job are in Redis (one MULTI/EXEC); a Redis failure
 becomes ``StorageUnavailable`` (503 + Retry-After), never a 2xx.
 """
@@ -23,12 +25,14 @@ from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
     IngestError,
     MethodNotAllowed,
+    QuotaExceeded,
     SignatureInvalid,
     StorageUnavailable,
     UnknownRoute,
 )
 from bridge.pipeline import LeadResult, map_request
 from bridge.queue import enqueue, transaction
+from bridge.quotas import ADDRESS_QUOTA, Quotas
 from bridge.record import Delivery, new_delivery_id, raw_record
 from bridge.redaction import redact
 from bridge.settings import Route, Settings
@@ -38,6 +42,10 @@ from bridge.storage import is_full
 
 log = logging.getLogger(__name__)
 
+#: The ``route`` label of requests to routes that do not exist: their names are the sender's
+#: to choose, and one counter each would let a flood of made-up names fill Redis.
+UNKNOWN_ROUTE_LABEL = "(unknown)"
+
 
 class Ingest:
     def __init__(self, settings: Settings, redis: Redis, queue: Queue):
@@ -45,18 +53,25 @@ class Ingest:
         self.redis = redis
         self.queue = queue
         self.store = DeliveryStore.for_settings(redis, settings)
+        self.quotas = Quotas(redis, settings)
+        #: Refusals, counted here and written at most once a second (``metrics.Tally``).
+        self.refusals = metrics.Tally(redis)
 
     def handle(self, req: InboundRequest) -> Reply:
         route = self.settings.routes.get(req.route)
         if route is None:
-            metrics.count(self.redis, "rejected", req.route[:64], "unknown_route")
+            self.refusals.add("rejected", UNKNOWN_ROUTE_LABEL, "unknown_route")
             return error_reply(UnknownRoute(f"no route named {req.route[:64]!r} is configured"))
+        try:
+            self.quotas.admit(route, req.remote_addr)
+        except QuotaExceeded as over:
+            return self.over_quota(route, over)
         source = get_source(route.source)
         try:
             outcome = Outcome(accepted=self._accept(req, route, source), request=req)
         except IngestError as error:
             reason = error.reason if isinstance(error, SignatureInvalid) else error.error
-            metrics.count(self.redis, "rejected", route.name, reason)
+            self.refusals.add("rejected", route.name, reason)
             log.info(
                 "route %s: refused %s: %s",
                 route.name,
@@ -68,6 +83,13 @@ class Ingest:
         except _Handshake as answered:
             return answered.reply
         return source.reply(outcome)
+
+    def over_quota(self, route: Route, over: QuotaExceeded) -> Reply:
+        """The answer past a quota, counted. Before the source sees the request: every sender
+        gets the same 429, and retries after it."""
+        reason = "ip_quota_exceeded" if over.quota == ADDRESS_QUOTA else "quota_exceeded"
+        self.refusals.add("rejected", route.name, reason)
+        return error_reply(over)
 
     def _accept(self, req: InboundRequest, route: Route, source: Source) -> list[Accepted]:
         if req.method in ("GET", "HEAD"):

@@ -56,6 +56,7 @@ EVERY_FIELD = {
     "job_id": "dlv_18c0ffee0123456789ab-4",
     "job_seq": 4,
     "failed_index": "server_error",
+    "lane": "backfill",
 }
 
 
@@ -154,7 +155,7 @@ def test_a_replayed_failure_leaves_the_failed_index_field_and_the_lists(redis):
     assert redis.ttl(keys.delivery(d.id)) == -1  # alive again: no expiry
 
 
-def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_byte_for_byte(redis):
+def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_field_for_field(redis):
     # As the first versions' hand-written ``to_hash`` stored it, field for field.
     event = {
         "route": "leads",
@@ -197,7 +198,9 @@ def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_byte_for_b
     assert d.last_api["status"] == 422
     assert d.failed_index == "invalid"
     assert d.summary()["reasonCode"] == "invalid"
-    assert d.to_hash() == earlier
+    assert d.lane == "live"  # stored before lanes existed: a webhook's
+    # every field written back as it was; the one field added since says so explicitly
+    assert d.to_hash() == {**earlier, "lane": "live"}
 
 
 def test_a_type_without_a_codec_is_refused_when_the_record_is_declared():
