@@ -64,7 +64,9 @@ FAIRNESS_TARGET = 2.0
 
 
 def write_config(path: Path, oliai: dict, two_keys: bool = False) -> Path:
-    lines = ["[oliai]"] + [f"{k} = {json.dumps(v)}" for k, v in oliai.items()]
+    # The inbound quota would throttle the benchmark's own flood of webhooks.
+    lines = ["[bridge]", "max_requests_per_minute = 1000000"]
+    lines += ["[oliai]"] + [f"{k} = {json.dumps(v)}" for k, v in oliai.items()]
     lines += ["[delivery]", "retry_base_seconds = 1.0", "retry_max_seconds = 5.0"]
     routes = [(ROUTE, None, "Benchmark leads")]
     if two_keys:

@@ -240,80 +240,25 @@ def measure_e2e(stack: Stack, leads: Leads, workers: int, count: int, rate: floa
     s = requests.Session()
     s.headers["X-Bridge-Token"] = TOKEN
     try:
-        # Warm-up: a few leads through the whole path (imports, connections, audience cache).
-        warm = []
-        for body in leads.take(3 * workers):
-            r = s.post(hook, json=body, timeout=30)
-            r.raise_for_status()
-            warm.append(r.json()["deliveryId"])
-        wait_delivered(stack.redis, warm, timeout=30)
+        _e2e_warm_up(stack, s, hook, leads, workers)
         say(f"e2e: {workers} worker(s): {count} leads, one at a time at {rate:g}/s")
-        pending: dict[str, float] = {}
-        result: dict[str, float] = {}
-        bad: dict[str, str] = {}
-        lock = threading.Lock()
-        posting_done = threading.Event()
-
-        def poller() -> None:
-            deadline = None
-            while not STOP.is_set():
-                with lock:
-                    ids = list(pending)
-                if ids:
-                    now = time.perf_counter()
-                    for i, status in zip(ids, statuses(stack.redis, ids), strict=True):
-                        if status == "delivered":
-                            with lock:
-                                result[i] = now - pending.pop(i)
-                        elif status in ("failed", "skipped"):
-                            with lock:
-                                bad[i] = status
-                                pending.pop(i)
-                elif posting_done.is_set():
-                    return
-                if posting_done.is_set():
-                    deadline = deadline or time.monotonic() + 30
-                    if time.monotonic() > deadline:
-                        return
-                time.sleep(0.02)
-
-        th = threading.Thread(target=poller, daemon=True)
+        track = _E2eTrack()
+        th = threading.Thread(target=_e2e_poll, args=(stack.redis, track), daemon=True)
         th.start()
         bodies = leads.take(count)
-        post_lat = []
-        t_start = time.perf_counter()
-        for n, body in enumerate(bodies):
-            if STOP.is_set():
-                break
-            delay = t_start + n / rate - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            t = time.perf_counter()
-            r = s.post(hook, json=body, timeout=30)
-            t202 = time.perf_counter()
-            post_lat.append(t202 - t)
-            if r.status_code == 202:
-                with lock:
-                    pending[r.json()["deliveryId"]] = t202
-            else:
-                bad[f"post{n}"] = str(r.status_code)
-        posting_done.set()
+        post_lat = _e2e_post_paced(s, hook, bodies, rate, track)
+        track.posting_done.set()
         th.join(60)
-        with lock:
-            missing = len(pending)
-        lat = list(result.values())
-        # The bridge's own clock: the history's "received" -> "delivered" entries (ms precision).
-        server = []
-        for h in histories(stack.redis, list(result)):
-            at = {e["what"]: iso_epoch(e["at"]) for e in h}
-            if "received" in at and "delivered" in at:
-                server.append(at["delivered"] - at["received"])
+        with track.lock:
+            missing = len(track.pending)
+        lat = list(track.result.values())
+        server = _server_latencies(stack.redis, list(track.result))
         return {
             "workers": workers,
             "count": count,
             "rate": rate,
             "delivered": len(lat),
-            "not_delivered": missing + len(bad),
+            "not_delivered": missing + len(track.bad),
             "p50": pct(lat, 50),
             "p95": pct(lat, 95),
             "max": max(lat) if lat else float("nan"),
@@ -323,6 +268,90 @@ def measure_e2e(stack: Stack, leads: Leads, workers: int, count: int, rate: floa
         }
     finally:
         s.close()
+
+
+class _E2eTrack:
+    """Leads posted and not yet settled, and how each one settled; shared with the poller."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, float] = {}  # delivery id -> when its 202 came back
+        self.result: dict[str, float] = {}  # delivery id -> seconds from 202 to delivered
+        self.bad: dict[str, str] = {}
+        self.lock = threading.Lock()
+        self.posting_done = threading.Event()
+
+
+def _e2e_warm_up(stack: Stack, s: requests.Session, hook: str, leads: Leads, workers: int) -> None:
+    """A few leads through the whole path (imports, connections, audience cache)."""
+    warm = []
+    for body in leads.take(3 * workers):
+        r = s.post(hook, json=body, timeout=30)
+        r.raise_for_status()
+        warm.append(r.json()["deliveryId"])
+    wait_delivered(stack.redis, warm, timeout=30)
+
+
+def _e2e_poll(redis: Redis, track: _E2eTrack) -> None:
+    """Settle pending leads as they finish, until posting is done and none are left (or 30 s)."""
+    deadline = None
+    while not STOP.is_set():
+        with track.lock:
+            ids = list(track.pending)
+        if ids:
+            _e2e_settle(redis, track, ids)
+        elif track.posting_done.is_set():
+            return
+        if track.posting_done.is_set():
+            deadline = deadline or time.monotonic() + 30
+            if time.monotonic() > deadline:
+                return
+        time.sleep(0.02)
+
+
+def _e2e_settle(redis: Redis, track: _E2eTrack, ids: list[str]) -> None:
+    now = time.perf_counter()
+    for i, status in zip(ids, statuses(redis, ids), strict=True):
+        if status == "delivered":
+            with track.lock:
+                track.result[i] = now - track.pending.pop(i)
+        elif status in ("failed", "skipped"):
+            with track.lock:
+                track.bad[i] = status
+                track.pending.pop(i)
+
+
+def _e2e_post_paced(
+    s: requests.Session, hook: str, bodies: list[dict], rate: float, track: _E2eTrack
+) -> list[float]:
+    """Post one lead at a time at ``rate`` per second; return each POST's latency."""
+    post_lat = []
+    t_start = time.perf_counter()
+    for n, body in enumerate(bodies):
+        if STOP.is_set():
+            break
+        delay = t_start + n / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        t = time.perf_counter()
+        r = s.post(hook, json=body, timeout=30)
+        t202 = time.perf_counter()
+        post_lat.append(t202 - t)
+        if r.status_code == 202:
+            with track.lock:
+                track.pending[r.json()["deliveryId"]] = t202
+        else:
+            track.bad[f"post{n}"] = str(r.status_code)
+    return post_lat
+
+
+def _server_latencies(redis: Redis, ids: list[str]) -> list[float]:
+    """The bridge's own clock: the history's "received" -> "delivered" entries (ms precision)."""
+    server = []
+    for h in histories(redis, ids):
+        at = {e["what"]: iso_epoch(e["at"]) for e in h}
+        if "received" in at and "delivered" in at:
+            server.append(at["delivered"] - at["received"])
+    return server
 
 
 def measure_backlog(stack: Stack, leads: Leads, workers: int, count: int, clients: int) -> dict:

@@ -1,4 +1,5 @@
-"""The ``oliai-bridge`` command: dev, web, worker, sandbox, check-config, try, failed, replay."""
+"""The ``oliai-bridge`` command: dev, web, worker, sandbox, check-config, try, failed, replay,
+import, flows."""
 
 from __future__ import annotations
 
@@ -123,6 +124,29 @@ def build_parser() -> argparse.ArgumentParser:
         help="map the stored raw payload again with the current config",
     )
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("import", help="backfill existing leads from a CSV or JSON Lines file")
+    p.add_argument("path", help="a .csv (comma, semicolon or tab) or .jsonl / .ndjson file")
+    p.add_argument("--route", required=True, help="the route whose mapping and audience to use")
+    p.add_argument("--dry-run", action="store_true", help="map and count; store nothing")
+    p.add_argument(
+        "--rejects", metavar="FILE.csv", help="write the rows not imported, with a reason column"
+    )
+    p.add_argument(
+        "--id-column",
+        metavar="COLUMN",
+        help="a column holding each row's own id (a CRM's record id): dedup keys on it instead "
+        "of the row's content",
+    )
+    p.add_argument(
+        "--encoding", help="the file's encoding when it is not UTF-8 (e.g. cp1252); default UTF-8"
+    )
+    p.add_argument(
+        "--delimiter",
+        choices=[",", ";", "tab"],
+        help="the CSV delimiter (default: sniffed from the file)",
+    )
+    p.set_defaults(func=cmd_import)
     return parser
 
 
@@ -500,6 +524,95 @@ def cmd_replay(args) -> int:
         + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     )
     return 0
+
+
+#: Rejected rows listed after the summary when no --rejects file takes them all.
+SHOWN_REJECTS = 10
+
+
+def cmd_import(args) -> int:
+    from redis.exceptions import RedisError
+
+    from bridge.backfill import Backfill, RejectsFile
+    from bridge.progress import Progress
+    from bridge.rows import RowFile, UnreadableFile
+
+    settings = settings_for(args, demo_ok=True)
+    route = settings.routes.get(args.route)
+    if route is None:
+        print(f"no route {args.route!r}; routes: {', '.join(settings.routes)}", file=sys.stderr)
+        return 1
+    try:
+        delimiter = "\t" if args.delimiter == "tab" else args.delimiter
+        rows = RowFile.open(args.path, encoding=args.encoding, delimiter=delimiter)
+        if args.id_column and rows.kind == "csv" and args.id_column not in rows.columns:
+            raise UnreadableFile(
+                f"{rows.path}: no column {args.id_column!r} (columns: {', '.join(rows.columns)})"
+            )
+        total = rows.count()
+    except UnreadableFile as exc:
+        print(f"oliai-bridge import: {exc}", file=sys.stderr)
+        return 1
+    backfill = Backfill(
+        settings, redis_for(settings), route, id_column=args.id_column, dry_run=args.dry_run
+    )
+    try:
+        rejects = RejectsFile(args.rejects, rows) if args.rejects else None
+    except OSError as exc:
+        print(f"oliai-bridge import: cannot write {args.rejects}: {exc.strerror}", file=sys.stderr)
+        return 1
+    shown = []
+
+    def rejected(item) -> None:
+        if rejects:
+            rejects.write(item)
+        elif len(shown) < SHOWN_REJECTS:
+            shown.append(item)
+
+    progress = Progress(total)
+    try:
+        backfill.run(rows, on_chunk=lambda tally: progress.update(tally.rows), on_reject=rejected)
+    except (RedisError, UnreadableFile) as exc:
+        progress.finish()
+        problem = f"Redis unavailable ({exc})" if isinstance(exc, RedisError) else str(exc)
+        print(
+            f"oliai-bridge import: stopped after {backfill.tally.rows} rows: {problem}; "
+            "rows stored so far are not imported twice when the command runs again",
+            file=sys.stderr,
+        )
+        return 1
+    finally:
+        if rejects:
+            rejects.close()
+    progress.finish()
+    print("\n".join(import_summary(args, rows, backfill.tally, shown)))
+    return 1 if backfill.tally.unreadable else 0
+
+
+def import_summary(args, rows, tally, shown) -> list[str]:
+    """What ``import`` says when done: the counts, then where to look next."""
+    where = "line" if rows.kind == "jsonl" else "row"
+    lines = [
+        f"{'dry run, nothing stored: ' if args.dry_run else ''}{args.path} into route "
+        f"{args.route} (backfill lane): {tally.rows} rows",
+        f"{'would import' if args.dry_run else 'accepted'}: {tally.accepted}",
+        f"duplicates: {tally.duplicates}",
+        f"skipped: {sum(tally.skipped.values())}",
+    ]
+    lines += [f"  {label}: {n}" for label, n in tally.skipped.most_common()]
+    if tally.blank:
+        lines.append(f"blank {where}s ignored: {tally.blank}")
+    if args.rejects:
+        skipped = sum(tally.skipped.values())
+        lines.append(f"rows not imported ({skipped}), each with its reason: {args.rejects}")
+    elif shown:
+        lines.append("not imported:")
+        lines += [f"  {where} {r.row.number}: {r.label}: {r.reason}" for r in shown]
+        if sum(tally.skipped.values()) > len(shown):
+            lines.append("  ... every one with its reason: --rejects FILE.csv")
+    if tally.accepted and not args.dry_run:
+        lines.append(f"deliveries that fail later: oliai-bridge failed list --route {args.route}")
+    return lines
 
 
 def human_age(seconds: float) -> str:

@@ -34,6 +34,7 @@ from bridge.settings import (
     Route,
     Settings,
 )
+from bridge.sources import get_source, source_names
 
 FORMATS = ("json", "text")
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -91,6 +92,31 @@ class OliAISchema(Schema):
             raise ValidationError(f"unknown region code {region!r}", "default_region")
 
 
+def route_quota() -> fields.Integer:
+    """``max_requests_per_minute``: in ``[bridge]`` for every route, or a route's own."""
+    return fields.Integer(
+        strict=True,
+        validate=validate.Range(
+            min=1,
+            max=1_000_000,
+            error="requests a route accepts a minute, a whole number from {min} to {max}",
+        ),
+    )
+
+
+def address_quota() -> fields.Integer:
+    """``max_requests_per_minute_per_ip``: in ``[bridge]`` for every route, or a route's own."""
+    return fields.Integer(
+        strict=True,
+        validate=validate.Range(
+            min=0,
+            max=1_000_000,
+            error="requests a route accepts a minute from one address, a whole number from "
+            "{min} to {max} (0: no per-address quota)",
+        ),
+    )
+
+
 class BridgeSchema(Schema):
     class Meta:
         unknown = RAISE
@@ -101,6 +127,17 @@ class BridgeSchema(Schema):
     queue_name = fields.String(validate=validate.Regexp(r"^[A-Za-z0-9_.-]+$"))
     admin_token = fields.String(allow_none=True)
     public_url = fields.Url(allow_none=True, require_tld=False, schemes={"http", "https"})
+    max_requests_per_minute = route_quota()
+    max_requests_per_minute_per_ip = address_quota()
+    trusted_proxy_count = fields.Integer(
+        strict=True,
+        validate=validate.Range(
+            min=0,
+            max=10,
+            error="the number of reverse proxies in front of the bridge that append to "
+            "X-Forwarded-For, from {min} to {max} (0: trust no X-Forwarded-For)",
+        ),
+    )
 
 
 class DeliverySchema(Schema):
@@ -222,6 +259,8 @@ class RouteSchema(Schema):
     access_token = fields.String()
     api_key = fields.String()
     campaign = fields.Nested(CampaignSchema)
+    max_requests_per_minute = route_quota()
+    max_requests_per_minute_per_ip = address_quota()
 
     @validates_schema(skip_on_field_errors=False)
     def _checks(self, data, **kwargs):
@@ -334,10 +373,34 @@ def load_settings(
 def build_settings(
     data: Mapping[str, Any], *, env: Mapping[str, str], source_path: str | None = None
 ) -> Settings:
-    from bridge.sources import get_source, source_names
-
     problems: list[str] = []
     warnings: list[str] = []
+    raw = _expanded(data, env, problems)
+    oliai_vals = _load(OliAISchema(), _oliai_raw(raw, env), "oliai", problems)
+    if "default_region" in oliai_vals:
+        oliai_vals["default_region"] = oliai_vals["default_region"].upper()
+    bridge_vals = _load(BridgeSchema(), raw.get("bridge") or {}, "bridge", problems)
+    delivery_vals = _load(DeliverySchema(), raw.get("delivery") or {}, "delivery", problems)
+    oliai = OliAISettings(**oliai_vals)
+    routes = _routes(raw.get("routes") or [], oliai.default_region, problems, warnings)
+    process = process_settings(env, problems)
+    if problems:
+        raise ConfigError(problems)
+    settings = Settings(
+        oliai=oliai,
+        delivery=DeliverySettings(**delivery_vals),
+        routes=routes,
+        redis_url=env.get("REDIS_URL") or None,
+        source_path=source_path,
+        warnings=tuple(warnings),
+        **process,
+        **bridge_vals,
+    )
+    return replace(settings, warnings=settings.warnings + tuple(_settings_warnings(settings)))
+
+
+def _expanded(data: Mapping[str, Any], env: Mapping[str, str], problems: list[str]) -> dict:
+    """The config with ``${VAR}`` read from ``env``; unknown sections named."""
     known = {"oliai", "bridge", "delivery", "routes"}
     for key in data:
         if key not in known:
@@ -353,7 +416,12 @@ def build_settings(
         ]
     else:
         raw["routes"] = routes_in
+    return raw
 
+
+def _oliai_raw(raw: dict, env: Mapping[str, str]) -> dict:
+    """``[oliai]`` with the environment's key and URL winning; settings that may stay empty
+    (``OPTIONAL_ENV``) read as unset when their variable is."""
     oliai_raw = dict(raw.get("oliai") or {})
     for key, var in (("api_key", "OLIAI_API_KEY"), ("base_url", "OLIAI_BASE_URL")):
         if env.get(var):
@@ -363,18 +431,16 @@ def build_settings(
         table = oliai_raw if section == "oliai" else raw.get(section)
         if isinstance(table, dict) and table.get(key) == "":
             table[key] = None
-    oliai_vals = _load(OliAISchema(), oliai_raw, "oliai", problems)
-    if "default_region" in oliai_vals:
-        oliai_vals["default_region"] = oliai_vals["default_region"].upper()
-    bridge_vals = _load(BridgeSchema(), raw.get("bridge") or {}, "bridge", problems)
-    delivery_vals = _load(DeliverySchema(), raw.get("delivery") or {}, "delivery", problems)
+    return oliai_raw
 
-    oliai = OliAISettings(**oliai_vals)
+
+def _routes(
+    routes_raw: Any, default_region: str, problems: list[str], warnings: list[str]
+) -> dict[str, Route]:
     routes: dict[str, Route] = {}
-    routes_raw = raw.get("routes") or []
     if not isinstance(routes_raw, list):
         problems.append("routes: must be an array of tables ([[routes]])")
-        routes_raw = []
+        return routes
     for index, item in enumerate(routes_raw):
         label = (
             f"routes[{item.get('name') or index}]" if isinstance(item, dict) else f"routes[{index}]"
@@ -385,9 +451,8 @@ def build_settings(
         vals = _load(RouteSchema(), item, label, problems)
         if not vals:
             continue
-        name = vals["name"]
-        if name in routes:
-            problems.append(f"{label}.name: route {name!r} is defined twice")
+        if vals["name"] in routes:
+            problems.append(f"{label}.name: route {vals['name']!r} is defined twice")
             continue
         if vals["source"] not in source_names():
             problems.append(
@@ -395,38 +460,49 @@ def build_settings(
                 f"(known: {', '.join(source_names())})"
             )
             continue
-        route = _route(vals, oliai.default_region)
-        for problem in get_source(route.source).check_route(route):
-            problems.append(f"{label}.{problem}")
-        if not route.secret and not route.token and not route.basic_auth:
-            if get_source(route.source).signs:
-                problems.append(
-                    f"{label}.secret: source {route.source!r} signs its requests: set secret "
-                    "(or token, if you cannot get the signing secret)"
-                )
-            else:
-                warnings.append(
-                    f"{label}: no token set: anyone who knows the URL can post leads to it"
-                )
-        routes[name] = route
-    process = process_settings(env, problems)
-    if problems:
-        raise ConfigError(problems)
-    settings = Settings(
-        oliai=oliai,
-        delivery=DeliverySettings(**delivery_vals),
-        routes=routes,
-        redis_url=env.get("REDIS_URL") or None,
-        source_path=source_path,
-        warnings=tuple(warnings),
-        **process,
-        **bridge_vals,
-    )
-    if not settings.oliai.api_key and any(not r.api_key for r in routes.values()):
-        settings = _with_warning(
-            settings, "oliai.api_key: not set (OLIAI_API_KEY): deliveries will fail with 401"
+        route = _route(vals, default_region)
+        _check_route(route, label, problems, warnings)
+        routes[route.name] = route
+    return routes
+
+
+def _check_route(route: Route, label: str, problems: list[str], warnings: list[str]) -> None:
+    """What the route's source asks of it, and a credential for who may post."""
+    source = get_source(route.source)
+    for problem in source.check_route(route):
+        problems.append(f"{label}.{problem}")
+    if route.secret or route.token or route.basic_auth:
+        return
+    if source.signs:
+        problems.append(
+            f"{label}.secret: source {route.source!r} signs its requests: set secret "
+            "(or token, if you cannot get the signing secret)"
         )
-    return settings
+    else:
+        warnings.append(f"{label}: no token set: anyone who knows the URL can post leads to it")
+
+
+def _settings_warnings(settings: Settings) -> list[str]:
+    """What is allowed but probably not meant."""
+    out = []
+    if settings.admin_token and len(settings.admin_token) < defaults.MIN_ADMIN_TOKEN_CHARS:
+        out.append(
+            f"bridge.admin_token: shorter than {defaults.MIN_ADMIN_TOKEN_CHARS} characters; use "
+            "a random one: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    routes = settings.routes.values()
+    per_address = [settings.max_requests_per_minute_per_ip] + [
+        r.max_requests_per_minute_per_ip for r in routes
+    ]
+    if any(per_address) and not settings.trusted_proxy_count:
+        out.append(
+            "bridge.max_requests_per_minute_per_ip: counted by the connection's address; behind "
+            "a reverse proxy every request comes from the proxy's: set "
+            "bridge.trusted_proxy_count to the number of proxies in front"
+        )
+    if not settings.oliai.api_key and any(not r.api_key for r in routes):
+        out.append("oliai.api_key: not set (OLIAI_API_KEY): deliveries will fail with 401")
+    return out
 
 
 def process_settings(env: Mapping[str, str], problems: list[str]) -> dict[str, Any]:
@@ -485,10 +561,6 @@ def log_format(env: Mapping[str, str] | None = None, default: str = defaults.LOG
     return fmt if fmt in FORMATS else default
 
 
-def _with_warning(settings: Settings, warning: str) -> Settings:
-    return replace(settings, warnings=settings.warnings + (warning,))
-
-
 def _route(vals: dict[str, Any], default_region: str) -> Route:
     known = set(RouteSchema().fields) | {"fields"}
     options = {k: v for k, v in vals.items() if k not in known}
@@ -512,6 +584,8 @@ def _route(vals: dict[str, Any], default_region: str) -> Route:
         access_token=vals.get("access_token"),
         api_key=vals.get("api_key"),
         campaign=CampaignSettings(**vals["campaign"]) if vals.get("campaign") else None,
+        max_requests_per_minute=vals.get("max_requests_per_minute"),
+        max_requests_per_minute_per_ip=vals.get("max_requests_per_minute_per_ip"),
     )
 
 

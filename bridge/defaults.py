@@ -116,3 +116,30 @@ DEV_LOG_FORMAT = "text"
 #: Certificate check for ``rediss://`` URLs when ``REDIS_SSL_CERT_REQS`` is unset: verify, as
 #: for any TLS connection. Managed Redis with self-signed certificates (Heroku) needs ``none``.
 REDIS_SSL_CERT_REQS = "required"
+
+#: Requests one route accepts per minute (``[bridge] max_requests_per_minute``; 429 above). A
+#: form that goes viral sends a few leads a second; 600 a minute is ten a second, sustained.
+MAX_REQUESTS_PER_MINUTE = 600
+
+#: The quota window. Fixed windows (one Redis counter per route and minute) cost one key each;
+#: a burst across a window's edge may see up to twice the quota in a minute, which is fine
+#: for a limit meant to stop floods, not to meter.
+QUOTA_WINDOW_SECONDS = 60
+
+#: A web process counts the requests it admits and adds them to the shared counter in Redis in
+#: batches of this share of the quota: about twenty Redis round trips per route and minute
+#: whatever the traffic, and the processes together pass a quota by less than this share each.
+QUOTA_SYNC_SHARE = 1 / 20
+
+#: Counters one web process keeps for the current window (routes and, with per-address quotas,
+#: sender addresses): past this, it pushes what it counted and starts over, so a flood from
+#: ever new addresses costs bounded memory.
+MAX_QUOTA_COUNTERS = 50_000
+
+#: Refused requests are counted in each process and added to the shared counters at most this
+#: often: a flood of forged requests costs one write per reason per second, not one per request.
+TALLY_FLUSH_SECONDS = 1.0
+
+#: An admin token shorter than this is warned about (``check-config``, start-up): the admin page
+#: is on the same public port as the hooks, so its token is all that keeps it closed.
+MIN_ADMIN_TOKEN_CHARS = 32

@@ -25,6 +25,9 @@ class InboundRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
     query: Mapping[str, str] = field(default_factory=dict)
     url: str = ""
+    #: The sender's address: the connection's, or the one trusted proxies put in
+    #: ``X-Forwarded-For`` (``bridge.trusted_proxy_count``). None where there is none (``try``).
+    remote_addr: str | None = None
 
     def header(self, name: str, default: str | None = None) -> str | None:
         return self.headers.get(name.lower(), default)

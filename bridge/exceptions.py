@@ -89,6 +89,27 @@ class Unmappable(IngestError):
     error = "unmappable"
 
 
+class QuotaExceeded(IngestError):
+    """More requests than a quota allows (``max_requests_per_minute``, or its per-address
+    counterpart): refused before the request is read, to be retried after ``retry_after``."""
+
+    status = 429
+    error = "quota_exceeded"
+
+    def __init__(self, message: str, *, quota: str, limit: int, retry_after: int):
+        self.quota = quota
+        self.limit = limit
+        self.retry_after = retry_after
+        super().__init__(message)
+
+    def to_dict(self) -> dict:
+        return super().to_dict() | {
+            "quota": self.quota,
+            "limit": self.limit,
+            "retryAfter": self.retry_after,
+        }
+
+
 class StorageUnavailable(IngestError):
     """Redis cannot be reached: the sender must retry, we stored nothing."""
 

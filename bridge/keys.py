@@ -216,6 +216,14 @@ def campaign_lead(delivery_id: str) -> str:
 #: windows), scored by when the reaper should look at them.
 CAMPAIGNS_DUE = f"{KEY_PREFIX}camp:due"
 
+# --- the web side's quotas (bridge.quotas) ---------------------------------------------------
+
+
+def quota(scope: str, window: int) -> str:
+    """String with a TTL of two windows: requests the web processes admitted for ``scope`` (a
+    route, or ``<route>:ip:<address>``) during one quota window (epoch minutes)."""
+    return f"{KEY_PREFIX}quota:{scope}:{window}"
+
 
 #: String with a TTL: held by the one worker whose reaper runs (``jobs.reaper``).
 REAPER_LOCK = f"{KEY_PREFIX}reaper:lock"

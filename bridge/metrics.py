@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 
@@ -25,7 +27,7 @@ from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import RedisError
 
-from bridge import keys
+from bridge import defaults, keys
 
 log = logging.getLogger(__name__)
 
@@ -84,10 +86,15 @@ def count(redis: Redis, name: str, *labels: str, amount: int = 1) -> None:
 
 def count_on(pipe: Pipeline, name: str, *labels: str, amount: int = 1) -> None:
     """Counted in the totals and in the current hour's bucket (the admin overview's 24 h)."""
-    field = field_name(name, *labels)
-    pipe.hincrby(keys.STATS, field, amount)
+    add_on(pipe, {field_name(name, *labels): amount})
+
+
+def add_on(pipe: Pipeline, counts: dict[str, int]) -> None:
+    """Add to counters by their field names, in the totals and this hour's bucket."""
     hourly = hourly_key(time.time())
-    pipe.hincrby(hourly, field, amount)
+    for field, amount in counts.items():
+        pipe.hincrby(keys.STATS, field, amount)
+        pipe.hincrby(hourly, field, amount)
     pipe.expire(hourly, HOURLY_TTL_SECONDS)
 
 
@@ -106,6 +113,59 @@ def recent_counters(redis: Redis, hours: int = 24, now: float | None = None) -> 
         for key, value in bucket.items():
             totals[key.decode()] = totals.get(key.decode(), 0) + int(value)
     return totals
+
+
+class Tally:
+    """Counts kept in this process and added to the shared hash at most once per ``interval``,
+    in one pipeline (``add_on``: a ``HINCRBY`` per counter for the totals and one for the hour's
+    bucket, which expires): for what a flood can drive (refused
+    requests), so that a million forged requests cost a few writes a second, not a million.
+
+    A count is added by the first ``add`` after the interval, by ``flush`` (``/metrics`` calls
+    it before answering, the web process's flusher every interval and at exit). Counts a flush
+    could not write (Redis down) are kept for the next one; every label must come from a
+    bounded set (configured routes, fixed reasons), which also bounds what is kept.
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        interval: float = defaults.TALLY_FLUSH_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.redis = redis
+        self.interval = interval
+        self.clock = clock
+        self._counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._flushed_at = clock()
+
+    def add(self, name: str, *labels: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[field_name(name, *labels)] += amount
+            due = self.clock() - self._flushed_at >= self.interval
+        if due:
+            self.flush()
+
+    def pending(self) -> dict[str, int]:
+        """What this process counted and has not written yet."""
+        with self._lock:
+            return dict(self._counts)
+
+    def flush(self) -> None:
+        with self._lock:
+            counts, self._counts = self._counts, Counter()
+            self._flushed_at = self.clock()
+        if not counts:
+            return
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            add_on(pipe, counts)
+            pipe.execute()
+        except RedisError as exc:
+            log.debug("%d counters kept for the next flush: %s", len(counts), exc)
+            with self._lock:
+                self._counts.update(counts)
 
 
 def count_float(redis: Redis, name: str, *labels: str, amount: float) -> None:

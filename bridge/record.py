@@ -25,6 +25,9 @@ from bridge.redaction import redact
 
 TERMINAL = ("delivered", "failed", "skipped")
 ACTIVE = ("queued", "delivering", "retrying")
+#: Where a delivery came from: a webhook (``live``), or ``oliai-bridge import`` and replays
+#: (``backfill``), so that workers can put a lead someone just submitted first.
+LANES = ("live", "backfill")
 
 
 def new_delivery_id() -> str:
@@ -58,9 +61,9 @@ class Delivery:
     #: The reason code this delivery is listed under in the failed indexes (None: not listed;
     #: ``""``: listed without a reason code).
     failed_index: str | None = None
-    #: ``live`` or ``backfill`` (``jobs.lanes``); None for a delivery queued as its own RQ job.
-    lane: str | None = None
-    #: The batch a worker claimed it into, while it works on it.
+    #: ``LANES``: records stored before lanes existed read as live.
+    lane: str = "live"
+    #: The batch a worker claimed it into, while it works on it (``jobs.lanes``).
     batch_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -108,6 +111,7 @@ class Delivery:
             "contactId": self.contact_id,
             "audienceId": self.audience_id,
             "phoneNumber": (self.contact or {}).get("phoneNumber"),
+            "lane": self.lane,
         }
 
 

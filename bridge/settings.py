@@ -103,6 +103,9 @@ class Route:
     access_token: str | None = field(default=None, repr=False)
     api_key: str | None = field(default=None, repr=False)
     campaign: CampaignSettings | None = None
+    #: Quotas of this route (None: the ``[bridge]`` defaults; 0 per address: none here).
+    max_requests_per_minute: int | None = None
+    max_requests_per_minute_per_ip: int | None = None
 
     def values_of(self, key: str) -> tuple[str, ...]:
         """Every valid value of a credential key: one, or several while it is rotated (the
@@ -131,6 +134,13 @@ class Settings:
     #: Where OliAI can reach this bridge (``https://bridge.example.com``): imports then tell it
     #: when they are done (a hint; polling confirms). None: polling alone.
     public_url: str | None = None
+    #: Inbound quotas (``bridge.quotas``): requests a route accepts a minute, and from one
+    #: sender address (None or 0: no per-address quota), unless the route sets its own.
+    max_requests_per_minute: int = defaults.MAX_REQUESTS_PER_MINUTE
+    max_requests_per_minute_per_ip: int | None = None
+    #: Reverse proxies in front of the bridge that each append the client's address to
+    #: ``X-Forwarded-For``; 0: the connection's own address is the sender's.
+    trusted_proxy_count: int = 0
     source_path: str | None = None
     warnings: tuple[str, ...] = ()
     #: From the environment of the process (``PORT``, ``WEB_CONCURRENCY``, ``LOG_LEVEL``,
@@ -144,6 +154,14 @@ class Settings:
 
     def api_key_for(self, route: Route) -> str | None:
         return route.api_key or self.oliai.api_key
+
+    def quotas_for(self, route: Route) -> tuple[int, int | None]:
+        """The route's quota, and its per-address quota (None: none)."""
+        per_route = route.max_requests_per_minute or self.max_requests_per_minute
+        per_address = route.max_requests_per_minute_per_ip
+        if per_address is None:
+            per_address = self.max_requests_per_minute_per_ip
+        return per_route, per_address or None
 
     def secrets(self) -> list[str]:
         """Every secret value the settings hold (for redaction and for the leak tests)."""

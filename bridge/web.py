@@ -13,8 +13,12 @@ to other greenlets through gevent's patched sockets.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import io
+import logging
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -24,7 +28,10 @@ from gunicorn.app.base import BaseApplication
 from gunicorn.workers.ggevent import GeventWorker
 
 from bridge import defaults
+from bridge.metrics import Tally
 from bridge.settings import Settings
+
+log = logging.getLogger(__name__)
 
 WORKER_CLASS = "bridge.web.GuardedWorker"
 
@@ -88,10 +95,29 @@ def run_web(
     def load_app():
         from bridge.app import create_app
 
-        return ReadDeadlines(create_app(settings), settings.max_body_bytes)
+        app = create_app(settings)
+        flush_in_background(app.extensions["oliai_bridge"]["ingest"].refusals)
+        return ReadDeadlines(app, settings.max_body_bytes)
 
     options = gunicorn_options(host, port, workers, log_level=settings.log_level)
     BridgeWeb(load_app, options).run()
+
+
+def flush_in_background(tally: Tally) -> None:
+    """Write the process's counted refusals every ``tally.interval`` and at exit, so that a
+    process that gets no further request still adds what it counted (a greenlet under gevent:
+    threads are patched by then)."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(tally.interval)
+            try:
+                tally.flush()
+            except Exception:  # never let the loop die: the next second may work
+                log.exception("counting refusals failed")
+
+    threading.Thread(target=loop, name="tally-flush", daemon=True).start()
+    atexit.register(tally.flush)
 
 
 # --- deadlines for reading a request ---------------------------------------------------------
@@ -150,7 +176,12 @@ class ReadDeadlines:
                 body = environ["wsgi.input"].read(self.max_body + 1)
             finally:
                 deadline.disarm()
+            # What was read is the body now, of a known length: for a chunked one past the
+            # limit this is how the app learns it (werkzeug reads a chunked body up to
+            # max_body and stops there, silently, handing on a truncated body, not a 413).
             environ["wsgi.input"] = io.BytesIO(body)
+            environ["CONTENT_LENGTH"] = str(len(body))
+            environ.pop("HTTP_TRANSFER_ENCODING", None)
         try:
             return self.app(environ, start_response)
         finally:

@@ -41,7 +41,7 @@ from bridge.exceptions import (
     ValidationFailed,
 )
 from bridge.pipeline import fetched_event, map_lead
-from bridge.queue import enqueue, transaction
+from bridge.queue import transaction
 from bridge.record import Delivery
 from bridge.settings import Route
 from bridge.sources import get_source
@@ -274,17 +274,9 @@ class Deliverer:
     def reschedule(self, d: Delivery, delay: float, what: str | None, detail: str | None) -> str:
         pipe = transaction(self.redis)
         d.status = "retrying"
-        if d.lane:
-            # Back in its lane, due after ``delay``: the drain that runs it wakes up for it.
-            requeue(pipe, d, self.ctx.kid_for(d), due_ms=now_ms() + int(delay * 1000))
-        else:
-            enqueue(
-                self.ctx.queue,
-                d,
-                pipe=pipe,
-                delay=delay,
-                job_timeout=self.settings.delivery.job_timeout_seconds,
-            )
+        # Back in its lane, due after ``delay``: the lane's drain wakes up for it (and one queued
+        # as its own RQ job before lanes existed moves into its lane here).
+        requeue(pipe, d, self.ctx.kid_for(d), due_ms=now_ms() + int(delay * 1000))
         # The reaper looks just after the due time, in case no scheduler promotes it.
         self.store.update(d, what, detail, pipe=pipe, recheck_in=delay + 4)
         pipe.execute()

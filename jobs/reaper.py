@@ -28,7 +28,7 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job, JobStatus
 
 from bridge import keys
-from bridge.queue import enqueue, transaction
+from bridge.queue import transaction
 from bridge.record import Delivery
 from jobs import campaigns
 from jobs.context import Context
@@ -58,8 +58,6 @@ TRIM_EVERY_SECONDS = 600
 #: A scheduled retry this late means no scheduler is running: we enqueue it ourselves.
 OVERDUE = 3.0
 
-LIVE_JOB_STATES = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED)
-
 
 def reap_once(ctx: Context, now: float | None = None) -> list[str]:
     """One pass; returns the ids of the deliveries it handed back."""
@@ -74,50 +72,10 @@ def reap_once(ctx: Context, now: float | None = None) -> list[str]:
         if d is None or d.terminal:
             redis.zrem(keys.ACTIVE, delivery_id)
             continue
-        if d.lane:
-            if check_laned(ctx, d, now):
-                revived.append(d.id)
-            continue
-        if redis.exists(keys.lease(d.id)):
-            redis.zadd(keys.ACTIVE, {d.id: now + LEASE_SECONDS})
-            continue
-        job = fetch_job(ctx, d.job_id)
-        status = job.get_status(refresh=False) if job else None
-        overdue = status == JobStatus.SCHEDULED and scheduled_for(ctx, d.job_id) < now - OVERDUE
-        if status == JobStatus.QUEUED and not in_queue(ctx, d.job_id):
-            # Taken off the queue by a worker that died (or lost Redis) before starting it:
-            # RQ still calls it queued, and nothing will ever run it.
-            status = "taken by a worker that is gone"
-        if d.status != "delivering" and status in LIVE_JOB_STATES and not overdue:
-            redis.zadd(keys.ACTIVE, {d.id: now + QUEUED_RECHECK_SECONDS})
-            continue
-        if status == JobStatus.STARTED and d.status != "delivering":
-            started = as_epoch(job.started_at) if job.started_at else now
-            if now - started < LEASE_SECONDS:
-                # Picked up a moment ago; its lease is about to be taken.
-                redis.zadd(keys.ACTIVE, {d.id: now + LEASE_SECONDS})
-                continue
-            status = "started by a worker that is gone"
-        if d.status == "delivering":
-            why = "its worker stopped mid-delivery"
-        elif overdue:
-            # The scheduler lock is held by a dead worker (RQ frees it only after minutes).
-            why = f"its retry {d.job_id} is overdue"
-        else:
-            why = f"its job {d.job_id} is {status or 'gone'}"
-        pipe = transaction(redis)
-        d.status = "queued"
-        enqueue(ctx.queue, d, pipe=pipe, job_timeout=ctx.settings.delivery.job_timeout_seconds)
-        store.update(
-            d,
-            "recovered",
-            f"{why}; re-queued as {d.job_id}",
-            pipe=pipe,
-            recheck_in=QUEUED_RECHECK_SECONDS,
-        )
-        pipe.execute()
-        log.warning("delivery %s: %s; re-queued", d.id, why)
-        revived.append(d.id)
+        # Every delivery waits in a lane (one queued as its own RQ job before lanes existed
+        # gets a ticket here; its old job, if it ever runs, is stale).
+        if check_laned(ctx, d, now):
+            revived.append(d.id)
     check_lanes(ctx, now)
     campaigns.recover(ctx, now)
     return revived

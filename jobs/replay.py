@@ -119,10 +119,9 @@ class Replayer:
         d.contact = contact
         d.event = event
         d.status = "queued"
+        d.lane = defaults.BACKFILL_LANE  # a person's second try waits behind leads arriving live
         d.failures = 0
         d.reason_code = d.reason = None
-        # Replays are backfill: they drain behind live leads and leave them a share of the key.
-        d.lane = defaults.BACKFILL_LANE
         kid = lane_kid(self.settings, route)
         pipe = transaction(self.redis)
         kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
@@ -151,8 +150,9 @@ class Replayer:
         if raw is None:
             raise _Gone("the raw payload has expired: replay without --remap")
         route = self.settings.routes[d.route]
+        # The source that read the request at first (an imported row was read as generic JSON).
         events = request_events(
-            request_from_raw(raw), route, get_source(route.source), d.event.received_at
+            request_from_raw(raw), route, get_source(d.source), d.event.received_at
         )
         if d.lead_index >= len(events):
             raise _Gone(f"the payload no longer yields lead #{d.lead_index + 1}")

@@ -95,39 +95,44 @@ class Options:
 
 
 def _problems(values: dict) -> list[str]:
-    problems = []
-    for name, value in values.items():
-        wanted = RUNTIME_FIELDS[name]
-        if wanted is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                problems.append(f"{name} must be a list of strings")
-            continue
-        if wanted is bool:
-            if not isinstance(value, bool):
-                problems.append(f"{name} must be true or false")
-            continue
-        if name == "fail_after_commit_path":
-            if not isinstance(value, str) or (value and not value.startswith("/")):
-                problems.append(f'{name} must be a path prefix such as "/v1/campaigns", or ""')
-            continue
-        if wanted is str:
-            if value not in FAIL_AFTER_COMMIT_MODES:
-                problems.append(f"{name} must be one of {', '.join(FAIL_AFTER_COMMIT_MODES)}")
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            problems.append(f"{name} must be a number")
-            continue
-        if wanted is int and value != int(value):
-            problems.append(f"{name} must be an integer")
-        elif not math.isfinite(value):
-            problems.append(f"{name} must be finite")
-        elif name.endswith("_rate") and not 0 <= value <= 1:
-            problems.append(f"{name} must be between 0 and 1")
-        elif name in ("general_limit", "bulk_limit", "bulk_max_items", "max_body_bytes"):
-            if value < 1:
-                problems.append(f"{name} must be at least 1")
-        elif name == "rate_window" and value <= 0:
-            problems.append(f"{name} must be greater than 0")
-        elif value < 0:
-            problems.append(f"{name} must not be negative")
-    return problems
+    problems = [_problem(name, value) for name, value in values.items()]
+    return [problem for problem in problems if problem]
+
+
+def _problem(name: str, value: object) -> str | None:
+    """What is wrong with one runtime setting's new value, or None."""
+    wanted = RUNTIME_FIELDS[name]
+    if wanted is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return None
+        return f"{name} must be a list of strings"
+    if wanted is bool:
+        return None if isinstance(value, bool) else f"{name} must be true or false"
+    if name == "fail_after_commit_path":
+        if not isinstance(value, str) or (value and not value.startswith("/")):
+            return f'{name} must be a path prefix such as "/v1/campaigns", or ""'
+        return None
+    if wanted is str:
+        if value not in FAIL_AFTER_COMMIT_MODES:
+            return f"{name} must be one of {', '.join(FAIL_AFTER_COMMIT_MODES)}"
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return f"{name} must be a number"
+    return _number_problem(name, value, wanted)
+
+
+def _number_problem(name: str, value: float, wanted: type) -> str | None:
+    """What is wrong with a numeric setting's value, or None."""
+    if wanted is int and value != int(value):
+        return f"{name} must be an integer"
+    if not math.isfinite(value):
+        return f"{name} must be finite"
+    if name.endswith("_rate") and not 0 <= value <= 1:
+        return f"{name} must be between 0 and 1"
+    if name in ("general_limit", "bulk_limit", "bulk_max_items", "max_body_bytes"):
+        return f"{name} must be at least 1" if value < 1 else None
+    if name == "rate_window" and value <= 0:
+        return f"{name} must be greater than 0"
+    if value < 0:
+        return f"{name} must not be negative"
+    return None

@@ -172,7 +172,9 @@ def test_a_deep_backlog_goes_through_one_import(make_client, run_jobs, sandbox):
 def test_an_import_with_errors_sends_every_row_again_with_answers_per_row(
     make_client, run_jobs, sandbox
 ):
-    client = make_client(oliai={"bulk_per_minute": 10})  # 8 a window: 801 rows and more import
+    client = make_client(  # 8 bulk requests a window: 801 rows and more are an import
+        oliai={"bulk_per_minute": 10}, bridge={"max_requests_per_minute": 10_000}
+    )
     sandbox.configure(refused_phones=[phone(7)])
     ids = post_many(client, 820)
     drain_all(client, run_jobs, ids)

@@ -135,3 +135,11 @@ def test_the_config_may_come_as_text_in_the_environment(tmp_path):
     with pytest.raises(ConfigError) as exc:
         load_settings(env={"BRIDGE_CONFIG_TOML": "[[routes]\n"})
     assert exc.value.problems[0].startswith("BRIDGE_CONFIG_TOML: not valid TOML")
+
+
+def test_a_short_admin_token_is_warned_about():
+    routes = [{"name": "leads", "source": "generic", "audience_name": "Leads"}]
+    short = build_settings({"bridge": {"admin_token": "letmein"}, "routes": routes}, env={})
+    assert any(w.startswith("bridge.admin_token: shorter than 32") for w in short.warnings)
+    strong = build_settings({"bridge": {"admin_token": "k" * 43}, "routes": routes}, env={})
+    assert not any("admin_token" in w for w in strong.warnings)

@@ -241,3 +241,33 @@ def test_a_request_of_1001_leads_is_400_naming_the_count_and_stores_nothing(make
     assert queued_job_ids(client) == []
     assert client.store.counts() == {"active": 0, "failed": 0, "received": 0}
     assert list(client.redis.scan_iter("oliai-bridge:dedup:*")) == []
+
+
+def test_a_batch_stores_one_delivery_per_dedup_key(client):
+    """``Ingest.store_leads`` (the path a webhook and ``oliai-bridge import`` share): a lead
+    seen before and a lead repeated within the batch are duplicates of their first copy."""
+    from bridge.event import InboundRequest
+    from bridge.ingest import Ingest, Received, delivery_for
+    from bridge.pipeline import map_request
+    from bridge.sources import get_source
+
+    earlier = client.post("/hooks/leads", json=LEAD, headers={"Idempotency-Key": "k1"})
+    route, source = client.settings.routes["leads"], get_source("generic")
+
+    def received(body: dict, key: str | None = None) -> Received:
+        headers = {"content-type": "application/json"} | ({"idempotency-key": key} if key else {})
+        req = InboundRequest("POST", "leads", json.dumps(body).encode(), headers)
+        [result] = map_request(req, route, source, "2026-01-01T00:00:00.000Z")
+        return Received(req, source.kept_headers, [delivery_for(result, 0, 1, route, source)])
+
+    other = {"name": "Asha", "phone": "9876543211"}
+    batch = [received(LEAD, key="k1"), received(other), received(other)]
+    ingest = Ingest(
+        client.settings, client.redis, Queue(client.settings.queue_name, connection=client.redis)
+    )
+    accepted = ingest.store_leads(batch)
+    assert [a.status for a in accepted] == ["duplicate", "queued", "duplicate"]
+    assert accepted[0].delivery_id == earlier.json["deliveryId"]
+    assert accepted[2].delivery_id == accepted[1].delivery_id == batch[1].deliveries[0].id
+    assert not client.store.exists(batch[2].deliveries[0].id)
+    assert len(lane_tickets(client)) == 2

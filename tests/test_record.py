@@ -111,7 +111,6 @@ def test_optional_fields_are_exactly_those_that_may_be_none():
         "last_api",
         "job_id",
         "failed_index",
-        "lane",
         "batch_id",
     }
     assert [f.name for f in HASH_FIELDS] == [f.name for f in fields(Delivery)]
@@ -158,7 +157,7 @@ def test_a_replayed_failure_leaves_the_failed_index_field_and_the_lists(redis):
     assert redis.ttl(keys.delivery(d.id)) == -1  # alive again: no expiry
 
 
-def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_byte_for_byte(redis):
+def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_field_for_field(redis):
     # As the first versions' hand-written ``to_hash`` stored it, field for field.
     event = {
         "route": "leads",
@@ -201,7 +200,9 @@ def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_byte_for_b
     assert d.last_api["status"] == 422
     assert d.failed_index == "invalid"
     assert d.summary()["reasonCode"] == "invalid"
-    assert d.to_hash() == earlier
+    assert d.lane == "live"  # stored before lanes existed: a webhook's
+    # every field written back as it was; the one field added since says so explicitly
+    assert d.to_hash() == {**earlier, "lane": "live"}
 
 
 def test_a_type_without_a_codec_is_refused_when_the_record_is_declared():

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from bridge.event import InboundRequest, Lead
-from bridge.exceptions import IngestError, StorageUnavailable
+from bridge.exceptions import IngestError
 from bridge.parsing import parse_body
 from bridge.signatures import Scheme, check_schemes, check_shared_credentials, check_signed
 from bridge.values import country_code, squash, text
@@ -176,8 +176,9 @@ def default_reply(outcome: Outcome) -> Reply:
 
 def error_reply(error: IngestError) -> Reply:
     headers = {}
-    if isinstance(error, StorageUnavailable):
-        headers["Retry-After"] = str(error.retry_after)
+    retry_after = getattr(error, "retry_after", None)  # StorageUnavailable, QuotaExceeded
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
     return Reply(error.status, error.to_dict(), headers=headers)
 
 

@@ -66,6 +66,16 @@ def is_gravity_entry(payload: dict[str, Any]) -> bool:
 def gravity_lead(entry: dict[str, Any]) -> Lead:
     """A Gravity Forms entry ("All Fields") as a lead."""
     lead = Lead()
+    inputs = _gravity_inputs(entry, lead)
+    grouped = _gravity_name_and_address(inputs, lead)
+    _gravity_contact(lead, grouped)
+    _gravity_source_url(entry, lead)
+    lead.event_id = text(entry.get("id"))[:MAX_EVENT_ID_CHARS] or None
+    return lead
+
+
+def _gravity_inputs(entry: dict[str, Any], lead: Lead) -> dict[str, dict[str, Any]]:
+    """Each field's inputs by sub-input ("" for a plain field); non-empty values go to fields."""
     inputs: dict[str, dict[str, Any]] = {}
     for key, value in entry.items():
         match = GRAVITY_KEY.match(str(key))
@@ -75,8 +85,12 @@ def gravity_lead(entry: dict[str, Any]) -> Lead:
         inputs.setdefault(match.group(1), {})[match.group(2) or ""] = value
         if value not in (None, "", []):
             lead.fields[str(key)] = value
+    return inputs
 
-    grouped: set[str] = set()  # fields whose inputs are a name or an address
+
+def _gravity_name_and_address(inputs: dict[str, dict[str, Any]], lead: Lead) -> set[str]:
+    """Fill name and country from name and address fields; return those fields' ids."""
+    grouped: set[str] = set()
     for field_id, parts in inputs.items():
         subs = set(parts) - {""}
         if not subs:
@@ -91,7 +105,11 @@ def gravity_lead(entry: dict[str, Any]) -> Lead:
             grouped.add(field_id)
             lead.first_name = text(parts.get("3")) or None
             lead.last_name = text(parts.get("6")) or None
+    return grouped
 
+
+def _gravity_contact(lead: Lead, grouped: set[str]) -> None:
+    """The first email-like and phone-like values outside name and address fields."""
     for key, value in lead.fields.items():
         if key.split(".")[0] in grouped or not isinstance(value, str):
             continue
@@ -101,18 +119,20 @@ def gravity_lead(entry: dict[str, Any]) -> Lead:
         elif not lead.phone and _looks_like_phone(value):
             lead.phone = value
 
+
+def _gravity_source_url(entry: dict[str, Any], lead: Lead) -> None:
+    """The entry's source_url as a field, and its utm_ query parameters."""
     source_url = text(entry.get("source_url"))
-    if source_url:
-        lead.fields["source_url"] = source_url
-        try:
-            query = urlsplit(source_url).query
-        except ValueError:  # not a URL after all ("http://["): keep it as text, no UTM
-            query = ""
-        for name, value in parse_qsl(query):
-            if name.lower().startswith("utm_") and value:
-                lead.fields.setdefault(name, value)
-    lead.event_id = text(entry.get("id"))[:MAX_EVENT_ID_CHARS] or None
-    return lead
+    if not source_url:
+        return
+    lead.fields["source_url"] = source_url
+    try:
+        query = urlsplit(source_url).query
+    except ValueError:  # not a URL after all ("http://["): keep it as text, no UTM
+        query = ""
+    for name, value in parse_qsl(query):
+        if name.lower().startswith("utm_") and value:
+            lead.fields.setdefault(name, value)
 
 
 def contact_form_7_fields(posted: dict[str, Any]) -> dict[str, Any]:

@@ -45,18 +45,24 @@ def post(stack, route: str, i: int) -> str:
 
 
 def backfill(stack, route: str, numbers: range) -> list[str]:
-    """Old leads imported as a backfill: the lane a replay or an import uses."""
+    """Old leads stored as ``oliai-bridge import`` stores them: the backfill lane."""
+    from bridge.ingest import Received, delivery_for
+    from bridge.pipeline import map_request
+    from bridge.sources import get_source
+
     settings = load_settings(stack.config_path, env=stack.env)
-    ingest = Ingest(settings, stack.redis, make_queue(stack.redis, settings.queue_name), "backfill")
-    ids = []
+    ingest = Ingest(settings, stack.redis, make_queue(stack.redis, settings.queue_name))
+    source = get_source("generic")
+    batch = []
     for i in numbers:
-        body = f'{{"name": "Old lead {i}", "phone": "97{i:08d}"}}'.encode()
-        reply = ingest.handle(
-            InboundRequest("POST", route, body, {"content-type": "application/json"})
-        )
-        assert reply.status == 202
-        ids.append(json.loads(reply.body_bytes())["deliveryId"])
-    return ids
+        body = json.dumps({"name": f"Old lead {i}", "phone": f"97{i:08d}"}).encode()
+        req = InboundRequest("POST", route, body, {"content-type": "application/json"})
+        [result] = map_request(req, settings.routes[route], source, "2026-01-01T00:00:00.000Z")
+        lead = delivery_for(result, 0, 1, settings.routes[route], source, lane="backfill")
+        batch.append(Received(req, source.kept_headers, [lead]))
+    accepted = ingest.store_leads(batch)
+    assert {a.status for a in accepted} == {"queued"}
+    return [a.delivery_id for a in accepted]
 
 
 def delivered_at(stack, delivery_id: str) -> float:

@@ -1,0 +1,272 @@
+"""Backfill benchmark: a 10,000-row CSV through ``oliai-bridge import`` under the API's limits,
+and a live lead posted while it is delivered.
+
+    .venv/bin/python -m bench.backfill                 # 10,000 rows, 2 workers
+    .venv/bin/python -m bench.backfill --rows 2000     # quicker
+
+Starts, as ``bench.run`` does: an embedded Redis (AOF, fsync always), the OliAI sandbox with
+the published limits (60 general and 10 bulk requests per window) and its window shrunk to
+1 s, the web app under gunicorn, and RQ workers, the bridge configured to the same limits and
+window. Then it writes a CSV of distinct leads, starts ``python -m bridge import`` on it, posts
+one live lead to ``/hooks/bench`` 2 s after the command started, and prints:
+
+- the import command: its run time and rows/s (storing only; the workers deliver);
+- from the command's start until every imported contact is in the route's audience (the
+  sandbox's own member count, polled every second), and the delivery rate that makes;
+- the live lead: from its 202 until its contact reached the sandbox (the delivery's
+  ``contact_created`` history entry) and until it was delivered (audience added), against the
+  3 s target: leads arriving live should go ahead of a backfill's thousands;
+- 429s from the sandbox, and deliveries that did not end delivered.
+
+Every wait has a deadline (``--timeout``); child processes are stopped on exit, Ctrl-C and
+SIGTERM. Speed is printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+from redis import Redis
+
+from bench.stack import REPO, ROUTE, STOP, TOKEN, Stack, say
+from bridge import keys
+from bridge.deliveries import DeliveryStore
+from bridge.processes import Children
+from bridge.storage import EmbeddedRedis
+
+#: The API's published limits (oliai-api.md §4), per window; the window is shrunk to 1 s.
+GENERAL_LIMIT = 60
+BULK_LIMIT = 10
+WINDOW_SECONDS = 1.0
+LIVE_AFTER_SECONDS = 2.0
+LIVE_TARGET_SECONDS = 3.0
+LIVE_PHONE = "+919700000001"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.backfill", description=__doc__)
+    parser.add_argument("--rows", type=int, default=10_000)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--timeout", type=float, default=1200.0, help="seconds, for each wait")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, AOF)")
+    args = parser.parse_args(argv)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    tmp = Path(tempfile.mkdtemp(prefix="oliai-bench-backfill-"))
+    (tmp / "logs").mkdir()
+    children = Children(cwd=REPO, logdir=tmp / "logs")
+    redis_server = EmbeddedRedis(tmp / "redis")
+    ok = False
+    try:
+        redis_server.start()
+        redis = Redis.from_url(redis_server.url)
+        stack = Stack(tmp, children, redis_server, redis, api_latency_ms=0.0)
+        stack.start_sandbox(
+            "--general-limit",
+            str(GENERAL_LIMIT),
+            "--bulk-limit",
+            str(BULK_LIMIT),
+            "--rate-window",
+            str(WINDOW_SECONDS),
+        )
+        stack.write_config(
+            "config.toml",
+            {
+                "rate_window_seconds": WINDOW_SECONDS,
+                "general_per_minute": GENERAL_LIMIT,
+                "bulk_per_minute": BULK_LIMIT,
+            },
+        )
+        stack.start_web()
+        stack.start_workers(args.workers)
+        sheet = write_sheet(tmp / "leads.csv", args.rows)
+        say(
+            f"{args.rows} rows in {sheet}; {args.workers} workers; limits {GENERAL_LIMIT} "
+            f"general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s"
+        )
+        result = run(stack, sheet, args.rows, args.timeout)
+        ok = True
+    except KeyboardInterrupt:
+        STOP.set()
+        say("interrupted: stopping every child process")
+        return 130
+    finally:
+        STOP.set()
+        children.stop_all()
+        redis_server.stop()
+        if ok and not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs and data kept in {tmp}", file=sys.stderr)
+    print()
+    print(report(result, args))
+    return 0
+
+
+def write_sheet(path: Path, rows: int) -> Path:
+    with path.open("w", encoding="utf-8-sig", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["Full Name", "Mobile", "City"])
+        for n in range(rows):
+            writer.writerow([f"Backfill Lead {n}", f"98{n:08d}", "Pune"])
+    return path
+
+
+def run(stack: Stack, sheet: Path, rows: int, timeout: float) -> dict:
+    out: dict = {"rows": rows}
+    log = (stack.tmp / "logs" / "import.out").open("wb")
+    started = time.monotonic()
+    started_epoch = time.time()
+    command = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "import", str(sheet), "--route", ROUTE],
+        cwd=REPO,
+        env=stack.bridge_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    ended = None
+    try:
+        while time.monotonic() - started < LIVE_AFTER_SECONDS:
+            if ended is None and command.poll() is not None:
+                ended = time.monotonic()
+            time.sleep(0.01)
+        live = post_live_lead(stack)
+        out["live_posted_at"] = time.monotonic() - started
+        if ended is None:
+            command.wait(timeout=timeout)
+            ended = time.monotonic()
+    finally:
+        if command.poll() is None:
+            command.kill()
+            command.wait()
+        log.close()
+    out["import_seconds"] = (ended or time.monotonic()) - started
+    out["import_exit"] = command.returncode
+    out["import_output"] = (stack.tmp / "logs" / "import.out").read_text(errors="replace")
+    say(f"import finished in {out['import_seconds']:.1f} s (exit {command.returncode})")
+
+    store = DeliveryStore(stack.redis)
+    out.update(wait_live(store, live, timeout))
+    members = wait_audience(stack, rows + 1, started, timeout)
+    out["all_in_audience_seconds"] = members["seconds"]
+    out["audience_members"] = members["count"]
+    out["statuses"] = count_statuses(stack.redis, store)
+    out["sandbox_429"] = sum(1 for e in sandbox_log(stack) if e["status"] == 429)
+    out["started_at"] = dt.datetime.fromtimestamp(started_epoch).astimezone().isoformat()
+    return out
+
+
+def post_live_lead(stack: Stack) -> dict:
+    body = {"name": "Live Lead", "phone": LIVE_PHONE, "city": "Pune"}
+    r = requests.post(
+        f"{stack.web_url}/hooks/{ROUTE}", json=body, headers={"X-Bridge-Token": TOKEN}, timeout=10
+    )
+    accepted_at = time.time()
+    r.raise_for_status()
+    say(f"live lead answered {r.status_code} {r.json().get('deliveryId')}")
+    return {"id": r.json()["deliveryId"], "accepted_at": accepted_at}
+
+
+def wait_live(store: DeliveryStore, live: dict, timeout: float) -> dict:
+    """Seconds from the live lead's 202 to its contact in the sandbox, and to delivered."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not STOP.is_set():
+        d = store.get(live["id"])
+        if d is not None and d.terminal:
+            break
+        time.sleep(0.05)
+    at = {entry["what"]: iso_epoch(entry["at"]) for entry in store.history(live["id"])}
+    d = store.get(live["id"])
+    return {
+        "live_status": d.status if d else "missing",
+        "live_to_sandbox": at.get("contact_created", float("nan")) - live["accepted_at"],
+        "live_to_delivered": at.get("delivered", float("nan")) - live["accepted_at"],
+    }
+
+
+def wait_audience(stack: Stack, want: int, started: float, timeout: float) -> dict:
+    """Poll the sandbox's member count of the route's audience until it holds ``want``."""
+    deadline = time.monotonic() + timeout
+    count = 0
+    last_said = 0.0
+    while time.monotonic() < deadline and not STOP.is_set():
+        count = audience_members(stack)
+        now = time.monotonic()
+        if count >= want:
+            return {"seconds": now - started, "count": count}
+        if now - last_said >= 15:
+            say(f"audience holds {count} of {want} contacts")
+            last_said = now
+        time.sleep(1.0)
+    return {"seconds": float("nan"), "count": count}
+
+
+def audience_members(stack: Stack) -> int:
+    state = requests.get(f"{stack.sandbox_root}/_sandbox/state", timeout=60).json()
+    org = next(iter(state["orgs"].values()))
+    return sum(a.get("contactCount", 0) for a in org["audiences"])
+
+
+def sandbox_log(stack: Stack) -> list[dict]:
+    return requests.get(f"{stack.sandbox_root}/_sandbox/requests", timeout=30).json()
+
+
+def count_statuses(redis: Redis, store: DeliveryStore) -> dict[str, int]:
+    ids = [i.decode() for i in redis.zrange(keys.RECEIVED, 0, -1)]
+    pipe = redis.pipeline(transaction=False)
+    for delivery_id in ids:
+        pipe.hget(keys.delivery(delivery_id), "status")
+    counts: dict[str, int] = {}
+    for status in pipe.execute():
+        key = (status or b"missing").decode()
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def iso_epoch(value: str) -> float:
+    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+def report(r: dict, args) -> str:
+    def s(value: float) -> str:
+        return "n/a" if value != value else f"{value:.1f} s"
+
+    rows = r["rows"]
+    total = r["all_in_audience_seconds"]
+    summary = [line for line in r["import_output"].splitlines() if ": " in line][-6:]
+    lines = [
+        "== oliai-bridge backfill benchmark ==",
+        f"command: {' '.join(['python -m bench.backfill', *sys.argv[1:]])}",
+        f"started {r['started_at']}; {rows} rows, {args.workers} workers; API limits "
+        f"{GENERAL_LIMIT} general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s window",
+        "",
+        f"import command: {s(r['import_seconds'])} (exit {r['import_exit']}), "
+        f"{rows / r['import_seconds']:.0f} rows/s stored",
+        *(f"  {line}" for line in summary),
+        f"command start -> every contact in its audience: {s(total)} "
+        f"({r['audience_members']} members; "
+        f"{'n/a' if total != total else f'{rows / total:.1f}'} deliveries/s)",
+        f"live lead posted {r['live_posted_at']:.1f} s in: 202 -> contact in the sandbox "
+        f"{s(r['live_to_sandbox'])}, -> delivered {s(r['live_to_delivered'])} "
+        f"(target {LIVE_TARGET_SECONDS:g} s; status {r['live_status']})",
+        f"sandbox 429s: {r['sandbox_429']}; deliveries by status: {r['statuses']}",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
