@@ -568,10 +568,9 @@ class Drainer:
         campaign step follows, as after a lead sent alone."""
         changed = ("audience_id", "audience_added", "contact_id", "batch_id", *FINAL_FIELDS)
         for start in range(0, len(deliveries), WRITE_CHUNK):
+            chunk = deliveries[start : start + WRITE_CHUNK]
             pipe = transaction(self.redis)
-            now = time.time()
-            done: list[tuple[Delivery, float]] = []
-            for d in deliveries[start : start + WRITE_CHUNK]:
+            for d in chunk:
                 d.audience_id = audience_id
                 d.audience_added = True
                 entry = ("imported", note) if note else ("audience_added", audience_id)
@@ -584,23 +583,35 @@ class Drainer:
                 if d.contact_id is None:
                     what = f"in audience {d.audience_id}"
                 self.store.update(d, "delivered", what, pipe=pipe, only=changed)
-                latency = metrics.delivered_on(pipe, d.route, d.received_at, now)
-                done.append((d, latency))
                 route = self.settings.routes.get(d.route)
                 if route is not None:
                     schedule_step(pipe, self.ctx.queue, d.id, route)
+            latencies = metrics.delivered_many_on(pipe, [(d.route, d.received_at) for d in chunk])
             pipe.execute()
-            for d, latency in done:
-                log.info(
-                    "delivered %.1f s after receipt",
-                    latency,
-                    extra={
-                        "event": "delivery.delivered",
-                        "latency_seconds": round(latency, 3),
-                        "delivery_id": d.id,
-                        "route": d.route,
-                    },
-                )
+            self.log_delivered(chunk, latencies, note)
+
+    def log_delivered(self, deliveries: list[Delivery], latencies: list[float], note) -> None:
+        """A line per lead of a bulk request; one for an import's chunk (thousands of lines
+        would say nothing more than the history does)."""
+        if len(deliveries) > payloads.BULK_MAX_ITEMS:
+            log.info(
+                "delivered %d leads (%s)",
+                len(deliveries),
+                note,
+                extra={"event": "delivery.delivered_many", "count": len(deliveries)},
+            )
+            return
+        for d, latency in zip(deliveries, latencies, strict=True):
+            log.info(
+                "delivered %.1f s after receipt",
+                latency,
+                extra={
+                    "event": "delivery.delivered",
+                    "latency_seconds": round(latency, 3),
+                    "delivery_id": d.id,
+                    "route": d.route,
+                },
+            )
 
     def mark(
         self,
