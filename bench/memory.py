@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import sys
 import tempfile
 import threading
@@ -37,6 +38,14 @@ TOKEN = "memory-bench-token-0123456789"
 ROUTE = "mem"
 #: The size the issue's memory target is stated for.
 BODY_BYTES = 600
+#: What a lead's free-text message is made of (about as compressible as a short English note).
+WORDS = (
+    "please call me about the offer we are a team of twelve looking for pricing on your annual "
+    "plan and a demo next week before friday my manager wants to compare two vendors so send the "
+    "brochure too best time after six in the evening or saturday morning thanks budget approved "
+    "quarter delivery installation support warranty discount bulk order urgent callback hindi "
+    "english preferred regards"
+).split()
 
 
 def lead_body(n: int) -> bytes:
@@ -55,7 +64,11 @@ def lead_body(n: int) -> bytes:
         "message": "",
     }
     filler = BODY_BYTES - len(json.dumps(body).encode())
-    body["message"] = ("Please call me about the spring offer. " * 20)[: max(0, filler)]
+    # Words drawn at random per lead, not one sentence repeated: the raw body is stored
+    # deflated, and a repeated filler would flatter it.
+    pick = random.Random(n)
+    words = " ".join(pick.choice(WORDS) for _ in range(120))
+    body["message"] = words[: max(0, filler)]
     return json.dumps(body).encode()
 
 

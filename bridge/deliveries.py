@@ -10,6 +10,7 @@ import json
 import secrets
 import time
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
@@ -18,9 +19,13 @@ from redis.client import Pipeline
 from bridge import defaults, keys
 from bridge.event import utcnow_iso
 from bridge.record import (
-    OPTIONAL_FIELDS,
+    UNSAID_FIELDS,
     Delivery,
+    dump_raw,
+    load_raw,
     new_delivery_id,
+    packed_fields,
+    raw_body,
     raw_record,
     request_from_raw,
 )
@@ -47,6 +52,8 @@ class DeliveryStore:
         self.redis = redis
         self.keep_delivered = int(keep_delivered_days * 86400)
         self.keep_failed = int(keep_failed_days * 86400)
+        #: A raw request outlives every record that refers to it: their packed fields need it.
+        self.keep_raw = max(self.keep_delivered, self.keep_failed)
 
     @classmethod
     def for_settings(cls, redis: Redis, settings: Settings) -> DeliveryStore:
@@ -60,7 +67,7 @@ class DeliveryStore:
     # --- writing -----------------------------------------------------------------------------
 
     def add_raw(self, pipe: Pipeline, raw_id: str, raw: dict[str, Any]) -> None:
-        pipe.set(keys.raw(raw_id), json.dumps(raw), ex=max(self.keep_delivered, self.keep_failed))
+        pipe.set(keys.raw(raw_id), dump_raw(raw), ex=self.keep_raw)
 
     def add(self, pipe: Pipeline, delivery: Delivery, note: str | None = None) -> None:
         """Queue the writes that store a new delivery on ``pipe`` (the caller executes it)."""
@@ -72,7 +79,6 @@ class DeliveryStore:
             pipe.zadd(keys.ACTIVE, {delivery.id: now + 60})
         pipe.hset(keys.delivery(delivery.id), mapping=delivery.to_hash())
         pipe.zadd(keys.RECEIVED, {delivery.id: now})
-        pipe.zadd(keys.received_by_route(delivery.route), {delivery.id: now})
         pipe.hset(keys.route_state(delivery.route), "last_received", now)
         self._index_phone(pipe, delivery, now)
         self.log_on(pipe, delivery.id, "received", note)
@@ -80,8 +86,39 @@ class DeliveryStore:
             self._expire(pipe, delivery)
 
     def get(self, delivery_id: str) -> Delivery | None:
-        h = self.redis.hgetall(keys.delivery(delivery_id))
-        return Delivery.from_hash(h) if h else None
+        return self.read([delivery_id])[0]
+
+    def read(self, delivery_ids: list[str]) -> list[Delivery | None]:
+        """The records of ``delivery_ids`` (None where there is none), in two round trips at
+        most: the hashes, then the raw bodies their packed fields need."""
+        if not delivery_ids:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery_id in delivery_ids:
+            pipe.hgetall(keys.delivery(delivery_id))
+        hashes = pipe.execute()
+        return self.from_hashes(list(zip(delivery_ids, hashes, strict=True)))
+
+    def from_hashes(self, pairs: list[tuple[str, dict[bytes, bytes]]]) -> list[Delivery | None]:
+        """Records from hashes already read (``(id, hash)``; an empty hash is None)."""
+        wanted = sorted(
+            {h[b"raw_id"].decode() for _, h in pairs if h and b"raw_id" in h and packed_fields(h)}
+        )
+        bodies: dict[str, bytes | None] = {}
+        if wanted:
+            pipe = self.redis.pipeline(transaction=False)
+            for raw_id in wanted:
+                pipe.get(keys.raw(raw_id))
+            for raw_id, data in zip(wanted, pipe.execute(), strict=True):
+                bodies[raw_id] = raw_body(load_raw(data)) if data else None
+        out: list[Delivery | None] = []
+        for delivery_id, h in pairs:
+            if not h:
+                out.append(None)
+                continue
+            raw_id = (h.get(b"raw_id") or b"").decode()
+            out.append(Delivery.from_hash(h, delivery_id, bodies.get(raw_id)))
+        return out
 
     def exists(self, delivery_id: str) -> bool:
         return bool(self.redis.exists(keys.delivery(delivery_id)))
@@ -90,7 +127,7 @@ class DeliveryStore:
         if not delivery.raw_id:
             return None
         data = self.redis.get(keys.raw(delivery.raw_id))
-        return json.loads(data) if data else None
+        return load_raw(data) if data else None
 
     def update(
         self,
@@ -117,15 +154,17 @@ class DeliveryStore:
                 self._unindex_failed(pipe, delivery)
                 pipe.persist(key)
                 pipe.persist(keys.history(delivery.id))
+                if delivery.raw_id:
+                    pipe.persist(keys.raw(delivery.raw_id))
             pipe.zadd(keys.ACTIVE, {delivery.id: now + recheck_in})
         if only is not None:
             only = {*only, "status", "updated_at"}
+            if only & {"job_id", "job_seq"}:
+                only |= {"job_id", "job_seq"}  # the ticket is said by the pair
         stored = delivery.to_hash(only)
         pipe.hset(key, mapping=stored)
         unset = [
-            name
-            for name in OPTIONAL_FIELDS
-            if name not in stored and (only is None or name in only)
+            name for name in UNSAID_FIELDS if name not in stored and (only is None or name in only)
         ]
         if unset:
             pipe.hdel(key, *unset)
@@ -138,16 +177,13 @@ class DeliveryStore:
 
     def last_history(self, delivery_id: str) -> dict[str, Any]:
         entry = self.redis.lindex(keys.history(delivery_id), -1)
-        return json.loads(entry) if entry else {}
+        return history_entry(entry) if entry else {}
 
     def history(self, delivery_id: str) -> list[dict[str, Any]]:
-        return [json.loads(x) for x in self.redis.lrange(keys.history(delivery_id), 0, -1)]
+        return [history_entry(x) for x in self.redis.lrange(keys.history(delivery_id), 0, -1)]
 
     def log_on(self, pipe: Pipeline, delivery_id: str, what: str, detail: str | None) -> None:
-        entry = {"at": utcnow_iso(), "what": what}
-        if detail:
-            entry["detail"] = detail
-        pipe.rpush(keys.history(delivery_id), json.dumps(entry))
+        pipe.rpush(keys.history(delivery_id), history_line(what, detail))
         pipe.ltrim(keys.history(delivery_id), -HISTORY_MAX, -1)
 
     def _index_terminal(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
@@ -178,6 +214,8 @@ class DeliveryStore:
         ttl = self.keep_delivered if delivery.status == "delivered" else self.keep_failed
         pipe.expire(keys.delivery(delivery.id), ttl)
         pipe.expire(keys.history(delivery.id), ttl)
+        if delivery.raw_id:  # the record's packed fields need it as long as the record lives
+            pipe.expire(keys.raw(delivery.raw_id), self.keep_raw)
 
     def _unindex_failed(self, pipe: Pipeline, delivery: Delivery) -> None:
         """Take the delivery off the failed lists it is on (by the reason it was listed under)."""
@@ -255,3 +293,31 @@ class DeliveryStore:
             "failed": self.redis.zcard(keys.FAILED),
             "received": self.redis.zcard(keys.RECEIVED),
         }
+
+
+# --- history entries ---------------------------------------------------------------------------
+
+
+def history_line(what: str, detail: str | None, at_ms: int | None = None) -> str:
+    """One history entry as stored: ``<epoch ms> <what>[ <detail>]``."""
+    at_ms = int(time.time() * 1000) if at_ms is None else at_ms
+    if " " in what:  # never, by the names used; JSON keeps such an entry readable all the same
+        return json.dumps({"at": utcnow_iso(), "what": what, "detail": detail or ""})
+    return f"{at_ms} {what} {detail}" if detail else f"{at_ms} {what}"
+
+
+def history_entry(stored: bytes | str) -> dict[str, Any]:
+    """What ``history_line`` stored (or the JSON entries of earlier versions) as
+    ``{"at", "what"[, "detail"]}``."""
+    text = stored.decode() if isinstance(stored, bytes) else stored
+    if text.startswith("{"):
+        entry = json.loads(text)
+        if not entry.get("detail"):
+            entry.pop("detail", None)
+        return entry
+    at_ms, what, *detail = text.split(" ", 2)
+    at = datetime.fromtimestamp(int(at_ms) / 1000, UTC)
+    entry = {"at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "what": what}
+    if detail and detail[0]:
+        entry["detail"] = detail[0]
+    return entry

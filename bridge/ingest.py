@@ -34,7 +34,7 @@ from bridge.exceptions import (
 from bridge.pipeline import LeadResult, map_request
 from bridge.queue import transaction
 from bridge.quotas import ADDRESS_QUOTA, Quotas
-from bridge.record import Delivery, new_delivery_id, raw_record
+from bridge.record import Delivery, new_delivery_id, raw_body, raw_record
 from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
@@ -254,11 +254,13 @@ class Ingest:
             raw_id = f"r{secrets.token_hex(8)}"
             raw = raw_record(received.req, received.kept_headers, hidden)
             self.store.add_raw(pipe, raw_id, raw)
+            body = raw_body(raw)
             for delivery in new:
                 delivery.event.fields = redact(delivery.event.fields, hidden)
                 if delivery.contact is not None:
                     delivery.contact = redact(delivery.contact, hidden)
                 delivery.raw_id = raw_id
+                delivery.pack_against(body)  # its fields and contact repeat the body: say so
                 if delivery.status == "queued":
                     # A ticket in its lane; the first for an idle lane starts the lane's drain.
                     kid = lane_kid(self.settings, self.settings.routes[delivery.route])

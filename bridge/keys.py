@@ -41,7 +41,9 @@ ACTIVE = f"{KEY_PREFIX}idx:active"
 
 
 def received_by_route(route: str) -> str:
-    """Zset: one route's deliveries by when they were received (the admin page's route filter)."""
+    """Zset: one route's deliveries by when they were received, as earlier versions wrote it
+    (no longer written: the admin page reads the route of each received delivery instead);
+    trimmed until it is empty."""
     return f"{KEY_PREFIX}idx:received:route:{route}"
 
 

@@ -6,6 +6,17 @@ scheduled), or ``failed`` / ``skipped`` with a reason (both replayable). The has
 per dataclass field, written by the codec its type picks; a field that may be ``None`` is left
 out of the hash while it is. Nothing here holds a secret: the raw request keeps only the headers
 an adapter declared safe, drops ``?token=`` and has every route secret redacted.
+
+Compact by design (a Redis plan of 25 MB must hold tens of thousands of leads):
+
+- the raw request is stored once, its body deflated (``dump_raw``);
+- the lead's fields and its contact repeat what the body says, so they are deflated with the
+  body as the dictionary (``Packed``): a 600-byte contact becomes ~40 bytes, and every value of
+  the hash stays short enough for Redis's compact hash encoding;
+- what the key or other fields already say is not stored again: the id (it is in the key), the
+  ticket (``<id>-<seq>``), the event's route, source and time of receipt.
+
+Records written by earlier versions (plain JSON values, every field) still read.
 """
 
 from __future__ import annotations
@@ -15,6 +26,7 @@ import json
 import time
 import types
 import typing
+import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from secrets import token_hex
@@ -69,30 +81,135 @@ class Delivery:
     def __post_init__(self) -> None:
         if not self.updated_at:
             self.updated_at = self.received_at
+        self.pack_against(None)
 
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
 
-    def to_hash(self, only: Collection[str] | None = None) -> dict[str, str]:
-        """Every field that is not ``None``, as text (``OPTIONAL_FIELDS`` are the others);
-        ``only``: just those, for a save that changes a few."""
-        out = {}
+    def to_hash(self, only: Collection[str] | None = None) -> dict[str, str | bytes]:
+        """Every field that is not ``None`` and not said elsewhere, as stored (``OPTIONAL_FIELDS``
+        may be ``None``); ``only``: just those, for a save that changes a few.
+
+        ``contact`` and ``event`` are deflated against the raw body (``pack_against``) when
+        that makes them smaller; ``id`` is the key's, and ``job_id`` is left out while it is the
+        usual ``<id>-<job_seq>``.
+        """
+        out: dict[str, str | bytes] = {}
+        if only is not None and ("job_id" in only or "job_seq" in only):
+            only = {*only, "job_id", "job_seq"}  # the ticket is said by the pair
         for field in HASH_FIELDS:
-            if only is not None and field.name not in only:
+            name = field.name
+            if name == "id" or (only is not None and name not in only):
                 continue
-            value = getattr(self, field.name)
-            if value is not None:
-                out[field.name] = field.codec.dump(value)
+            value = getattr(self, name)
+            if name == "job_id" and value is None and self.job_seq:
+                out["job_id"] = ""  # no ticket, though <id>-<job_seq> would say there is one
+                continue
+            if value is None:
+                continue
+            if name == "event":
+                out["event_id"] = value.event_id
+                out["event"] = self._packed_field("event", self._event_rest(value))
+            elif name == "contact":
+                out["contact"] = self._packed_field("contact", value)
+            elif name == "job_id" and value == f"{self.id}-{self.job_seq}":
+                continue
+            elif name in UNSAID_DEFAULTS and value == UNSAID_DEFAULTS[name]:
+                continue  # absent reads as the default
+            elif name == "updated_at" and value == self.received_at:
+                continue  # a record never saved since it was received
+            else:
+                out[name] = field.codec.dump(value)
         return out
 
     @classmethod
-    def from_hash(cls, h: Mapping[bytes, bytes]) -> Delivery:
-        """The delivery ``to_hash`` wrote; a field missing from the hash takes its default."""
-        stored = {k.decode(): v.decode() for k, v in h.items()}
-        return cls(
-            **{f.name: f.codec.load(stored[f.name]) for f in HASH_FIELDS if f.name in stored}
-        )
+    def from_hash(
+        cls,
+        h: Mapping[bytes, bytes],
+        delivery_id: str | None = None,
+        base: bytes | None = None,
+    ) -> Delivery:
+        """The delivery ``to_hash`` wrote (or an earlier version did); a field missing from the
+        hash takes its default. ``delivery_id``: the key's id (new records do not repeat it);
+        ``base``: the raw body the packed fields were deflated against (``Packed``)."""
+        stored = {k.decode(): v for k, v in h.items()}
+        values: dict[str, Any] = {}
+        for field in HASH_FIELDS:
+            value = stored.get(field.name)
+            if value is None or field.name in ("event", "contact"):
+                continue
+            values[field.name] = field.codec.load(value.decode())
+        if "id" not in values:
+            if delivery_id is None:
+                raise ValueError("a record without its id needs the id of its key")
+            values["id"] = delivery_id
+        unreadable = None
+        if packed_fields(h) and not base:
+            # Its raw request was deleted or evicted (Redis must not evict: operating.md): the
+            # record still reads, without the lead's fields and contact.
+            unreadable = "the stored request this lead's fields were kept with is gone"
+            stored = {**stored, "event": b'{"fields":{}}'}
+            stored.pop("contact", None)
+        if "contact" in stored:
+            values["contact"] = unpack(stored["contact"], base)
+        values["event"] = _event_from(stored, values, base)
+        if "job_id" not in stored and values.get("job_seq"):
+            values["job_id"] = f"{values['id']}-{values['job_seq']}"
+        elif values.get("job_id") == "":
+            values["job_id"] = None
+        delivery = cls(**values)
+        delivery.pack_against(None if unreadable else base)
+        delivery.unreadable = unreadable
+        if unreadable:
+            return delivery
+        if stored.get("contact", b"")[:1] == PACKED:
+            delivery._packs["contact"] = (_plain(delivery.contact), stored["contact"])
+        if stored.get("event", b"")[:1] == PACKED and "event_id" in stored:
+            rest = delivery._event_rest(delivery.event)
+            delivery._packs["event"] = (_plain(rest), stored["event"])
+        return delivery
+
+    # --- packing -----------------------------------------------------------------------------
+
+    def pack_against(self, base: bytes | None) -> None:
+        """Deflate ``contact`` and ``event`` against ``base`` (the stored raw body) from now on;
+        the record then needs that body to be read (``from_hash``)."""
+        self._base = base or None
+        self._packs: dict[str, tuple[str, bytes]] = {}
+        #: Why the lead's fields and contact could not be read back (None: they were).
+        self.unreadable: str | None = None
+
+    def _packed_field(self, name: str, value: Any) -> str | bytes:
+        plain = _plain(value)
+        known = self._packs.get(name)
+        if known is not None and known[0] == plain:
+            return known[1]  # unchanged since it was read: the same bytes, not deflated again
+        base = self._base
+        if base is None:
+            return plain
+        # Spelled as most senders spell their JSON, the value is mostly a copy of the body.
+        packed = min(pack(plain, base), pack(json.dumps(value), base), key=len)
+        if len(packed) >= len(plain):
+            return plain
+        self._packs[name] = (plain, packed)
+        return packed
+
+    def _event_rest(self, event: Event) -> dict[str, Any]:
+        """What the event says that the record's own fields do not."""
+        rest: dict[str, Any] = {"fields": event.fields}
+        if event.hints:
+            rest["hints"] = event.hints
+        if event.fetch is not None:
+            rest["fetch"] = event.fetch
+        for name, mine in (
+            ("route", self.route),
+            ("source", self.source),
+            ("received_at", self.received_at),
+        ):
+            if getattr(event, name) != mine:
+                rest[name] = getattr(event, name)
+        return rest
 
     def summary(self) -> dict[str, Any]:
         """What ``GET /deliveries/<id>`` and ``failed list`` show: no raw payload, no secret."""
@@ -167,8 +284,75 @@ def hash_fields(cls: type) -> tuple[HashField, ...]:
 
 
 HASH_FIELDS = hash_fields(Delivery)
+
+
+# --- packed values ------------------------------------------------------------------------------
+
+#: The first byte of a packed value (JSON never starts with it).
+PACKED = b"\x00"
+
+
+class RecordUnreadable(Exception):
+    """A packed value whose raw body is gone (it cannot be inflated without it)."""
+
+
+def _plain(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def pack(plain: str, base: bytes) -> bytes:
+    """``plain`` deflated with ``base`` as the dictionary: what it shares with the body costs
+    a few bytes."""
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=base)
+    return PACKED + squeeze.compress(plain.encode()) + squeeze.flush()
+
+
+def unpack(stored: bytes, base: bytes | None) -> Any:
+    """A value ``to_hash`` stored: JSON text, or packed against ``base``."""
+    if stored[:1] != PACKED:
+        return json.loads(stored.decode())
+    if not base:
+        raise RecordUnreadable("the raw request this record was packed against is gone")
+    inflate = zlib.decompressobj(-15, zdict=base)
+    return json.loads(inflate.decompress(stored[1:]) + inflate.flush())
+
+
+def packed_fields(h: Mapping[bytes, bytes]) -> bool:
+    """Whether reading the hash needs its raw body."""
+    return any(h.get(name, b"")[:1] == PACKED for name in (b"event", b"contact"))
+
+
+def _event_from(
+    stored: Mapping[str, bytes], values: Mapping[str, Any], base: bytes | None
+) -> Event:
+    text = stored.get("event")
+    if text is None:
+        raise ValueError("a record without its event")
+    data = unpack(text, base)
+    if "event_id" in stored:  # the current layout: the record's fields say the rest
+        data = {
+            "route": values.get("route", ""),
+            "source": values.get("source", ""),
+            "received_at": values.get("received_at", ""),
+            "event_id": stored["event_id"].decode(),
+            **data,
+        }
+    return Event.from_dict(data)
+
+
 #: Fields absent from the hash while ``None``: a save removes them (``HDEL``).
 OPTIONAL_FIELDS = tuple(f.name for f in HASH_FIELDS if f.optional)
+#: Fields absent from the hash while they hold their default (a missing field reads as it).
+UNSAID_DEFAULTS: dict[str, Any] = {
+    "lead_index": 0,
+    "attempts": 0,
+    "failures": 0,
+    "audience_added": False,
+    "job_seq": 0,
+    "lane": "live",
+}
+#: Every field a save may have to remove: ``None``, a default, or said by other fields.
+UNSAID_FIELDS = (*OPTIONAL_FIELDS, *UNSAID_DEFAULTS, "updated_at")
 
 
 # --- the raw request ----------------------------------------------------------------------------
@@ -196,6 +380,41 @@ def raw_record(
         "query": query,
         "body_b64": base64.b64encode(body).decode(),
     }
+
+
+#: The first byte of a raw request in the compact layout (earlier versions stored JSON).
+RAW_DEFLATED = b"\x01"
+#: ... and of one too small for deflating to pay: head, newline, body as they are.
+RAW_PLAIN = b"\x02"
+#: Parts of a raw request left out while they say the usual.
+RAW_DEFAULTS: dict[str, Any] = {"method": "POST", "query": {}}
+
+
+def dump_raw(raw: dict[str, Any]) -> bytes:
+    """The raw request as stored: its head as JSON, a newline, the body; deflated when that
+    makes it smaller."""
+    head = {k: v for k, v in raw.items() if k != "body_b64" and RAW_DEFAULTS.get(k) != v}
+    body = base64.b64decode(raw.get("body_b64", ""))
+    plain = json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
+    deflated = zlib.compress(plain, 9)
+    return RAW_DEFLATED + deflated if len(deflated) < len(plain) else RAW_PLAIN + plain
+
+
+def load_raw(stored: bytes) -> dict[str, Any]:
+    """What ``dump_raw`` stored (or the JSON earlier versions did), as ``raw_record`` made it."""
+    if stored[:1] == RAW_DEFLATED:
+        stored = RAW_PLAIN + zlib.decompress(stored[1:])
+    if stored[:1] != RAW_PLAIN:
+        return json.loads(stored)
+    head, _, body = stored[1:].partition(b"\n")
+    return {**RAW_DEFAULTS, **json.loads(head), "body_b64": base64.b64encode(body).decode()}
+
+
+def raw_body(raw: dict[str, Any] | None) -> bytes | None:
+    """The (redacted) body of a stored raw request: what packed record fields refer to."""
+    if raw is None:
+        return None
+    return base64.b64decode(raw.get("body_b64", ""))
 
 
 def request_from_raw(raw: dict[str, Any]) -> InboundRequest:

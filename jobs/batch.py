@@ -367,13 +367,10 @@ class Drainer:
         out = []
         for start in range(0, len(tickets), WRITE_CHUNK):
             chunk = tickets[start : start + WRITE_CHUNK]
-            pipe = self.redis.pipeline(transaction=False)
-            for ticket in chunk:
-                pipe.hgetall(keys.delivery(delivery_id_of(ticket)))
-            for ticket, raw in zip(chunk, pipe.execute(), strict=True):
-                if not raw:
+            read = self.store.read([delivery_id_of(ticket) for ticket in chunk])
+            for ticket, d in zip(chunk, read, strict=True):
+                if d is None:
                     continue
-                d = Delivery.from_hash(raw)
                 if d.terminal or d.job_id != ticket:
                     continue
                 out.append(d)

@@ -201,6 +201,8 @@ class Deliverer:
     # --- the steps -----------------------------------------------------------------------
 
     def work(self, d: Delivery, route: Route, client: OliAIClient, kid: str) -> None:
+        if d.unreadable and d.contact is None:
+            raise Unmappable(d.unreadable)
         if d.contact is None:
             if d.event.fetch:
                 source = get_source(d.source)

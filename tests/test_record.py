@@ -80,22 +80,42 @@ def test_the_sample_sets_every_field_away_from_its_default():
     assert same == []
 
 
+def as_redis(stored: dict) -> dict[bytes, bytes]:
+    """A ``to_hash`` result as Redis gives it back."""
+    return {k.encode(): v if isinstance(v, bytes) else v.encode() for k, v in stored.items()}
+
+
 def test_every_field_round_trips_through_the_hash():
     d = every_field()
     stored = d.to_hash()
-    assert set(stored) == set(EVERY_FIELD)
+    # The id is the key's and the ticket is <id>-<seq>: neither is stored again; the event's
+    # id is a field of its own (its route, source and time are the record's).
+    assert set(stored) == set(EVERY_FIELD) - {"id", "job_id"} | {"event_id"}
     assert all(isinstance(v, str) for v in stored.values())
-    back = Delivery.from_hash({k.encode(): v.encode() for k, v in stored.items()})
+    back = Delivery.from_hash(as_redis(stored), d.id)
     assert back == d
     for name in EVERY_FIELD:
         assert getattr(back, name) == EVERY_FIELD[name], name
+
+
+def test_a_ticket_that_is_not_the_usual_one_is_stored():
+    d = every_field()
+    d.job_id = "dlv_18c0ffee0123456789ab-legacy"
+    stored = d.to_hash()
+    assert stored["job_id"] == "dlv_18c0ffee0123456789ab-legacy"
+    assert Delivery.from_hash(as_redis(stored), d.id).job_id == d.job_id
+
+
+def test_a_record_without_its_id_needs_the_key_s():
+    with pytest.raises(ValueError, match="id"):
+        Delivery.from_hash(as_redis(every_field().to_hash()))
 
 
 def test_false_zero_and_empty_values_come_back_as_themselves():
     d = every_field()
     d.audience_added, d.attempts, d.failures, d.lead_index, d.job_seq = False, 0, 0, 0, 0
     d.contact, d.last_api, d.reason, d.failed_index = {}, {}, "", ""
-    back = Delivery.from_hash({k.encode(): v.encode() for k, v in d.to_hash().items()})
+    back = Delivery.from_hash(as_redis(d.to_hash()), d.id)
     assert back == d
     assert back.failed_index == ""  # listed in the failed index without a reason code
 
@@ -116,18 +136,20 @@ def test_optional_fields_are_exactly_those_that_may_be_none():
     assert [f.name for f in HASH_FIELDS] == [f.name for f in fields(Delivery)]
 
 
-@pytest.mark.parametrize("name", OPTIONAL_FIELDS)
+@pytest.mark.parametrize("name", [n for n in OPTIONAL_FIELDS if n != "job_id"])
 def test_an_optional_field_set_to_none_leaves_the_hash(name):
     d = every_field()
     setattr(d, name, None)
     stored = d.to_hash()
     assert name not in stored
-    back = Delivery.from_hash({k.encode(): v.encode() for k, v in stored.items()})
+    back = Delivery.from_hash(as_redis(stored), d.id)
     assert getattr(back, name) is None
     assert back == d
 
 
-@pytest.mark.parametrize("name", [n for n in OPTIONAL_FIELDS if n != "failed_index"])
+@pytest.mark.parametrize(
+    "name", [n for n in OPTIONAL_FIELDS if n not in ("failed_index", "job_id")]
+)
 def test_saving_a_cleared_field_removes_it_from_redis(redis, name):
     store = DeliveryStore(redis)
     d = every_field()
@@ -140,6 +162,26 @@ def test_saving_a_cleared_field_removes_it_from_redis(redis, name):
     again = store.get(d.id)
     assert getattr(again, name) is None
     assert again == d
+
+
+def test_the_ticket_is_said_only_when_it_is_not_the_usual_one(redis):
+    store = DeliveryStore(redis)
+    d = every_field()
+    d.failed_index = None
+    d.job_id = "dlv_18c0ffee0123456789ab-old"  # as an earlier version could have left it
+    store.update(d, "attempt")
+    assert redis.hget(keys.delivery(d.id), "job_id") == b"dlv_18c0ffee0123456789ab-old"
+    d.job_seq, d.job_id = 5, "dlv_18c0ffee0123456789ab-5"  # re-queued: the usual ticket
+    store.update(d, "queued", only={"job_seq", "job_id"})
+    assert not redis.hexists(keys.delivery(d.id), "job_id")  # the stale one is gone
+    assert store.get(d.id).job_id == "dlv_18c0ffee0123456789ab-5"
+    d.job_id = None  # no ticket at all, with a sequence that would suggest one
+    store.update(d, "attempt")
+    assert store.get(d.id).job_id is None
+    fresh = every_field()
+    fresh.job_seq, fresh.job_id = 0, None  # never queued
+    assert "job_id" not in fresh.to_hash()
+    assert Delivery.from_hash(as_redis(fresh.to_hash()), fresh.id).job_id is None
 
 
 def test_a_replayed_failure_leaves_the_failed_index_field_and_the_lists(redis):
@@ -157,7 +199,7 @@ def test_a_replayed_failure_leaves_the_failed_index_field_and_the_lists(redis):
     assert redis.ttl(keys.delivery(d.id)) == -1  # alive again: no expiry
 
 
-def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_field_for_field(redis):
+def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_in_today_s_layout(redis):
     # As the first versions' hand-written ``to_hash`` stored it, field for field.
     event = {
         "route": "leads",
@@ -201,8 +243,20 @@ def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_field_for_
     assert d.failed_index == "invalid"
     assert d.summary()["reasonCode"] == "invalid"
     assert d.lane == "live"  # stored before lanes existed: a webhook's
-    # every field written back as it was; the one field added since says so explicitly
-    assert d.to_hash() == {**earlier, "lane": "live"}
+    # Written back in today's layout: what the key and the other fields say is not repeated
+    # (no raw body was read, so nothing is packed); every value reads back the same.
+    again = d.to_hash()
+    # Not said again: the id and ticket (the key and job_seq say them), and the fields that
+    # hold their defaults (a missing field reads as its default).
+    unsaid = {"id", "job_id", "lead_index", "audience_added"}
+    assert set(again) == set(earlier) - unsaid | {"event_id"}
+    assert {k: again[k] for k in again if k not in ("event", "event_id", "contact")} == {
+        k: v for k, v in earlier.items() if k not in unsaid | {"event", "contact"}
+    }
+    assert Delivery.from_hash(as_redis(again), d.id) == d
+    store = DeliveryStore(redis)
+    store.update(d, "replayed")
+    assert store.get(d.id) == d
 
 
 def test_a_type_without_a_codec_is_refused_when_the_record_is_declared():
@@ -229,7 +283,9 @@ def test_a_new_delivery_was_updated_when_it_was_received():
         received_at="2026-01-01T10:00:00.000Z",
     )
     assert d.updated_at == "2026-01-01T10:00:00.000Z"
-    assert d.to_hash()["updated_at"] == "2026-01-01T10:00:00.000Z"
+    stored = d.to_hash()
+    assert "updated_at" not in stored  # the time of receipt says it
+    assert Delivery.from_hash(as_redis(stored), d.id).updated_at == "2026-01-01T10:00:00.000Z"
 
 
 def test_the_raw_request_keeps_safe_headers_drops_the_token_and_redacts_the_body():
@@ -251,3 +307,185 @@ def test_the_raw_request_keeps_safe_headers_drops_the_token_and_redacts_the_body
     again = request_from_raw(json.loads(json.dumps(raw)))
     assert again.body == base64.b64decode(raw["body_b64"])
     assert again.query == {"src": "form"} and again.header("x-sig") == "abc"
+
+
+# --- compact storage ------------------------------------------------------------------------------
+
+FORM = json.dumps(
+    {
+        "full_name": "Asha Rao",
+        "phone": "+919876543210",
+        "email": "asha.rao@example.com",
+        "city": "Pune",
+        "utm_campaign": "spring-sale-2026",
+        "message": "Please call after six; we need twelve seats and a demo before Friday.",
+    }
+).encode()
+FORM_FIELDS = json.loads(FORM)
+FORM_CONTACT = {
+    "name": "Asha Rao",
+    "phoneNumber": "+919876543210",
+    "metadata": {k: v for k, v in FORM_FIELDS.items() if k not in ("full_name", "phone")},
+}
+
+
+def form_delivery() -> Delivery:
+    event = Event(
+        route="leads",
+        source="generic",
+        event_id="e" * 64,
+        received_at="2026-01-01T10:00:00.000Z",
+        fields=FORM_FIELDS,
+    )
+    d = Delivery(
+        id="dlv_18c0ffee0123456789ab",
+        route="leads",
+        source="generic",
+        status="queued",
+        event=event,
+        received_at=event.received_at,
+        contact=FORM_CONTACT,
+        raw_id="r0123456789abcdef",
+    )
+    d.pack_against(FORM)
+    return d
+
+
+def test_what_the_body_already_says_is_stored_in_a_few_bytes():
+    d = form_delivery()
+    stored = d.to_hash()
+    plain = len(json.dumps(FORM_CONTACT)) + len(json.dumps(FORM_FIELDS))
+    packed = len(stored["contact"]) + len(stored["event"])
+    assert packed * 8 < plain
+    # Redis keeps a hash in its compact encoding while every value is at most 64 bytes.
+    assert max(len(v) for v in stored.values()) <= 64
+    back = Delivery.from_hash(as_redis(stored), d.id, FORM)
+    assert back == d and back.contact == FORM_CONTACT and back.event.fields == FORM_FIELDS
+
+
+def test_a_changed_contact_is_packed_again_and_an_unchanged_one_is_not(redis):
+    d = form_delivery()
+    first = d.to_hash()
+    back = Delivery.from_hash(as_redis(first), d.id, FORM)
+    assert back.to_hash()["contact"] == first["contact"]  # the same bytes, not deflated again
+    back.contact = {**FORM_CONTACT, "name": "Asha R."}
+    changed = back.to_hash()["contact"]
+    assert changed != first["contact"]
+    assert Delivery.from_hash(as_redis(back.to_hash()), d.id, FORM).contact["name"] == "Asha R."
+    # Data the body does not hold (a fetched lead's) reads back as well, however it is kept.
+    back.contact = {"name": "Zed", "phoneNumber": "+15550001111", "metadata": {"q": "ü" * 3}}
+    again = Delivery.from_hash(as_redis(back.to_hash()), d.id, FORM)
+    assert again.contact == back.contact
+
+
+def test_a_record_whose_raw_request_is_gone_still_reads_without_the_lead_s_data(redis):
+    store = DeliveryStore(redis)
+    d = form_delivery()
+    pipe = redis.pipeline()
+    store.add_raw(
+        pipe,
+        d.raw_id,
+        {
+            "method": "POST",
+            "route": "leads",
+            "headers": {},
+            "query": {},
+            "body_b64": base64.b64encode(FORM).decode(),
+        },
+    )
+    store.add(pipe, d)
+    pipe.execute()
+    assert store.get(d.id).contact == FORM_CONTACT
+    redis.delete(keys.raw(d.raw_id))
+    gone = store.get(d.id)
+    assert (gone.status, gone.event.event_id, gone.contact) == ("queued", "e" * 64, None)
+    assert "gone" in gone.unreadable
+    assert gone.summary()["deliveryId"] == d.id
+
+
+def test_a_terminal_record_s_raw_request_lives_at_least_as_long_as_the_record(redis):
+    store = DeliveryStore(redis, keep_delivered_days=1, keep_failed_days=30)
+    d = form_delivery()
+    pipe = redis.pipeline()
+    store.add_raw(
+        pipe,
+        d.raw_id,
+        {
+            "method": "POST",
+            "route": "leads",
+            "headers": {},
+            "query": {},
+            "body_b64": base64.b64encode(FORM).decode(),
+        },
+    )
+    store.add(pipe, d)
+    pipe.execute()
+    redis.expire(keys.raw(d.raw_id), 60)  # as if received long ago
+    d.status, d.reason_code, d.reason = "failed", "invalid", "refused"
+    store.update(d, "failed", "refused")
+    assert redis.ttl(keys.raw(d.raw_id)) >= redis.ttl(keys.delivery(d.id)) > 29 * 86400
+    d.status = "queued"
+    store.update(d, "replayed")  # alive again: neither expires
+    assert redis.ttl(keys.delivery(d.id)) == -1 and redis.ttl(keys.raw(d.raw_id)) == -1
+
+
+def test_the_raw_request_is_stored_deflated_and_earlier_json_ones_still_read():
+    from bridge.record import dump_raw, load_raw
+
+    raw = {
+        "method": "POST",
+        "route": "leads",
+        "headers": {"content-type": "application/json"},
+        "query": {},
+        "body_b64": base64.b64encode(FORM).decode(),
+    }
+    stored = dump_raw(raw)
+    assert len(stored) < len(json.dumps(raw)) * 0.6  # what earlier versions stored
+    big = {**raw, "body_b64": base64.b64encode(FORM * 5).decode()}
+    assert len(dump_raw(big)) < len(FORM * 5) / 2  # a body that repeats itself deflates
+    assert load_raw(stored) == raw
+    put = {**raw, "method": "PUT", "query": {"src": "form"}}
+    assert load_raw(dump_raw(put)) == put
+    assert load_raw(json.dumps(raw).encode()) == raw  # as earlier versions stored it
+
+
+def test_history_entries_are_short_and_earlier_json_entries_still_read(redis):
+    from bridge.deliveries import history_entry, history_line
+
+    line = history_line("delivered", "contact ct_1", at_ms=1767261600123)
+    assert line == "1767261600123 delivered contact ct_1"
+    assert history_entry(line.encode()) == {
+        "at": "2026-01-01T10:00:00.123Z",
+        "what": "delivered",
+        "detail": "contact ct_1",
+    }
+    assert history_entry(history_line("received", None, at_ms=1767261600123)) == {
+        "at": "2026-01-01T10:00:00.123Z",
+        "what": "received",
+    }
+    earlier = json.dumps({"at": "2025-12-31T23:59:59.000Z", "what": "failed", "detail": "x y"})
+    assert history_entry(earlier.encode()) == json.loads(earlier)
+    store = DeliveryStore(redis)
+    redis.rpush(keys.history("dlv_old"), earlier)
+    pipe = redis.pipeline()
+    store.log_on(pipe, "dlv_old", "replayed", "backfill lane")
+    pipe.execute()
+    assert [e["what"] for e in store.history("dlv_old")] == ["failed", "replayed"]
+    assert store.last_history("dlv_old")["detail"] == "backfill lane"
+
+
+def test_a_queued_form_lead_is_kept_in_redis_s_compact_hash_encoding(redis):
+    store = DeliveryStore(redis)
+    d = form_delivery()
+    pipe = redis.pipeline()
+    store.add(pipe, d)
+    pipe.execute()
+    assert redis.object("encoding", keys.delivery(d.id)) in (b"ziplist", b"listpack")
+
+
+def test_a_raw_request_too_small_to_deflate_is_kept_as_it_is():
+    from bridge.record import dump_raw, load_raw
+
+    raw = {"method": "POST", "route": "r", "headers": {}, "query": {}, "body_b64": "e30="}
+    assert dump_raw(raw) == b'\x02{"route":"r","headers":{}}\n{}'
+    assert load_raw(dump_raw(raw)) == raw
