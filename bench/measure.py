@@ -7,7 +7,6 @@ calls in the sandbox's request log and CPU in /proc, per process group of the st
 from __future__ import annotations
 
 import datetime as dt
-import json
 import math
 import os
 import signal
@@ -105,12 +104,12 @@ def delivery_field(redis: Redis, ids: list[str], name: str) -> list[str | None]:
 
 
 def histories(redis: Redis, ids: list[str]) -> list[list[dict]]:
+    from bridge.deliveries import DeliveryStore
+
+    store = DeliveryStore(redis)
     out = []
     for start in range(0, len(ids), 500):
-        pipe = redis.pipeline(transaction=False)
-        for i in ids[start : start + 500]:
-            pipe.lrange(keys.history(i), 0, -1)
-        out += [[json.loads(x) for x in h] for h in pipe.execute()]
+        out += store.histories(ids[start : start + 500])
     return out
 
 

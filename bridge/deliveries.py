@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import time
@@ -81,7 +82,7 @@ class DeliveryStore:
         pipe.zadd(keys.RECEIVED, {delivery.id: now})
         pipe.hset(keys.route_state(delivery.route), "last_received", now)
         self._index_phone(pipe, delivery, now)
-        self.log_on(pipe, delivery.id, "received", note)
+        delivery.history_fields.append(self.log_on(pipe, delivery.id, "received", note))
         if delivery.terminal:
             self._expire(pipe, delivery)
 
@@ -113,7 +114,7 @@ class DeliveryStore:
                 bodies[raw_id] = raw_body(load_raw(data)) if data else None
         out: list[Delivery | None] = []
         for delivery_id, h in pairs:
-            if not h:
+            if not h or b"status" not in h:  # none, or history logged after it expired
                 out.append(None)
                 continue
             raw_id = (h.get(b"raw_id") or b"").decode()
@@ -153,7 +154,8 @@ class DeliveryStore:
             if delivery.failed_index is not None:  # replayed: alive again, keep it
                 self._unindex_failed(pipe, delivery)
                 pipe.persist(key)
-                pipe.persist(keys.history(delivery.id))
+                if delivery.earlier_layout:
+                    pipe.persist(keys.history(delivery.id))
                 if delivery.raw_id:
                     pipe.persist(keys.raw(delivery.raw_id))
             pipe.zadd(keys.ACTIVE, {delivery.id: now + recheck_in})
@@ -169,22 +171,46 @@ class DeliveryStore:
         if unset:
             pipe.hdel(key, *unset)
         if what:
-            self.log_on(pipe, delivery.id, what, detail)
+            delivery.history_fields.append(self.log_on(pipe, delivery.id, what, detail))
+            if len(delivery.history_fields) > HISTORY_MAX:  # the oldest go
+                oldest = delivery.history_fields[:-HISTORY_MAX]
+                del delivery.history_fields[:-HISTORY_MAX]
+                pipe.hdel(key, *oldest)
         if delivery.terminal:
             self._expire(pipe, delivery)
         if own:
             pipe.execute()
 
     def last_history(self, delivery_id: str) -> dict[str, Any]:
-        entry = self.redis.lindex(keys.history(delivery_id), -1)
-        return history_entry(entry) if entry else {}
+        history = self.history(delivery_id)
+        return history[-1] if history else {}
 
     def history(self, delivery_id: str) -> list[dict[str, Any]]:
-        return [history_entry(x) for x in self.redis.lrange(keys.history(delivery_id), 0, -1)]
+        return self.histories([delivery_id])[0]
 
-    def log_on(self, pipe: Pipeline, delivery_id: str, what: str, detail: str | None) -> None:
-        pipe.rpush(keys.history(delivery_id), history_line(what, detail))
-        pipe.ltrim(keys.history(delivery_id), -HISTORY_MAX, -1)
+    def histories(self, delivery_ids: list[str]) -> list[list[dict[str, Any]]]:
+        """Each delivery's history entries, oldest first (``{"at", "what"[, "detail"]}``)."""
+        pipe = self.redis.pipeline(transaction=False)
+        for delivery_id in delivery_ids:
+            pipe.hgetall(keys.delivery(delivery_id))
+            pipe.lrange(keys.history(delivery_id), 0, -1)  # as earlier versions kept it
+        answers = pipe.execute()
+        out = []
+        for h, earlier in zip(answers[::2], answers[1::2], strict=True):
+            entries = [history_entry(line) for line in earlier]
+            entries += [
+                entry_from_field(name, h[name])
+                for name in sorted(n for n in h if n.startswith(HISTORY_MARK))
+            ]
+            out.append(entries)
+        return out
+
+    def log_on(self, pipe: Pipeline, delivery_id: str, what: str, detail: str | None) -> str:
+        """Queue one history entry on ``pipe``: a field of the record named by its time, so
+        a lead's history costs no key of its own. Returns the field's name."""
+        name = history_field(int(time.time() * 1000))
+        pipe.hset(keys.delivery(delivery_id), name, f"{what} {detail}" if detail else what)
+        return name
 
     def _index_terminal(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
         pipe.zrem(keys.ACTIVE, delivery.id)
@@ -213,7 +239,8 @@ class DeliveryStore:
     def _expire(self, pipe: Pipeline, delivery: Delivery) -> None:
         ttl = self.keep_delivered if delivery.status == "delivered" else self.keep_failed
         pipe.expire(keys.delivery(delivery.id), ttl)
-        pipe.expire(keys.history(delivery.id), ttl)
+        if delivery.earlier_layout:  # its history began in a list of its own
+            pipe.expire(keys.history(delivery.id), ttl)
         if delivery.raw_id:  # the record's packed fields need it as long as the record lives
             pipe.expire(keys.raw(delivery.raw_id), self.keep_raw)
 
@@ -298,26 +325,43 @@ class DeliveryStore:
 # --- history entries ---------------------------------------------------------------------------
 
 
-def history_line(what: str, detail: str | None, at_ms: int | None = None) -> str:
-    """One history entry as stored: ``<epoch ms> <what>[ <detail>]``."""
-    at_ms = int(time.time() * 1000) if at_ms is None else at_ms
-    if " " in what:  # never, by the names used; JSON keeps such an entry readable all the same
-        return json.dumps({"at": utcnow_iso(), "what": what, "detail": detail or ""})
-    return f"{at_ms} {what} {detail}" if detail else f"{at_ms} {what}"
+#: History fields of a record start with this (no other field does).
+HISTORY_MARK = b"~"
+_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
+#: Tells apart the entries one process writes in the same millisecond.
+_entry_seq = itertools.count(secrets.randbelow(36**3))
+
+
+def _base36(n: int, width: int) -> str:
+    out = ""
+    while n:
+        n, digit = divmod(n, 36)
+        out = _DIGITS[digit] + out
+    return out.rjust(width, "0")
+
+
+def history_field(at_ms: int) -> str:
+    """``~<epoch ms, base 36, 9 digits><3 digits>``: entries sort by name in the order they were
+    written (the last digits tell apart entries of the same millisecond)."""
+    return f"~{_base36(at_ms, 9)}{_base36(next(_entry_seq) % 36**3, 3)}"
+
+
+def entry_from_field(name: bytes, value: bytes) -> dict[str, Any]:
+    """A history field (``history_field``; ``<what>[ <detail>]``) as ``{"at", "what"[,
+    "detail"]}``."""
+    at = datetime.fromtimestamp(int(name[1:10], 36) / 1000, UTC)
+    what, _, detail = value.decode().partition(" ")
+    entry = {"at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "what": what}
+    if detail:
+        entry["detail"] = detail
+    return entry
 
 
 def history_entry(stored: bytes | str) -> dict[str, Any]:
-    """What ``history_line`` stored (or the JSON entries of earlier versions) as
-    ``{"at", "what"[, "detail"]}``."""
+    """An entry of the history list earlier versions kept (JSON) as ``{"at", "what"[,
+    "detail"]}``."""
     text = stored.decode() if isinstance(stored, bytes) else stored
-    if text.startswith("{"):
-        entry = json.loads(text)
-        if not entry.get("detail"):
-            entry.pop("detail", None)
-        return entry
-    at_ms, what, *detail = text.split(" ", 2)
-    at = datetime.fromtimestamp(int(at_ms) / 1000, UTC)
-    entry = {"at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "what": what}
-    if detail and detail[0]:
-        entry["detail"] = detail[0]
+    entry = json.loads(text)
+    if not entry.get("detail"):
+        entry.pop("detail", None)
     return entry

@@ -18,7 +18,8 @@ def delivery(delivery_id: str) -> str:
 
 
 def history(delivery_id: str) -> str:
-    """List: the delivery's history entries, oldest first."""
+    """List: the delivery's history entries, oldest first, as earlier versions kept them (the
+    history is now part of the record: ``bridge.deliveries.history_field``)."""
     return f"{KEY_PREFIX}d:{delivery_id}:log"
 
 

@@ -82,6 +82,10 @@ class Delivery:
         if not self.updated_at:
             self.updated_at = self.received_at
         self.pack_against(None)
+        #: The record's history fields, oldest first, as read (and added to by the store).
+        self.history_fields: list[str] = []
+        #: Read from a record an earlier version wrote (its history is a list of its own).
+        self.earlier_layout = False
 
     @property
     def terminal(self) -> bool:
@@ -161,6 +165,8 @@ class Delivery:
         delivery = cls(**values)
         delivery.pack_against(None if unreadable else base)
         delivery.unreadable = unreadable
+        delivery.history_fields = sorted(name for name in stored if name.startswith("~"))
+        delivery.earlier_layout = "event_id" not in stored
         if unreadable:
             return delivery
         if stored.get("contact", b"")[:1] == PACKED:

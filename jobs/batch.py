@@ -439,8 +439,9 @@ class Drainer:
                 self.try_import(work, batch_id)
             rest = work.pending()
             if rest:
-                detail = f"with {len(rest) - 1} other lead(s) of batch {batch_id}"
-                work.attempt(rest, lambda d: f"attempt {d.attempts}, {detail}")
+                # Short: a history entry over 64 bytes costs the record Redis's compact form.
+                detail = f"in batch {batch_id} of {len(rest)}"
+                work.attempt(rest, lambda d: f"attempt {d.attempts} {detail}")
                 upsert = [d for d in rest if not d.contact_id]
                 if upsert:
                     self.upsert(work, upsert)
@@ -517,7 +518,7 @@ class Drainer:
         self.mark(
             done,
             "contact_upserted",
-            lambda d: f"{d.contact_id} (/contacts/bulk)",
+            lambda d: f"{d.contact_id} (bulk)",
             only=("contact_id",),
         )
 
@@ -576,10 +577,8 @@ class Drainer:
                 d.reason_code = d.reason = None
                 d.last_api = None
                 d.batch_id = None
-                what = f"contact {d.contact_id} in audience {d.audience_id}"
-                if d.contact_id is None:
-                    what = f"in audience {d.audience_id}"
-                self.store.update(d, "delivered", what, pipe=pipe, only=changed)
+                # The entries before it and the record name the contact and the audience.
+                self.store.update(d, "delivered", None, pipe=pipe, only=changed)
                 route = self.settings.routes.get(d.route)
                 if route is not None:
                     schedule_step(pipe, self.ctx.queue, d.id, route)

@@ -185,9 +185,8 @@ class Deliverer:
         d.reason_code = d.reason = None
         d.last_api = None
         pipe = transaction(self.redis)
-        self.store.update(
-            d, "delivered", f"contact {d.contact_id} in audience {d.audience_id}", pipe=pipe
-        )
+        # The entries before it and the record name the contact and the audience.
+        self.store.update(d, "delivered", None, pipe=pipe)
         schedule_step(pipe, self.ctx.queue, d.id, route)
         pipe.execute()
         seconds = metrics.delivered(self.redis, d.route, d.received_at)

@@ -237,7 +237,23 @@ def test_finished_records_expire_by_their_retention_and_active_ones_never(store)
     assert store.redis.ttl(keys.delivery(live.id)) == -1
     gone = failed(store, added(store, delivery()), "invalid")
     assert 2 * DAY - 60 < store.redis.ttl(keys.delivery(gone.id)) <= 2 * DAY
+    assert store.history(gone.id)  # its history is in the record: it expires with it
+
+
+def test_a_history_list_of_an_earlier_version_expires_and_revives_with_its_record(store):
+    d = added(store, delivery())
+    # As an earlier version wrote it: the whole event in one field, the history in a list.
+    store.redis.hset(keys.delivery(d.id), "event", json.dumps(d.event.to_dict()))
+    store.redis.hdel(keys.delivery(d.id), "event_id")
+    store.redis.rpush(
+        keys.history(d.id), json.dumps({"at": "2025-01-01T00:00:00.000Z", "what": "received"})
+    )
+    d = store.get(d.id)
+    gone = failed(store, d, "invalid")
     assert 2 * DAY - 60 < store.redis.ttl(keys.history(gone.id)) <= 2 * DAY
+    gone.status = "queued"
+    store.update(gone, "replayed")
+    assert store.redis.ttl(keys.history(gone.id)) == -1
 
 
 def test_a_replayed_record_no_longer_expires(store):
@@ -245,7 +261,6 @@ def test_a_replayed_record_no_longer_expires(store):
     d.status = "queued"
     store.update(d, "replayed")
     assert store.redis.ttl(keys.delivery(d.id)) == -1
-    assert store.redis.ttl(keys.history(d.id)) == -1
 
 
 def test_store_for_settings_keeps_what_the_config_says(redis, make_settings):

@@ -322,6 +322,13 @@ FORM = json.dumps(
     }
 ).encode()
 FORM_FIELDS = json.loads(FORM)
+FORM_RAW = {
+    "method": "POST",
+    "route": "leads",
+    "headers": {},
+    "query": {},
+    "body_b64": base64.b64encode(FORM).decode(),
+}
 FORM_CONTACT = {
     "name": "Asha Rao",
     "phoneNumber": "+919876543210",
@@ -449,29 +456,40 @@ def test_the_raw_request_is_stored_deflated_and_earlier_json_ones_still_read():
     assert load_raw(json.dumps(raw).encode()) == raw  # as earlier versions stored it
 
 
-def test_history_entries_are_short_and_earlier_json_entries_still_read(redis):
-    from bridge.deliveries import history_entry, history_line
+def test_history_entries_are_fields_of_the_record_and_earlier_lists_still_read(redis):
+    from bridge.deliveries import entry_from_field, history_field
 
-    line = history_line("delivered", "contact ct_1", at_ms=1767261600123)
-    assert line == "1767261600123 delivered contact ct_1"
-    assert history_entry(line.encode()) == {
+    name = history_field(1767261600123)
+    assert name.startswith("~") and len(name) == 13
+    assert entry_from_field(name.encode(), b"delivered contact ct_1") == {
         "at": "2026-01-01T10:00:00.123Z",
         "what": "delivered",
         "detail": "contact ct_1",
     }
-    assert history_entry(history_line("received", None, at_ms=1767261600123)) == {
+    assert entry_from_field(name.encode(), b"received") == {
         "at": "2026-01-01T10:00:00.123Z",
         "what": "received",
     }
-    earlier = json.dumps({"at": "2025-12-31T23:59:59.000Z", "what": "failed", "detail": "x y"})
-    assert history_entry(earlier.encode()) == json.loads(earlier)
+    # In one millisecond, entries still sort in the order they were written.
+    names = [history_field(1767261600123) for _ in range(50)]
+    assert len(set(names)) == 50
     store = DeliveryStore(redis)
-    redis.rpush(keys.history("dlv_old"), earlier)
+    d = form_delivery()
+    d.job_seq, d.job_id = 1, f"{d.id}-1"
     pipe = redis.pipeline()
-    store.log_on(pipe, "dlv_old", "replayed", "backfill lane")
+    store.add_raw(pipe, d.raw_id, FORM_RAW)
+    store.add(pipe, d)
     pipe.execute()
-    assert [e["what"] for e in store.history("dlv_old")] == ["failed", "replayed"]
-    assert store.last_history("dlv_old")["detail"] == "backfill lane"
+    assert not redis.exists(keys.history(d.id))  # no key of its own
+    store.update(d, "attempt", "attempt 1")
+    assert [e["what"] for e in store.history(d.id)] == ["received", "attempt"]
+    assert store.get(d.id) == d  # history fields are not record fields
+    # A record an earlier version wrote keeps its list, read before the newer entries.
+    earlier = json.dumps({"at": "2025-12-31T23:59:59.000Z", "what": "failed", "detail": "x y"})
+    redis.rpush(keys.history(d.id), earlier)
+    store.update(d, "replayed", "backfill lane")
+    assert [e["what"] for e in store.history(d.id)] == ["failed", "received", "attempt", "replayed"]
+    assert store.last_history(d.id)["detail"] == "backfill lane"
 
 
 def test_a_queued_form_lead_is_kept_in_redis_s_compact_hash_encoding(redis):
