@@ -92,6 +92,8 @@ INLINE_STEP = 0.05
 SLICE_SHARE = 0.5
 #: Deliveries written per MULTI/EXEC: big enough to be cheap, small enough not to stall Redis.
 WRITE_CHUNK = 500
+#: How many of a phone number's latest earlier deliveries a bulk row's metadata is merged from.
+EARLIER_LEADS = 20
 #: A backlog at least this deep (and deeper than the bulk budget moves in one window) becomes
 #: an import: one request instead of dozens, at the price of per-row answers.
 IMPORT_MIN_ROWS = 500
@@ -466,9 +468,10 @@ class Drainer:
 
     def upsert(self, work: Work, deliveries: list[Delivery]) -> None:
         by_phone: dict[str, list[Delivery]] = {}
-        for d in deliveries:  # one row per phone number (#7); the latest lead's data wins
+        for d in deliveries:  # one row per phone number (#7), its leads' data merged
             by_phone.setdefault(d.contact["phoneNumber"], []).append(d)
         rows = list(by_phone.values())
+        work.contacts.update(self.merged_contacts(deliveries))
         size = self.bulk_size()
         for start in range(0, len(rows), size):
             try:
@@ -480,7 +483,7 @@ class Drainer:
                 return
 
     def upsert_chunk(self, work: Work, rows: list[list[Delivery]]) -> None:
-        items = [payloads.contact(group[-1].contact or {}) for group in rows]
+        items = [payloads.contact(work.contact_for(group[-1])) for group in rows]
         try:
             answer = self.client.bulk_upsert_contacts(items)
         except ValidationFailed as exc:
@@ -630,6 +633,51 @@ class Drainer:
                 self.store.update(d, what, detail(d), pipe=pipe, recheck_in=recheck_in, only=only)
             pipe.execute()
 
+    # --- what a contact keeps -------------------------------------------------------------------
+
+    def merged_contacts(self, deliveries: list[Delivery]) -> dict[str, dict]:
+        """The contact to send per phone number (``on_duplicate = "update"``): the metadata of
+        every earlier lead of that number, oldest first, under this lead's.
+
+        The lone path merges with what OliAI holds (read, merge, PATCH). A bulk upsert or an
+        import sends the whole contact instead (oliai-api.md #7, #26), so a contact the bridge
+        made before would lose the metadata keys this lead does not set. What earlier leads
+        put there is in the bridge's own records: the deliveries of the same number through
+        the same API key (``idx:phone``), and the leads of the same number in this batch.
+        """
+        by_phone: dict[str, list[Delivery]] = {}
+        for d in deliveries:
+            if d.contact and self.settings.routes[d.route].on_duplicate == "update":
+                by_phone.setdefault(d.contact["phoneNumber"], []).append(d)
+        if not by_phone:
+            return {}
+        phones = list(by_phone)
+        ours = {d.id for d in deliveries}
+        pipe = self.redis.pipeline(transaction=False)
+        for phone in phones:
+            pipe.zrange(keys.by_phone(phone), -EARLIER_LEADS, -1)  # oldest first
+        earlier_ids = [
+            [i.decode() for i in ids if i.decode() not in ours] for ids in pipe.execute()
+        ]
+        read = self.store.read([i for ids in earlier_ids for i in ids])
+        earlier = {d.id: d for d in read if d is not None}
+        out = {}
+        for phone, ids in zip(phones, earlier_ids, strict=True):
+            before = [earlier[i] for i in ids if i in earlier]
+            sent = [
+                e.contact
+                for e in before
+                if e.contact and e.contact_id and self.ctx.kid_for(e) == self.kid
+            ]
+            leads = [d.contact for d in by_phone[phone]]
+            if len(sent) + len(leads) == 1:
+                continue
+            metadata: dict = {}
+            for contact in [*sent, *leads]:
+                metadata.update(contact.get("metadata") or {})
+            out[phone] = {**leads[-1], "metadata": metadata} if metadata else leads[-1]
+        return out
+
     # --- imports -------------------------------------------------------------------------------
 
     def try_import(self, work: Work, batch_id: str) -> None:
@@ -643,11 +691,12 @@ class Drainer:
             )
             flagged = {d.id for d, f in zip(candidates, found, strict=True) if f}
         by_audience: dict[str, list[tuple[Delivery, dict]]] = {}
+        work.contacts.update(self.merged_contacts([d for d in candidates if d.id not in flagged]))
         for d in candidates:
             if d.id in flagged:
                 continue
             try:
-                row = payloads.import_row(d.contact or {})
+                row = payloads.import_row(work.contact_for(d))
             except PayloadRefused:
                 continue  # a metadata key the import format reserves: /contacts/bulk takes it
             route = self.settings.routes[d.route]
@@ -832,6 +881,12 @@ class Work:
         self.active: dict[str, Delivery] = {d.id: d for d in deliveries}
         self.alone: list[Delivery] = []
         self.counted: set[str] = set()  # leads whose attempt is recorded
+        #: Per phone number, the contact to send with earlier leads' metadata merged in.
+        self.contacts: dict[str, dict] = {}
+
+    def contact_for(self, d: Delivery) -> dict:
+        contact = d.contact or {}
+        return self.contacts.get(contact.get("phoneNumber", ""), contact)
 
     def attempt(self, deliveries: list[Delivery], detail, **kw) -> None:
         """One more attempt at each of ``deliveries`` begins (recorded before any request)."""

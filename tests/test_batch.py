@@ -310,3 +310,33 @@ def test_oliai_saying_an_import_is_done_wakes_its_lane(make_settings, run_jobs, 
     assert {client.store.get(i).status for i in ids} == {"delivered"}
     [imported] = sandbox.org_state()["imports"]
     assert imported["status"] == "COMPLETED"
+
+
+def test_a_contact_sent_in_a_batch_keeps_what_earlier_leads_put_in_its_metadata(
+    make_client, run_jobs, sandbox
+):
+    client = make_client()
+
+    def post(**lead):
+        r = client.post("/hooks/leads", json=lead)
+        assert r.status_code == 202, r.json
+        return r.json["deliveryId"]
+
+    first = post(name="Asha", phone=phone(0), city="Pune", plan="basic")
+    run_jobs(client.settings)  # alone: created with its metadata
+    assert client.store.get(first).status == "delivered"
+    since = len(sandbox.requests())
+    ids = [
+        post(name="Asha", phone=phone(0), plan="pro"),  # the same person, a new plan
+        post(name="Ravi", phone=phone(1), budget="10k"),
+        post(name="Ravi", phone=phone(1), team="12"),  # one person twice in one batch
+        post(name="Mira", phone=phone(2), city="Goa"),
+    ]
+    drain_all(client, run_jobs, ids)
+    assert {client.store.get(i).status for i in ids} == {"delivered"}
+    assert ("POST", "/contacts/bulk", 200) in calls(sandbox, since)  # they went together
+    contacts = {c["phoneNumber"]: c for c in sandbox.org_state()["contacts"]}
+    # Bulk upserts send the whole contact: the keys earlier leads set are sent again.
+    assert contacts[phone(0)]["metadata"] == {"city": "Pune", "plan": "pro"}
+    assert contacts[phone(1)]["metadata"] == {"budget": "10k", "team": "12"}
+    assert contacts[phone(2)]["metadata"] == {"city": "Goa"}
