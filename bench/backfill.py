@@ -16,7 +16,12 @@ one live lead to ``/hooks/bench`` 2 s after the command started, and prints:
 - the live lead: from its 202 until its contact reached the sandbox (the delivery's
   ``contact_created`` history entry) and until it was delivered (audience added), against the
   3 s target: leads arriving live should go ahead of a backfill's thousands;
-- 429s from the sandbox, and deliveries that did not end delivered.
+- 429s from the sandbox, and deliveries that did not end delivered;
+- the sandbox's own data, checked lead by lead: every row of the sheet and the live lead is one
+  contact (by phone, with its name) and a member of the route's audience exactly once, and no
+  other contact exists; contacts written more than once (a re-sent batch or import: allowed,
+  since both are upserts, but each is a wasted call) are counted. The exit status is 1 when
+  any lead is missing, doubled or stray.
 
 Every wait has a deadline (``--timeout``); child processes are stopped on exit, Ctrl-C and
 SIGTERM. Speed is printed, never asserted.
@@ -33,14 +38,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import requests
 from redis import Redis
 
-from bench.stack import REPO, ROUTE, STOP, TOKEN, Stack, say
-from bridge import keys
+from bench.stack import REPO, ROUTE, STOP, TOKEN, Stack, bench_route, say
+from bridge import defaults, keys
 from bridge.deliveries import DeliveryStore
+from bridge.phone import to_e164
 from bridge.processes import Children
 from bridge.storage import EmbeddedRedis
 
@@ -51,6 +58,9 @@ WINDOW_SECONDS = 1.0
 LIVE_AFTER_SECONDS = 2.0
 LIVE_TARGET_SECONDS = 3.0
 LIVE_PHONE = "+919700000001"
+LIVE_NAME = "Live Lead"
+#: How often the bridge's unfinished deliveries are counted (one ZCARD) while waiting.
+POLL_SECONDS = 0.1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,12 +103,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         stack.start_web()
         stack.start_workers(args.workers)
-        sheet = write_sheet(tmp / "leads.csv", args.rows)
+        sheet, leads = write_sheet(tmp / "leads.csv", args.rows)
         say(
             f"{args.rows} rows in {sheet}; {args.workers} workers; limits {GENERAL_LIMIT} "
             f"general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s"
         )
         result = run(stack, sheet, args.rows, args.timeout)
+        result["check"] = check_sandbox(stack, {**leads, LIVE_PHONE: LIVE_NAME})
         ok = True
     except KeyboardInterrupt:
         STOP.set()
@@ -114,16 +125,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"logs and data kept in {tmp}", file=sys.stderr)
     print()
     print(report(result, args))
-    return 0
+    return 0 if result["check"]["exact"] else 1
 
 
-def write_sheet(path: Path, rows: int) -> Path:
+def write_sheet(path: Path, rows: int) -> tuple[Path, dict[str, str]]:
+    """A CSV as a spreadsheet exports it; returns its path and each row's E.164 phone -> name."""
+    leads = {}
     with path.open("w", encoding="utf-8-sig", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Full Name", "Mobile", "City"])
         for n in range(rows):
-            writer.writerow([f"Backfill Lead {n}", f"98{n:08d}", "Pune"])
-    return path
+            name, mobile = f"Backfill Lead {n}", f"98{n:08d}"
+            writer.writerow([name, mobile, "Pune"])
+            leads[to_e164(mobile, region=defaults.DEFAULT_REGION)] = name
+    return path, leads
 
 
 def run(stack: Stack, sheet: Path, rows: int, timeout: float) -> dict:
@@ -171,7 +186,7 @@ def run(stack: Stack, sheet: Path, rows: int, timeout: float) -> dict:
 
 
 def post_live_lead(stack: Stack) -> dict:
-    body = {"name": "Live Lead", "phone": LIVE_PHONE, "city": "Pune"}
+    body = {"name": LIVE_NAME, "phone": LIVE_PHONE, "city": "Pune"}
     r = requests.post(
         f"{stack.web_url}/hooks/{ROUTE}", json=body, headers={"X-Bridge-Token": TOKEN}, timeout=10
     )
@@ -199,26 +214,76 @@ def wait_live(store: DeliveryStore, live: dict, timeout: float) -> dict:
 
 
 def wait_audience(stack: Stack, want: int, started: float, timeout: float) -> dict:
-    """Poll the sandbox's member count of the route's audience until it holds ``want``."""
+    """Seconds from ``started`` until the route's audience in the sandbox holds ``want``.
+
+    The bridge marks a lead delivered only after OliAI confirmed it (the audience add, or the
+    import's status), so the sandbox is read when no delivery is left unfinished: the moment
+    is found within ``POLL_SECONDS``, and the sandbox's answer is what is reported. Deliveries
+    that end failed leave the audience short; the wait then stops instead of running out.
+    """
     deadline = time.monotonic() + timeout
     count = 0
     last_said = 0.0
     while time.monotonic() < deadline and not STOP.is_set():
-        count = audience_members(stack)
         now = time.monotonic()
-        if count >= want:
-            return {"seconds": now - started, "count": count}
+        if stack.redis.zcard(keys.ACTIVE) == 0:
+            count = audience_members(stack)
+            if count >= want:
+                return {"seconds": now - started, "count": count}
+            if stack.redis.zcard(keys.ACTIVE) == 0:
+                break  # nothing left to deliver: the rest will not arrive
         if now - last_said >= 15:
-            say(f"audience holds {count} of {want} contacts")
+            say(f"{stack.redis.zcard(keys.ACTIVE)} deliveries unfinished")
             last_said = now
-        time.sleep(1.0)
+        time.sleep(POLL_SECONDS)
     return {"seconds": float("nan"), "count": count}
 
 
-def audience_members(stack: Stack) -> int:
+def sandbox_org(stack: Stack) -> dict:
     state = requests.get(f"{stack.sandbox_root}/_sandbox/state", timeout=60).json()
-    org = next(iter(state["orgs"].values()))
-    return sum(a.get("contactCount", 0) for a in org["audiences"])
+    (org,) = state["orgs"].values()  # one API key, one organization
+    return org
+
+
+def route_audience(org: dict) -> dict | None:
+    name = bench_route()["audience_name"]
+    return next((a for a in org["audiences"] if a["name"] == name), None)
+
+
+def audience_members(stack: Stack) -> int:
+    audience = route_audience(sandbox_org(stack))
+    return 0 if audience is None else audience["contactCount"]
+
+
+def check_sandbox(stack: Stack, leads: dict[str, str]) -> dict:
+    return check_org(sandbox_org(stack), leads)
+
+
+def check_org(org: dict, leads: dict[str, str]) -> dict:
+    """Every lead (E.164 phone -> name) as exactly one contact and audience member, nothing else.
+
+    Contacts are unique by phone in OliAI, so a lead sent twice shows as a contact written twice
+    (``updatedAt`` after ``createdAt``), not as a second contact; that costs a call but keeps
+    exactly-once, and is counted apart.
+    """
+    contacts = org["contacts"]
+    per_phone = Counter(c["phoneNumber"] for c in contacts)
+    phone_of = {c["id"]: c["phoneNumber"] for c in contacts}
+    audience = route_audience(org)
+    members = Counter(phone_of.get(i, i) for i in (audience or {}).get("contactIds", []))
+    out = {
+        "leads": len(leads),
+        "missing": sum(1 for p in leads if members[p] == 0),
+        "doubled": sum(1 for p in leads if per_phone[p] > 1 or members[p] > 1),
+        "stray": sum(n for p, n in per_phone.items() if p not in leads)
+        + sum(n for p, n in members.items() if p not in leads),
+        "misnamed": sum(1 for c in contacts if leads.get(c["phoneNumber"], c["name"]) != c["name"]),
+        "rewritten": sum(1 for c in contacts if c["updatedAt"] != c["createdAt"]),
+        "imports": len(org["imports"]),
+        "imports_updated": sum(i["updated"] for i in org["imports"]),
+    }
+    out["exact"] = not (out["missing"] or out["doubled"] or out["stray"] or out["misnamed"])
+    return out
 
 
 def sandbox_log(stack: Stack) -> list[dict]:
@@ -247,7 +312,13 @@ def report(r: dict, args) -> str:
 
     rows = r["rows"]
     total = r["all_in_audience_seconds"]
-    summary = [line for line in r["import_output"].splitlines() if ": " in line][-6:]
+    # The command's summary, without its log lines (JSON, one per stored chunk).
+    summary = [
+        line
+        for line in r["import_output"].splitlines()
+        if ": " in line and not line.startswith("{")
+    ][-6:]
+    c = r["check"]
     lines = [
         "== oliai-bridge backfill benchmark ==",
         f"command: {' '.join(['python -m bench.backfill', *sys.argv[1:]])}",
@@ -264,6 +335,11 @@ def report(r: dict, args) -> str:
         f"{s(r['live_to_sandbox'])}, -> delivered {s(r['live_to_delivered'])} "
         f"(target {LIVE_TARGET_SECONDS:g} s; status {r['live_status']})",
         f"sandbox 429s: {r['sandbox_429']}; deliveries by status: {r['statuses']}",
+        f"in the sandbox: {'every' if c['exact'] else 'NOT every'} lead of {c['leads']} "
+        f"(rows and the live lead) one contact in the audience exactly once: "
+        f"missing {c['missing']}, doubled {c['doubled']}, stray {c['stray']}, "
+        f"misnamed {c['misnamed']}; contacts written more than once {c['rewritten']} "
+        f"({c['imports']} imports, rows updated by them {c['imports_updated']})",
     ]
     return "\n".join(lines)
 
