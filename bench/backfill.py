@@ -180,7 +180,9 @@ def run(stack: Stack, sheet: Path, rows: int, timeout: float) -> dict:
     out["all_in_audience_seconds"] = members["seconds"]
     out["audience_members"] = members["count"]
     out["statuses"] = count_statuses(stack.redis, store)
-    out["sandbox_429"] = sum(1 for e in sandbox_log(stack) if e["status"] == 429)
+    requests_seen = sandbox_log(stack)
+    out["sandbox_429"] = sum(1 for e in requests_seen if e["status"] == 429)
+    out["api_calls"] = Counter(endpoint(e) for e in requests_seen)
     out["started_at"] = dt.datetime.fromtimestamp(started_epoch).astimezone().isoformat()
     return out
 
@@ -290,6 +292,12 @@ def sandbox_log(stack: Stack) -> list[dict]:
     return requests.get(f"{stack.sandbox_root}/_sandbox/requests", timeout=30).json()
 
 
+def endpoint(entry: dict) -> str:
+    """``POST /imports/api/bulk``, ``GET /imports/:id/status``: a request without its ids."""
+    parts = [":id" if p[:4] in ("imp_", "aud_", "ct_") else p for p in entry["path"].split("/")]
+    return f"{entry['method']} {'/'.join(parts).removeprefix('/v1')}"
+
+
 def count_statuses(redis: Redis, store: DeliveryStore) -> dict[str, int]:
     ids = [i.decode() for i in redis.zrange(keys.RECEIVED, 0, -1)]
     pipe = redis.pipeline(transaction=False)
@@ -335,6 +343,8 @@ def report(r: dict, args) -> str:
         f"{s(r['live_to_sandbox'])}, -> delivered {s(r['live_to_delivered'])} "
         f"(target {LIVE_TARGET_SECONDS:g} s; status {r['live_status']})",
         f"sandbox 429s: {r['sandbox_429']}; deliveries by status: {r['statuses']}",
+        f"API requests: {sum(r['api_calls'].values())}: "
+        + ", ".join(f"{name} {n}" for name, n in r["api_calls"].most_common()),
         f"in the sandbox: {'every' if c['exact'] else 'NOT every'} lead of {c['leads']} "
         f"(rows and the live lead) one contact in the audience exactly once: "
         f"missing {c['missing']}, doubled {c['doubled']}, stray {c['stray']}, "
