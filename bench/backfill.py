@@ -67,6 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.backfill", description=__doc__)
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--live-after",
+        type=float,
+        default=LIVE_AFTER_SECONDS,
+        help="seconds after the command's start to post the live lead (the target: 2)",
+    )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds, for each wait")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, AOF)")
     args = parser.parse_args(argv)
@@ -108,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.rows} rows in {sheet}; {args.workers} workers; limits {GENERAL_LIMIT} "
             f"general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s"
         )
-        result = run(stack, sheet, args.rows, args.timeout)
+        result = run(stack, sheet, args.rows, args.live_after, args.timeout)
         result["check"] = check_sandbox(stack, {**leads, LIVE_PHONE: LIVE_NAME})
         ok = True
     except KeyboardInterrupt:
@@ -141,7 +147,7 @@ def write_sheet(path: Path, rows: int) -> tuple[Path, dict[str, str]]:
     return path, leads
 
 
-def run(stack: Stack, sheet: Path, rows: int, timeout: float) -> dict:
+def run(stack: Stack, sheet: Path, rows: int, live_after: float, timeout: float) -> dict:
     out: dict = {"rows": rows}
     log = (stack.tmp / "logs" / "import.out").open("wb")
     started = time.monotonic()
@@ -155,7 +161,7 @@ def run(stack: Stack, sheet: Path, rows: int, timeout: float) -> dict:
     )
     ended = None
     try:
-        while time.monotonic() - started < LIVE_AFTER_SECONDS:
+        while time.monotonic() - started < live_after:
             if ended is None and command.poll() is not None:
                 ended = time.monotonic()
             time.sleep(0.01)
