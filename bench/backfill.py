@@ -12,10 +12,12 @@ one live lead to ``/hooks/bench`` 2 s after the command started, and prints:
 
 - the import command: its run time and rows/s (storing only; the workers deliver);
 - from the command's start until every imported contact is in the route's audience (the
-  sandbox's own member count, polled every second), and the delivery rate that makes;
-- the live lead: from its 202 until its contact reached the sandbox (the delivery's
-  ``contact_created`` history entry) and until it was delivered (audience added), against the
-  3 s target: leads arriving live should go ahead of a backfill's thousands;
+  sandbox's own member count, read once the bridge has no unfinished delivery), and the
+  delivery rate that makes;
+- the live lead: from its 202 until its contact reached the sandbox (the contact's
+  ``createdAt`` there: the moment OliAI had it, even when its answer was lost) and until the
+  bridge marked it delivered (audience added), against the 3 s target: leads arriving live
+  should go ahead of a backfill's thousands;
 - 429s from the sandbox, and deliveries that did not end delivered;
 - the sandbox's own data, checked lead by lead: every row of the sheet and the live lead is one
   contact (by phone, with its name) and a member of the route's audience exactly once, and no
@@ -73,6 +75,13 @@ def main(argv: list[str] | None = None) -> int:
         default=LIVE_AFTER_SECONDS,
         help="seconds after the command's start to post the live lead (the target: 2)",
     )
+    parser.add_argument(
+        "--lost-answers",
+        type=float,
+        default=0.0,
+        help="share of the sandbox's successful writes kept but answered 500 or dropped, to "
+        "see exactly-once under lost answers (default 0)",
+    )
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds, for each wait")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, AOF)")
     args = parser.parse_args(argv)
@@ -98,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             str(BULK_LIMIT),
             "--rate-window",
             str(WINDOW_SECONDS),
+            "--fail-after-commit-rate",
+            str(args.lost_answers),
+            "--fail-after-commit-mode",
+            "mixed",
         )
         stack.write_config(
             "config.toml",
@@ -113,9 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         say(
             f"{args.rows} rows in {sheet}; {args.workers} workers; limits {GENERAL_LIMIT} "
             f"general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s"
+            + (f"; {args.lost_answers:.0%} of writes' answers lost" if args.lost_answers else "")
         )
-        result = run(stack, sheet, args.rows, args.live_after, args.timeout)
-        result["check"] = check_sandbox(stack, {**leads, LIVE_PHONE: LIVE_NAME})
+        result = run(stack, sheet, leads, args.live_after, args.timeout)
         ok = True
     except KeyboardInterrupt:
         STOP.set()
@@ -147,7 +160,10 @@ def write_sheet(path: Path, rows: int) -> tuple[Path, dict[str, str]]:
     return path, leads
 
 
-def run(stack: Stack, sheet: Path, rows: int, live_after: float, timeout: float) -> dict:
+def run(
+    stack: Stack, sheet: Path, leads: dict[str, str], live_after: float, timeout: float
+) -> dict:
+    rows = len(leads)
     out: dict = {"rows": rows}
     log = (stack.tmp / "logs" / "import.out").open("wb")
     started = time.monotonic()
@@ -185,6 +201,9 @@ def run(stack: Stack, sheet: Path, rows: int, live_after: float, timeout: float)
     members = wait_audience(stack, rows + 1, started, timeout)
     out["all_in_audience_seconds"] = members["seconds"]
     out["audience_members"] = members["count"]
+    org = sandbox_org(stack)
+    out["check"] = check_org(org, {**leads, LIVE_PHONE: LIVE_NAME})
+    out["live_to_sandbox"] = created_at(org, LIVE_PHONE) - live["accepted_at"]
     out["statuses"] = count_statuses(stack.redis, store)
     requests_seen = sandbox_log(stack)
     out["sandbox_429"] = sum(1 for e in requests_seen if e["status"] == 429)
@@ -205,7 +224,7 @@ def post_live_lead(stack: Stack) -> dict:
 
 
 def wait_live(store: DeliveryStore, live: dict, timeout: float) -> dict:
-    """Seconds from the live lead's 202 to its contact in the sandbox, and to delivered."""
+    """The live lead's final status, and the seconds from its 202 to delivered."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and not STOP.is_set():
         d = store.get(live["id"])
@@ -216,7 +235,6 @@ def wait_live(store: DeliveryStore, live: dict, timeout: float) -> dict:
     d = store.get(live["id"])
     return {
         "live_status": d.status if d else "missing",
-        "live_to_sandbox": at.get("contact_created", float("nan")) - live["accepted_at"],
         "live_to_delivered": at.get("delivered", float("nan")) - live["accepted_at"],
     }
 
@@ -263,8 +281,10 @@ def audience_members(stack: Stack) -> int:
     return 0 if audience is None else audience["contactCount"]
 
 
-def check_sandbox(stack: Stack, leads: dict[str, str]) -> dict:
-    return check_org(sandbox_org(stack), leads)
+def created_at(org: dict, phone: str) -> float:
+    """When the sandbox created the contact with ``phone`` (epoch seconds; NaN if none)."""
+    contact = next((c for c in org["contacts"] if c["phoneNumber"] == phone), None)
+    return float("nan") if contact is None else iso_epoch(contact["createdAt"])
 
 
 def check_org(org: dict, leads: dict[str, str]) -> dict:
@@ -337,7 +357,8 @@ def report(r: dict, args) -> str:
         "== oliai-bridge backfill benchmark ==",
         f"command: {' '.join(['python -m bench.backfill', *sys.argv[1:]])}",
         f"started {r['started_at']}; {rows} rows, {args.workers} workers; API limits "
-        f"{GENERAL_LIMIT} general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s window",
+        f"{GENERAL_LIMIT} general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s window"
+        + (f"; {args.lost_answers:.0%} of writes' answers lost" if args.lost_answers else ""),
         "",
         f"import command: {s(r['import_seconds'])} (exit {r['import_exit']}), "
         f"{rows / r['import_seconds']:.0f} rows/s stored",
