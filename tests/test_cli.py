@@ -11,6 +11,7 @@ from dataclasses import replace
 import pytest
 
 from bridge import keys
+from bridge.__main__ import command_of
 from bridge.deliveries import Delivery, DeliveryStore
 from bridge.event import Event
 from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
@@ -310,3 +311,18 @@ def test_replay_without_a_selection_says_how_to_name_one(cli):
     r = cli(config_for(route_dict()), "replay")
     assert r.returncode == 2
     assert "--route / --reason / --since, or --all" in r.stderr.decode()
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["web"], "web"),
+        (["--config", "web.toml", "web", "--port", "8000"], "web"),
+        (["--config=web.toml", "worker"], "worker"),
+        (["--config", "web"], None),  # the config file is named web
+        (["-h"], None),
+    ],
+)
+def test_the_entry_point_finds_the_command_before_anything_is_imported(argv, command):
+    # `web` decides whether gevent patches the standard library first (bridge/__main__.py).
+    assert command_of(argv) == command
