@@ -56,7 +56,7 @@ DEDUP_TTL_SECONDS = 7 * 24 * 3600
 
 #: Transient failures (5xx, timeouts) are retried this many times in all, with exponential
 #: backoff from ``RETRY_BASE_SECONDS`` doubling up to ``RETRY_MAX_SECONDS`` plus jitter:
-#: 8 attempts span roughly an hour.
+#: 8 attempts, 7 waits of 15 s to 16 min, span about half an hour (±25 %).
 MAX_ATTEMPTS = 8
 RETRY_BASE_SECONDS = 15.0
 RETRY_MAX_SECONDS = 1200.0
