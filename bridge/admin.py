@@ -20,6 +20,7 @@ from rq import Queue
 from bridge import metrics
 from bridge.deliveries import DeliveryStore
 from bridge.settings import Settings
+from bridge.sign_ins import SignInLimit, waiting_message
 from bridge.signatures import equal
 
 MAX_REPLAY_PER_REQUEST = 10_000
@@ -43,6 +44,7 @@ def admin_blueprint(  # noqa: C901
     page: Page | None = None,
 ) -> Blueprint:
     bp = Blueprint("admin", __name__, url_prefix="/admin")
+    sign_ins = SignInLimit(redis)
     if page is not None:
         bp.after_request(page.finish)
 
@@ -56,13 +58,18 @@ def admin_blueprint(  # noqa: C901
                 return shown
         header = request.headers.get("Authorization", "")
         scheme, _, given = header.partition(" ")
-        if (
-            scheme.lower() != "bearer"
-            or not given
-            or not equal(given.strip(), settings.admin_token)
-        ):
-            if scheme.lower() == "bearer" and given:
+        bearer = scheme.lower() == "bearer" and bool(given)
+        if bearer:
+            wait = sign_ins.retry_after(request.remote_addr)
+            if wait is not None:
+                metrics.count(redis, "admin_auth_locked", "bearer")
+                refused = _error(429, "too_many_attempts", waiting_message(wait))
+                refused[0].headers["Retry-After"] = str(wait)
+                return refused
+        if not bearer or not equal(given.strip(), settings.admin_token):
+            if bearer:
                 metrics.count(redis, "admin_auth_failed", "bearer")
+                sign_ins.failed(request.remote_addr)
             return _error(401, "unauthorized", "send Authorization: Bearer <admin token>")
         return None
 

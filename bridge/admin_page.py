@@ -3,7 +3,8 @@
 Signing in: the admin token in the sign-in form, which sets a signed, HttpOnly, SameSite=Strict
 session cookie that expires after ``SESSION_SECONDS``; or HTTP Basic with user ``admin`` and the
 token as password (scripts and browser tests; ``/admin/sign-in-basic`` asks a browser for it).
-A wrong token is a 401 and counts ``admin_auth_failed``.
+A wrong token is a 401 and counts ``admin_auth_failed``; after too many from one client address,
+every token it sends is answered 429 for a while (``bridge.sign_ins``).
 
 Every POST must come from this host (``Origin``, else ``Referer``) and carry the session's form
 token; a form posted from another site is refused with 403 even when the browser attaches Basic
@@ -39,6 +40,7 @@ from bridge.overview import OUTCOMES, read_overview
 from bridge.record import ACTIVE
 from bridge.search import STATUSES, Search, find
 from bridge.settings import Settings
+from bridge.sign_ins import SignInLimit, waiting_message
 from bridge.signatures import equal
 
 SESSION_COOKIE = "oliai_bridge_admin"
@@ -90,6 +92,7 @@ class AdminPage:
         self.settings = settings
         self.redis = redis
         self.store = store
+        self.sign_ins = SignInLimit(redis)
         self.sessions = URLSafeTimedSerializer(
             session_secret(settings.admin_token or ""), salt="admin-session"
         )
@@ -154,10 +157,14 @@ class AdminPage:
         auth = request.authorization
         basic = False
         if auth is not None and auth.type == "basic":
+            wait = self.sign_ins.retry_after(request.remote_addr)
+            if wait is not None:
+                metrics.count(self.redis, "admin_auth_locked", "basic")
+                return self.locked(self.refuse(429, waiting_message(wait)), wait)
             if auth.username != BASIC_USER or not equal(
                 auth.password or "", self.settings.admin_token or ""
             ):
-                metrics.count(self.redis, "admin_auth_failed", "basic")
+                self.wrong_token("basic")
                 return self.challenge(
                     "Wrong user or token: user admin, the admin token as password."
                 )
@@ -212,8 +219,13 @@ class AdminPage:
         if problem:
             metrics.count(self.redis, "admin_csrf_refused", "origin")
             return self.refuse(403, problem)
+        wait = self.sign_ins.retry_after(request.remote_addr)
+        if wait is not None:
+            metrics.count(self.redis, "admin_auth_locked", "form")
+            page = self.render("sign_in.html", next=target, error=waiting_message(wait))
+            return self.locked(Response(page, status=429, content_type="text/html"), wait)
         if not equal(request.form.get("token", ""), self.settings.admin_token or ""):
-            metrics.count(self.redis, "admin_auth_failed", "form")
+            self.wrong_token("form")
             return self.render("sign_in.html", next=target, error="Wrong token."), 401
         self.new_session()  # a fresh session (and form token) at every sign-in
         return redirect(target, 303)
@@ -231,6 +243,15 @@ class AdminPage:
     def sign_out(self):
         response = redirect(url_for("admin_page.sign_in"), 303)
         response.delete_cookie(SESSION_COOKIE, path="/admin", httponly=True, samesite="Strict")
+        return response
+
+    def wrong_token(self, via: str) -> None:
+        metrics.count(self.redis, "admin_auth_failed", via)
+        self.sign_ins.failed(request.remote_addr)
+
+    @staticmethod
+    def locked(response: Response, wait: int) -> Response:
+        response.headers["Retry-After"] = str(wait)
         return response
 
     def challenge(self, message: str) -> Response:

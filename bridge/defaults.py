@@ -56,7 +56,7 @@ DEDUP_TTL_SECONDS = 7 * 24 * 3600
 
 #: Transient failures (5xx, timeouts) are retried this many times in all, with exponential
 #: backoff from ``RETRY_BASE_SECONDS`` doubling up to ``RETRY_MAX_SECONDS`` plus jitter:
-#: 8 attempts span roughly an hour.
+#: 8 attempts, 7 waits of 15 s to 16 min, span about half an hour (±25 %).
 MAX_ATTEMPTS = 8
 RETRY_BASE_SECONDS = 15.0
 RETRY_MAX_SECONDS = 1200.0
@@ -143,3 +143,10 @@ TALLY_FLUSH_SECONDS = 1.0
 #: An admin token shorter than this is warned about (``check-config``, start-up): the admin page
 #: is on the same public port as the hooks, so its token is all that keeps it closed.
 MIN_ADMIN_TOKEN_CHARS = 32
+
+#: Wrong admin tokens one client address may send (sign-in form, HTTP Basic or Bearer) within
+#: ``ADMIN_SIGN_IN_WINDOW_SECONDS`` of its first; past them it is answered 429 until the window
+#: ends. Ten covers a person mistyping; a guesser gets 120 tries an hour, hopeless against a
+#: token of ``MIN_ADMIN_TOKEN_CHARS``.
+ADMIN_SIGN_IN_FAILURES = 10
+ADMIN_SIGN_IN_WINDOW_SECONDS = 300

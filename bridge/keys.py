@@ -233,6 +233,15 @@ REAPER_LOCK = f"{KEY_PREFIX}reaper:lock"
 #: String with a TTL: set when the listing indexes were last trimmed.
 REAPER_TRIMMED = f"{KEY_PREFIX}reaper:trimmed"
 
+# --- admin sign-ins (bridge.sign_ins) --------------------------------------------------------
+
+
+def sign_in_failures(address: str) -> str:
+    """String with a TTL of one window: wrong admin tokens sent from one client address (an IPv4
+    address or an IPv6 /64) since the window's first."""
+    return f"{KEY_PREFIX}signin:failed:{address}"
+
+
 # --- both sides -----------------------------------------------------------------------------
 
 #: Hash: the counters behind ``/metrics`` (``bridge.metrics``).

@@ -66,6 +66,10 @@ COUNTERS = {
     "campaign_started": ("Campaigns the bridge started, by mode", ("route", "mode")),
     "campaign_failed": ("Campaign steps that failed for good", ("route",)),
     "admin_auth_failed": ("Admin sign-ins refused for a wrong token, by how it came", ("via",)),
+    "admin_auth_locked": (
+        "Admin sign-ins answered 429: too many wrong tokens from the address, by how it came",
+        ("via",),
+    ),
     "admin_csrf_refused": ("Admin page posts refused as cross-site, by check", ("check",)),
 }
 

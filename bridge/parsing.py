@@ -15,6 +15,8 @@ from defusedxml.common import DefusedXmlException
 from werkzeug.datastructures import MultiDict
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.formparser import FormDataParser
+from werkzeug.http import parse_options_header
+from werkzeug.sansio.multipart import Data, Epilogue, Field, MultipartDecoder
 
 from bridge.event import InboundRequest
 from bridge.exceptions import MalformedBody, UnsupportedMediaType
@@ -120,7 +122,8 @@ def json_problem(data: Any, limit: int) -> str | None:
 
 
 def parse_form(req: InboundRequest) -> dict[str, Any]:
-    """Form-encoded or multipart body → dict; a repeated key becomes a list, files are ignored."""
+    """Form-encoded or multipart body → dict; a repeated key becomes a list, files are ignored.
+    Text must be UTF-8, or, in a multipart part, the charset the part declares."""
     header = req.header("content-type") or "application/x-www-form-urlencoded"
     mimetype, _, params = header.partition(";")
     options = {}
@@ -133,11 +136,14 @@ def parse_form(req: InboundRequest) -> dict[str, Any]:
         mimetype = "application/x-www-form-urlencoded"
     if mimetype == "multipart/form-data" and not options.get("boundary"):
         raise MalformedBody("multipart body without a boundary in its Content-Type")
-    # silent=False: werkzeug would otherwise answer an empty form for one it cannot read, and
-    # every field would vanish without a word.
-    parser = FormDataParser(max_form_parts=MAX_FORM_PARTS, silent=False)
     try:
-        _, form, _files = parser.parse(io.BytesIO(req.body), mimetype, len(req.body), options)
+        if mimetype == "multipart/form-data":
+            form = parse_multipart(req.body, options["boundary"])
+        else:
+            # silent=False: werkzeug would otherwise answer an empty form for one it cannot
+            # read, and every field would vanish without a word.
+            parser = FormDataParser(max_form_parts=MAX_FORM_PARTS, silent=False)
+            _, form, _files = parser.parse(io.BytesIO(req.body), mimetype, len(req.body), options)
     except UnicodeDecodeError as exc:
         raise MalformedBody(
             f"form body is not valid UTF-8 (byte {exc.start}): send it as UTF-8"
@@ -147,6 +153,51 @@ def parse_form(req: InboundRequest) -> dict[str, Any]:
     except RequestEntityTooLarge:
         raise MalformedBody(f"form body has more than {MAX_FORM_PARTS} fields") from None
     return multidict_to_dict(form)
+
+
+def parse_multipart(body: bytes, boundary: str) -> MultiDict:
+    """The text fields of a multipart body (parts with a filename are files: left out).
+
+    werkzeug's own multipart parser decodes each value with ``errors="replace"``, so a part in
+    Latin-1 would be stored with its accents turned into U+FFFD, without a word; its decoder
+    splits the body and the values are decoded here, strictly."""
+    decoder = MultipartDecoder(boundary.encode("latin-1"), max_parts=MAX_FORM_PARTS)
+    decoder.receive_data(body)
+    decoder.receive_data(None)
+    fields: list[tuple[str, str]] = []
+    part: Field | None = None
+    chunks: list[bytes] = []
+    while not isinstance(event := decoder.next_event(), Epilogue):
+        if isinstance(event, Data):
+            chunks.append(event.data)
+            if not event.more_data and part is not None:
+                fields.append((part.name, field_text(part, b"".join(chunks))))
+        else:  # a new part (its headers), or the preamble before the first one
+            part = event if isinstance(event, Field) else None
+            chunks = []
+    return MultiDict(fields)
+
+
+def field_text(part: Field, data: bytes) -> str:
+    """A multipart field's value in the charset its part declares, else UTF-8."""
+    name = (part.name or "")[:64]
+    declared = parse_options_header(part.headers.get("content-type"))[1].get("charset")
+    try:
+        return data.decode(declared or "utf-8")
+    except LookupError:  # an unknown name, or a codec that is not a text encoding (base64)
+        raise MalformedBody(
+            f"form field {name!r} declares charset {declared[:40]!r}, which is not a text "
+            "encoding this bridge knows: send it as UTF-8"
+        ) from None
+    except UnicodeDecodeError as exc:
+        if declared:
+            problem = f"is not valid {declared[:40]} (byte {exc.start}), the charset it declares"
+        else:
+            problem = (
+                f"is not valid UTF-8 (byte {exc.start}): send it as UTF-8, or declare its "
+                "charset in the part's Content-Type"
+            )
+        raise MalformedBody(f"form field {name!r} {problem}") from None
 
 
 def multidict_to_dict(form: MultiDict) -> dict[str, Any]:

@@ -8,7 +8,8 @@ worker gives each connection a greenlet (a few KB), so hundreds of stalled ones 
 ``GuardedWorker`` adds what gevent lacks, deadlines for reading a request
 (``defaults.HEADER_TIMEOUT_SECONDS``, ``BODY_TIMEOUT_SECONDS`` and a minimum body rate), after
 which the connection is shut. The app itself stays synchronous: Redis and requests calls yield
-to other greenlets through gevent's patched sockets.
+to other greenlets through gevent's patched sockets, patched in the master before anything
+imports ``ssl`` (``bridge/__main__.py`` says why).
 """
 
 from __future__ import annotations

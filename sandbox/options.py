@@ -123,10 +123,10 @@ def _problem(name: str, value: object) -> str | None:
 
 def _number_problem(name: str, value: float, wanted: type) -> str | None:
     """What is wrong with a numeric setting's value, or None."""
+    if not math.isfinite(value):  # first: int() of NaN or infinity raises
+        return f"{name} must be a finite number"
     if wanted is int and value != int(value):
         return f"{name} must be an integer"
-    if not math.isfinite(value):
-        return f"{name} must be finite"
     if name.endswith("_rate") and not 0 <= value <= 1:
         return f"{name} must be between 0 and 1"
     if name in ("general_limit", "bulk_limit", "bulk_max_items", "max_body_bytes"):

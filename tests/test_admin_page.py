@@ -12,6 +12,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from rq import SimpleWorker
 from rq.worker import WorkerStatus
 
+from bridge import defaults, keys
 from bridge.admin_page import SESSION_COOKIE, SESSION_SECONDS, session_secret
 from bridge.deliveries import DeliveryStore
 from bridge.queue import make_queue
@@ -147,6 +148,75 @@ def test_a_wrong_token_is_a_401_and_a_metric_whichever_way_it_comes(admin):
     assert metric(client, "admin_auth_failed", via="form") == 1
     assert metric(client, "admin_auth_failed", via="basic") == 2
     assert metric(client, "admin_auth_failed", via="bearer") == 1
+
+
+def from_address(address: str) -> dict:
+    return {"environ_base": {"REMOTE_ADDR": address}}
+
+
+def test_too_many_wrong_tokens_close_the_sign_in_to_that_address_for_a_while(admin):
+    client = admin()
+    guesser, colleague = from_address("203.0.113.7"), from_address("198.51.100.2")
+    signed_in = admin()  # a session the guesser's address had before the guessing
+    signed_in.post(
+        "/admin/sign-in", data={"token": TOKEN}, headers=SAME_SITE, **from_address("203.0.113.7")
+    )
+    for _ in range(defaults.ADMIN_SIGN_IN_FAILURES):
+        r = client.post("/admin/sign-in", data={"token": "guess"}, headers=SAME_SITE, **guesser)
+        assert r.status_code == 401 and "Wrong token." in r.text
+    r = client.post("/admin/sign-in", data={"token": TOKEN}, headers=SAME_SITE, **guesser)
+    assert r.status_code == 429  # the right token too: a hit must not stand out from the 429s
+    assert 0 < int(r.headers["Retry-After"]) <= defaults.ADMIN_SIGN_IN_WINDOW_SECONDS
+    assert "Too many wrong admin tokens from your address: try again in 5 minutes" in r.text
+    assert 'type="password"' in r.text  # still the sign-in page, saying why
+    assert "Set-Cookie" not in r.headers
+    r = client.get("/admin/", headers=BROWSER, auth=("admin", TOKEN), **guesser)
+    assert r.status_code == 429 and "Too many wrong admin tokens" in r.text
+    assert "Retry-After" in r.headers and "WWW-Authenticate" not in r.headers
+    r = client.get("/admin/failed", headers={"Authorization": f"Bearer {TOKEN}"}, **guesser)
+    assert r.status_code == 429 and r.json["error"] == "too_many_attempts"
+    assert "try again in 5 minutes" in r.json["message"] and "Retry-After" in r.headers
+    # Another address signs in; a session opened before the guessing still works.
+    r = client.post("/admin/sign-in", data={"token": TOKEN}, headers=SAME_SITE, **colleague)
+    assert r.status_code == 303
+    r = signed_in.get("/admin/", headers=BROWSER, **from_address("203.0.113.7"))
+    assert r.status_code == 200
+    assert metric(client, "admin_auth_failed", via="form") == defaults.ADMIN_SIGN_IN_FAILURES
+    for via in ("form", "basic", "bearer"):
+        assert metric(client, "admin_auth_locked", via=via) == 1
+
+
+def test_wrong_tokens_count_together_across_web_processes_and_ways_in(admin):
+    first, second = admin(), admin()  # two apps, as two gunicorn workers: one Redis
+    address = from_address("192.0.2.9")
+    for i in range(defaults.ADMIN_SIGN_IN_FAILURES):
+        client = first if i % 2 else second
+        if i % 3 == 0:
+            r = client.get("/admin/", headers=BROWSER, auth=("admin", "guess"), **address)
+        elif i % 3 == 1:
+            r = client.get("/admin/failed", headers={"Authorization": "Bearer guess"}, **address)
+        else:
+            r = client.post("/admin/sign-in", data={"token": "guess"}, headers=SAME_SITE, **address)
+        assert r.status_code == 401
+    for client in (first, second):
+        r = client.post("/admin/sign-in", data={"token": TOKEN}, headers=SAME_SITE, **address)
+        assert r.status_code == 429
+
+
+def test_the_address_may_sign_in_again_once_its_window_ends(admin):
+    client = admin()
+    address = from_address("192.0.2.10")
+    for _ in range(defaults.ADMIN_SIGN_IN_FAILURES):
+        client.post("/admin/sign-in", data={"token": "guess"}, headers=SAME_SITE, **address)
+    r = client.post("/admin/sign-in", data={"token": TOKEN}, headers=SAME_SITE, **address)
+    assert r.status_code == 429
+    window = keys.sign_in_failures("192.0.2.10")
+    assert 0 < client.redis.ttl(window) <= defaults.ADMIN_SIGN_IN_WINDOW_SECONDS
+    client.redis.pexpire(window, 1)  # the window's end, without waiting five minutes for it
+    while client.redis.exists(window):
+        time.sleep(0.01)
+    r = client.post("/admin/sign-in", data={"token": TOKEN}, headers=SAME_SITE, **address)
+    assert r.status_code == 303
 
 
 def test_http_basic_with_user_admin_opens_every_page(admin):

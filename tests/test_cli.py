@@ -2,43 +2,16 @@
 over HTTP is in ``tests/test_admin.py``)."""
 
 import json
-import os
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
 import pytest
 
 from bridge import keys
+from bridge.__main__ import command_of
 from bridge.deliveries import Delivery, DeliveryStore
 from bridge.event import Event
-from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
-
-
-@pytest.fixture
-def cli(tmp_path, redis_server, sandbox):
-    """``cli(config_dict, *args)`` runs ``oliai-bridge`` as a user would; returns the result."""
-
-    def run(config: dict, *args: str, stdin: bytes | None = None):
-        path = write_config(tmp_path / "config.toml", config)
-        env = {
-            **os.environ,
-            "BRIDGE_CONFIG": str(path),
-            "REDIS_URL": redis_server.url,
-            "OLIAI_BASE_URL": sandbox.base_url,
-            "OLIAI_API_KEY": sandbox.keys[0],
-        }
-        return subprocess.run(
-            [sys.executable, "-m", "bridge", *args],
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            input=stdin,
-            timeout=60,
-        )
-
-    return run
+from tests.bridge_fixtures import route_dict
 
 
 def config_for(route):
@@ -130,7 +103,7 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
 
     listed = cli(config_for(bad_route), "failed", "list")
     assert listed.returncode == 0, listed.stderr
-    text = listed.stdout.decode()
+    text = listed.stdout
     assert text.startswith("3 failed/skipped deliveries (page 1 of 1)")
     assert all(i in text for i in ids)
     assert "not_found" in text and "404" in text
@@ -167,13 +140,13 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
     )
     dry = cli(config_for(good_route), "replay", "--all", "--dry-run", "--remap")
     assert dry.returncode == 0
-    assert "would requeue 3 of 3" in dry.stdout.decode()
+    assert "would requeue 3 of 3" in dry.stdout
     assert client.store.get(ids[0]).status == "failed"
 
     done = cli(config_for(good_route), "replay", "--all", "--remap")
     assert done.returncode == 0, done.stderr
-    assert "requeued 3 of 3" in done.stdout.decode()
-    assert "[##############################] 3/3" in done.stderr.decode()
+    assert "requeued 3 of 3" in done.stdout
+    assert "[##############################] 3/3" in done.stderr
     fixed = replace(
         client.settings,
         routes={
@@ -196,7 +169,7 @@ def test_failed_list_show_and_replay_with_remap(cli, make_client, run_jobs, sand
 
     # replaying what is delivered is a no-op
     again = cli(config_for(good_route), "replay", ids[0])
-    assert "already_delivered: 1" in again.stdout.decode()
+    assert "already_delivered: 1" in again.stdout
     assert len(sandbox.org_state()["contacts"]) == 3
 
 
@@ -229,7 +202,7 @@ def test_replay_of_a_skipped_submission_after_fixing_the_mapping(
     pipe.execute()
     route = route_dict(fields={"phoneNumber": "fields.whatsapp_no"})
     r = cli(config_for(route), "replay", d.id)
-    assert "requeued 1 of 1" in r.stdout.decode(), r.stderr
+    assert "requeued 1 of 1" in r.stdout, r.stderr
     client = make_client(routes=[route])
     run_jobs(client.settings)
     assert store.get(d.id).status == "delivered"
@@ -259,7 +232,7 @@ def test_failed_list_pages_through_100000_failures(cli, redis):
     pipe.execute()
     r = cli(config_for(route_dict()), "failed", "list", "--limit", "20", "--page", "3")
     assert r.returncode == 0, r.stderr
-    lines = r.stdout.decode().splitlines()
+    lines = r.stdout.splitlines()
     assert lines[0] == "100000 failed/skipped deliveries (page 3 of 5000)"
     assert lines[2].startswith("dlv_099959")  # newest first: 40 skipped
     assert len(lines) == 22
@@ -291,22 +264,37 @@ def test_replay_selects_by_route_reason_and_since(cli, make_client, run_jobs, sa
 
     by_route = cli(config, "replay", "--route", "agency")
     assert by_route.returncode == 0, by_route.stderr
-    assert "requeued 1 of 1" in by_route.stdout.decode()
+    assert "requeued 1 of 1" in by_route.stdout
     assert statuses() == {old: "failed", recent: "failed", agency: "queued"}
 
     recent_only = cli(config, "replay", "--reason", "not_found", "--since", "1h")
-    assert "requeued 1 of 1" in recent_only.stdout.decode()
+    assert "requeued 1 of 1" in recent_only.stdout
     assert statuses() == {old: "failed", recent: "queued", agency: "queued"}
 
     by_reason = cli(config, "replay", "--reason", "not_found")
-    assert "requeued 1 of 1" in by_reason.stdout.decode()
+    assert "requeued 1 of 1" in by_reason.stdout
     assert statuses() == {old: "queued", recent: "queued", agency: "queued"}
 
     nothing = cli(config, "replay", "--reason", "not_found")
-    assert "requeued 0 of 0" in nothing.stdout.decode()
+    assert "requeued 0 of 0" in nothing.stdout
 
 
 def test_replay_without_a_selection_says_how_to_name_one(cli):
     r = cli(config_for(route_dict()), "replay")
     assert r.returncode == 2
-    assert "--route / --reason / --since, or --all" in r.stderr.decode()
+    assert "--route / --reason / --since, or --all" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["web"], "web"),
+        (["--config", "web.toml", "web", "--port", "8000"], "web"),
+        (["--config=web.toml", "worker"], "worker"),
+        (["--config", "web"], None),  # the config file is named web
+        (["-h"], None),
+    ],
+)
+def test_the_entry_point_finds_the_command_before_anything_is_imported(argv, command):
+    # `web` decides whether gevent patches the standard library first (bridge/__main__.py).
+    assert command_of(argv) == command

@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 import pytest
 
@@ -116,6 +118,22 @@ def test_example_config_is_valid():
         "config.example.toml", env={"WEBSITE_FORM_TOKEN": "t", "TYPEFORM_SECRET": "s"}
     )
     assert set(s.routes) == {"website-form", "typeform-leads"}
+
+
+def test_the_example_config_shows_the_defaults_it_writes_out():
+    # A number in the example that is not the default misleads whoever copies it: the same
+    # settings must come out with the example's [oliai], [bridge] and [delivery] values left out.
+    env = {"WEBSITE_FORM_TOKEN": "t", "TYPEFORM_SECRET": "s", "OLIAI_API_KEY": "k"}
+    data = tomllib.loads(Path("config.example.toml").read_text())
+    stripped = {
+        **data,
+        **{
+            section: {k: v for k, v in data[section].items() if "${" in str(v)}
+            for section in ("oliai", "bridge", "delivery")
+        },
+    }
+    assert stripped["delivery"] == {} != data["delivery"]  # there were values to compare
+    assert build_settings(data, env=env) == build_settings(stripped, env=env)
 
 
 def test_the_config_may_come_as_text_in_the_environment(tmp_path):

@@ -7,6 +7,7 @@ IO-free store and rate limiter directly with a fake clock.
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -804,6 +805,29 @@ def test_config_endpoint_validates(sandbox):
     for word in ("fail_rate", "fail_after_commit_mode", "nope"):
         assert word in answer.json()["message"]
     assert sandbox.configure()["fail_rate"] == 0.0  # nothing was applied
+
+
+def test_config_endpoint_refuses_nan_and_infinity_naming_each_option(sandbox):
+    # JSON as Python writes it by default: NaN and Infinity are literals its parser accepts.
+    body = b'{"general_limit": NaN, "bulk_max_items": Infinity, "latency_ms": -Infinity}'
+    before = sandbox.configure()
+    answer = requests.post(
+        f"{sandbox.root}/_sandbox/config",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        timeout=5,
+    )
+    assert answer.status_code == 400, answer.text
+    message = answer.json()["message"]
+    for name in ("general_limit", "bulk_max_items", "latency_ms"):
+        assert f"{name} must be a finite number" in message
+    assert sandbox.configure() == before  # nothing was applied
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_integer_options_refuse_nan_and_infinity_when_the_sandbox_starts(value):
+    with pytest.raises(ValueError, match="^bulk_limit must be a finite number$"):
+        Options(bulk_limit=value)
 
 
 # --- the IO-free parts, with a fake clock ----------------------------------------------------

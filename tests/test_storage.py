@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import requests
 from redis import Redis
 from redis.connection import SSLConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -190,6 +191,24 @@ def test_a_lead_goes_through_tls_redis_from_webhook_to_delivered(
     delivered = client.get(f"/deliveries/{r.json['deliveryId']}").json
     assert delivered["status"] == "delivered"
     assert [c["phoneNumber"] for c in sandbox.org_state()["contacts"]] == ["+919876543210"]
+
+
+def test_the_web_server_reaches_tls_redis_with_ssl_patched_before_it_is_imported(
+    make_stack, tls_redis, sandbox
+):
+    # `python -m bridge web` as shipped (gunicorn, gevent workers) in front of rediss://:
+    # ssl patched by gevent only after the fork would leave TLS sockets that block a worker.
+    stack = make_stack(
+        {"routes": [route_dict()]},
+        workers=0,
+        env={"REDIS_URL": tls_redis, "REDIS_SSL_CERT_REQS": "none"},
+    )
+    r = requests.post(stack.hook("leads"), json=LEAD, timeout=10)
+    assert r.status_code == 202, r.text
+    assert stack.store.get(r.json()["deliveryId"]) is not None  # stored, through the TLS proxy
+    web_log = (stack.logs / "web.log").read_text()
+    assert "Booting worker" in web_log
+    assert "MonkeyPatchWarning" not in web_log and "Monkey-patching" not in web_log
 
 
 # --- a Redis that may evict leads ---------------------------------------------------------

@@ -155,3 +155,4 @@ def test_release_then_web_and_worker_deliver_a_lead(slug, redis_server, redis, s
         log.close()
     text = (tmp_path / "honcho.log").read_text()
     assert "website-token-6d1e" not in text and sandbox.keys[0] not in text
+    assert "Monkey-patching ssl" not in text  # the console script patches before ssl is imported
