@@ -83,6 +83,9 @@ def gunicorn_options(host: str, port: int, workers: int, *, log_level: str = "IN
         "loglevel": log_level.lower(),
         "proc_name": "oliai-bridge-web",
         "forwarded_allow_ips": "*",
+        # gunicorn 27's control socket is one path per user (~/.gunicorn/gunicorn.ctl): two
+        # bridges on one machine would take it from each other, and nothing here uses it.
+        "control_socket_disable": True,
     }
 
 
