@@ -5,9 +5,10 @@ normalizing and mapping are ``bridge.pipeline``'s, shared with ``try``, replay a
 what ingest adds is the route's quota, the handshake, the signature check, dedup, storage and
 metrics. A refused request (over a quota, unknown route, bad signature, ...) writes nothing to
 Redis of its own: its count joins the process's ``Tally``. A 2xx is only ever answered after
-the delivery and its ticket in its lane's pending set are in Redis (one MULTI/EXEC,
-``jobs.lanes``; the first lead of an idle lane also starts its drain job); a Redis failure
-becomes ``StorageUnavailable`` (503 + Retry-After), never a 2xx.
+the delivery and its ticket in its lane's pending set are in Redis (one Lua script with the
+dedup claims, ``bridge.admission``; the first lead of an idle lane also starts its drain job,
+``jobs.lanes``); a Redis failure becomes ``StorageUnavailable`` (503 + Retry-After), never a
+2xx.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from redis.exceptions import RedisError
 from rq import Queue
 
 from bridge import keys, metrics
+from bridge.admission import Admission
 from bridge.deliveries import DeliveryStore
 from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
@@ -32,7 +34,6 @@ from bridge.exceptions import (
     UnknownRoute,
 )
 from bridge.pipeline import LeadResult, map_request
-from bridge.queue import transaction
 from bridge.quotas import ADDRESS_QUOTA, Quotas
 from bridge.record import Delivery, new_delivery_id, raw_body, raw_record
 from bridge.redaction import redact
@@ -55,6 +56,10 @@ class Ingest:
         self.redis = redis
         self.queue = queue
         self.store = DeliveryStore.for_settings(redis, settings)
+        self._admit = Admission.register(redis)
+        #: Every secret of the settings, redacted from what is stored (settings never change).
+        self._hidden = settings.secrets()
+        self._lane_kids: dict[str, str] = {}
         self.quotas = Quotas(redis, settings)
         #: Refusals, counted here and written at most once a second (``metrics.Tally``).
         self.refusals = metrics.Tally(redis)
@@ -126,29 +131,34 @@ class Ingest:
             ) from None
 
     def store_leads(self, batch: list[Received]) -> list[Accepted]:
-        """Store every delivery of ``batch`` with its request's raw payload and its job, unless
-        its dedup key names a stored delivery already (then it is a duplicate of that one).
+        """Store every delivery of ``batch`` with its request's raw payload and its ticket,
+        unless its dedup key names a stored delivery already (then it is a duplicate of that one).
 
         One request's leads for a webhook, a chunk of rows for ``oliai-bridge import``: the
-        dedup claims go in one round trip, the records and jobs in one MULTI/EXEC. Returns an
-        ``Accepted`` per delivery, in order. A ``RedisError`` releases the claims made.
+        dedup claims and the writes of the leads that won them go to Redis together, in one
+        round trip (``bridge.admission``). Returns an ``Accepted`` per delivery, in order. A
+        ``RedisError`` leaves nothing written (or, when only the answer was lost, everything:
+        a retry is then answered as a duplicate of what was stored).
         """
-        deliveries = [delivery for received in batch for delivery in received.deliveries]
-        dedup_keys = [keys.dedup(d.route, d.event.event_id) for d in deliveries]
-        claimed: list[str] = []
+        admission = Admission(self.redis, self._admit, self.settings.dedup_ttl_seconds)
+        kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
+        lanes: dict[tuple[str, str], list[int]] = {}
+        deliveries: list[Delivery] = []
+        for received in batch:
+            leads = admission.request(
+                body_key(received), [(dedup_key(d), d.id) for d in received.deliveries]
+            )
+            self._record(admission, received, leads, lanes)
+            deliveries += received.deliveries
+        for (kid, lane), leads in lanes.items():
+            with admission.for_leads(leads) as pipe:
+                kick.arm(pipe, kid, lane)  # the first ticket for an idle lane starts its drain
+        firsts, results = admission.run(wanted=[index for index, *_ in kick.armed])
         try:
-            firsts = self._claim(dedup_keys, deliveries, claimed)
-            self._claim_bodies(batch, deliveries, firsts, claimed)
-            fresh = {d.id for d, first in zip(deliveries, firsts, strict=True) if first == d.id}
-            if fresh:
-                self._write(batch, fresh)
-        except RedisError:
-            if claimed:
-                try:
-                    self.redis.delete(*claimed)
-                except RedisError:
-                    pass
-            raise
+            kick.fire(results)
+        except RedisError as exc:
+            # Stored already: the reaper starts the lane's drain if nobody else does.
+            log.warning("stored, but no drain started (%s)", exc)
         accepted = []
         duplicates: dict[str, int] = {}
         for delivery, first in zip(deliveries, firsts, strict=True):
@@ -159,144 +169,83 @@ class Ingest:
                 duplicates[delivery.route] = duplicates.get(delivery.route, 0) + 1
         for route, amount in duplicates.items():
             metrics.count(self.redis, "duplicate", route, amount=amount)
+        self._log_stored(deliveries, firsts)
         return accepted
 
-    def _claim(
-        self, dedup_keys: list[str], deliveries: list[Delivery], claimed: list[str]
-    ) -> list[str]:
-        """For each delivery, the id of the delivery its dedup key belongs to: its own when it
-        claimed the key (``claimed`` collects those keys), else the first copy's."""
-        ttl = self.settings.dedup_ttl_seconds
-        firsts = [delivery.id for delivery in deliveries]
-        pipe = self.redis.pipeline(transaction=False)
-        for key, delivery in zip(dedup_keys, deliveries, strict=True):
-            pipe.set(key, delivery.id, nx=True, ex=ttl)
-        won = pipe.execute()
-        claimed += [key for key, ok in zip(dedup_keys, won, strict=True) if ok]
-        lost = [i for i, ok in enumerate(won) if not ok]
-        if not lost:
-            return firsts
-        pipe = self.redis.pipeline(transaction=False)
-        for i in lost:
-            pipe.get(dedup_keys[i])
-        for i, first in zip(lost, pipe.execute(), strict=True):
-            firsts[i] = (first or b"").decode()
-        # A key held by an earlier lead of this batch: a duplicate of a delivery stored with it.
-        ours = {d.id for d in deliveries}
-        elsewhere = [i for i in lost if firsts[i] and firsts[i] not in ours]
-        pipe = self.redis.pipeline(transaction=False)
-        for i in elsewhere:
-            pipe.exists(keys.delivery(firsts[i]))
-        stored = pipe.execute() if elsewhere else []
-        gone = [i for i in lost if not firsts[i]]
-        gone += [i for i, there in zip(elsewhere, stored, strict=True) if not there]
-        if gone:
-            # The first copy was claimed but never stored (a crash in between): take over.
-            pipe = self.redis.pipeline(transaction=False)
-            for i in gone:
-                pipe.set(dedup_keys[i], deliveries[i].id, ex=ttl)
-                firsts[i] = deliveries[i].id
-            pipe.execute()
-            claimed += [dedup_keys[i] for i in gone]
-        return firsts
-
-    def _claim_bodies(
+    def _record(
         self,
-        batch: list[Received],
-        deliveries: list[Delivery],
-        firsts: list[str],
-        claimed: list[str],
+        admission: Admission,
+        received: Received,
+        leads: list[int],
+        lanes: dict[tuple[str, str], list[int]],
     ) -> None:
-        """For sources whose event id the signature does not cover (``dedups_body``): the same
-        signed body under another event id (a captured request re-sent with its unsigned id
-        header changed, or one event sent by two hooks) is a duplicate of the first."""
-        ttl = self.settings.dedup_ttl_seconds
-        index = {d.id: i for i, d in enumerate(deliveries)}
-        for received in batch:
-            fresh = [d for d in received.deliveries if firsts[index[d.id]] == d.id]
-            if not received.dedups_body or not fresh:
-                continue
-            key, earlier = self._claim_body(received.req, fresh[0].route, fresh[0].id, ttl)
-            if earlier is None:
-                claimed.append(key)
-                continue
-            mine = [keys.dedup(d.route, d.event.event_id) for d in fresh]
-            self.redis.delete(*mine)
-            for key_ in mine:
-                claimed.remove(key_)
-            for d in received.deliveries:
-                firsts[index[d.id]] = earlier
-
-    def _claim_body(
-        self, req: InboundRequest, route: str, delivery_id: str, ttl: int
-    ) -> tuple[str, str | None]:
-        """Claim the request's body hash for ``delivery_id``: (the key, None), or (the key, the
-        delivery the same body made before)."""
-        key = keys.dedup(route, f"body:{req.body_hash}")
-        if self.redis.set(key, delivery_id, nx=True, ex=ttl):
-            return key, None
-        earlier = (self.redis.get(key) or b"").decode()
-        if earlier and self.store.exists(earlier):
-            return key, earlier
-        self.redis.set(key, delivery_id, ex=ttl)  # claimed but never stored (a crash): take over
-        return key, None
-
-    def _write(self, batch: list[Received], fresh: set[str]) -> None:
-        """One MULTI/EXEC: the raw request of each received item and its ``fresh`` deliveries,
-        each with its history, indexes, metrics and (when queued) its job."""
-        pipe = transaction(self.redis)
-        kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
-        hidden = self.settings.secrets()
-        for received in batch:
-            new = [d for d in received.deliveries if d.id in fresh]
-            if not new:
-                continue
-            raw_id = f"r{secrets.token_hex(8)}"
-            raw = raw_record(received.req, received.kept_headers, hidden)
+        """Queue on ``admission`` what storing ``received`` writes: its raw request when any
+        of its leads wins, and each lead's record, history, indexes, metrics and ticket when
+        that lead wins. ``lanes`` collects the leads queued per lane, whose drains ``Kick``
+        starts."""
+        raw_id = f"r{secrets.token_hex(8)}"
+        with admission.for_leads(leads) as pipe:
+            raw = raw_record(received.req, received.kept_headers, self._hidden)
             self.store.add_raw(pipe, raw_id, raw)
-            body = raw_body(raw)
-            for delivery in new:
-                delivery.event.fields = redact(delivery.event.fields, hidden)
-                if delivery.contact is not None:
-                    delivery.contact = redact(delivery.contact, hidden)
-                delivery.raw_id = raw_id
-                delivery.pack_against(body)  # its fields and contact repeat the body: say so
+        body = raw_body(raw)
+        for delivery, lead in zip(received.deliveries, leads, strict=True):
+            delivery.event.fields = redact(delivery.event.fields, self._hidden)
+            if delivery.contact is not None:
+                delivery.contact = redact(delivery.contact, self._hidden)
+            delivery.raw_id = raw_id
+            delivery.pack_against(body)  # its fields and contact repeat the body: say so
+            with admission.for_leads([lead]) as pipe:
                 if delivery.status == "queued":
-                    # A ticket in its lane; the first for an idle lane starts the lane's drain.
-                    kid = lane_kid(self.settings, self.settings.routes[delivery.route])
-                    requeue(pipe, delivery, kid)
-                    kick.arm(pipe, kid, delivery.lane)
+                    kid = self._lane_kid(delivery.route)
+                    requeue(pipe, delivery, kid)  # a ticket in its lane
+                    lanes.setdefault((kid, delivery.lane), []).append(lead)
                 self.store.add(pipe, delivery)
                 detail = f"{delivery.lane} lane" if delivery.status == "queued" else delivery.reason
                 self.store.log_on(pipe, delivery.id, delivery.status, detail)
                 metrics.count_on(pipe, delivery.status, delivery.route)
-        results = pipe.execute()
-        try:
-            kick.fire(results)
-        except RedisError as exc:
-            # Stored already: the reaper starts the lane's drain if nobody else does.
-            log.warning("stored, but no drain started (%s)", exc)
+
+    def _lane_kid(self, route: str) -> str:
+        """The key id a route's leads queue under, worked out once per route (a hash)."""
+        kid = self._lane_kids.get(route)
+        if kid is None:
+            kid = self._lane_kids[route] = lane_kid(self.settings, self.settings.routes[route])
+        return kid
+
+    def _log_stored(self, deliveries: list[Delivery], firsts: list[str]) -> None:
         backfill = 0
-        for received in batch:
-            for delivery in received.deliveries:
-                if delivery.id not in fresh:
-                    continue
-                if delivery.lane != "live":  # an import's thousands: one line for the chunk
-                    backfill += 1
-                    continue
-                log.info(
-                    "route %s: %s %s",
-                    delivery.route,
-                    delivery.status,
-                    delivery.id,
-                    extra={
-                        "event": f"webhook.{delivery.status}",
-                        "route": delivery.route,
-                        "delivery_id": delivery.id,
-                    },
-                )
+        for delivery, first in zip(deliveries, firsts, strict=True):
+            if first != delivery.id:
+                continue
+            if delivery.lane != "live":  # an import's thousands: one line for the chunk
+                backfill += 1
+                continue
+            log.info(
+                "route %s: %s %s",
+                delivery.route,
+                delivery.status,
+                delivery.id,
+                extra={
+                    "event": f"webhook.{delivery.status}",
+                    "route": delivery.route,
+                    "delivery_id": delivery.id,
+                },
+            )
         if backfill:
             log.info("stored %d backfill deliveries", backfill, extra={"event": "backfill.stored"})
+
+
+def dedup_key(delivery: Delivery) -> str:
+    return keys.dedup(delivery.route, delivery.event.event_id)
+
+
+def body_key(received: Received) -> str:
+    """The body hash's dedup key, for sources whose event id the signature does not cover
+    (``dedups_body``): the same signed body under another event id (a captured request re-sent
+    with its unsigned id header changed, or one event sent by two hooks) is a duplicate of the
+    first. '' for the others."""
+    if not received.dedups_body or not received.deliveries:
+        return ""
+    return keys.dedup(received.deliveries[0].route, f"body:{received.req.body_hash}")
 
 
 @dataclass

@@ -96,11 +96,18 @@ def eviction_warning(redis: Redis) -> str | None:
     )
 
 
+_DISCARDED_FOR_OOM = "Transaction discarded because of: OOM"
+
+
 def is_full(exc: BaseException) -> bool:
     """Redis refused a write because it reached ``maxmemory`` (an OOM answer), possibly inside a
-    MULTI/EXEC, where it comes back as the transaction's abort."""
-    return isinstance(exc, OutOfMemoryError) or str(exc).lstrip("-").startswith(
-        ("OOM", "EXECABORT Transaction discarded because of: OOM")
+    MULTI/EXEC, where it comes back as the transaction's abort, or inside a Lua script, whose
+    error quotes the refused command's answer."""
+    message = str(exc)
+    return (
+        isinstance(exc, OutOfMemoryError)
+        or message.lstrip("-").startswith(("OOM", f"EXECABORT {_DISCARDED_FOR_OOM}"))
+        or (message.startswith("Error running script") and ": -OOM " in message)
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 #: Provider record ids (HubSpot contacts, Pipedrive persons) are cut to this length: real ones
@@ -26,10 +27,15 @@ def text(value: Any) -> str:
     return " ".join(str(value).split())
 
 
+@lru_cache(maxsize=4096)
 def squash(key: str) -> str:
     """The last dotted part of a key in lower-case letters and digits (``Phone_Number`` →
-    ``phonenumber``), so guesses match however a form spells its labels."""
-    return re.sub(r"[^a-z0-9]", "", key.rsplit(".", 1)[-1].lower())
+    ``phonenumber``), so guesses match however a form spells its labels. Remembered: a form
+    sends the same few labels in every webhook, and the mapper asks once per guess."""
+    return _NOT_SQUASHED.sub("", key.rsplit(".", 1)[-1].lower())
+
+
+_NOT_SQUASHED = re.compile(r"[^a-z0-9]")
 
 
 def clean_text(value: Any, kinds: tuple[type, ...] = (str, int, float)) -> str | None:
