@@ -231,7 +231,8 @@ class Ingest:
                 },
             )
         if backfill:
-            log.info("stored %d backfill deliveries", backfill, extra={"event": "backfill.stored"})
+            # (debug: the import command shows its own progress; a line per chunk would break it)
+            log.debug("stored %d backfill deliveries", backfill, extra={"event": "backfill.stored"})
 
 
 def dedup_key(delivery: Delivery) -> str:
