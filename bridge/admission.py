@@ -30,11 +30,11 @@ from bridge import keys
 #   wanted:   count, then the numbers (1-based, over all commands) whose replies come back.
 # A lead whose key names its own stored delivery was admitted by an earlier run of this very
 # call (redis-py retries a command whose answer a dropped connection lost): it is answered as
-# admitted and writes nothing again. A lead wins its key unless the key names another delivery that is stored, or is won earlier
-# in this call (then the lead is that one's duplicate); a key whose first delivery was claimed
-# but never stored (written before claims and stores went together) is taken over. A request
-# whose body hash names a stored delivery is that one's duplicate, and gives back the keys its
-# leads won. Returns {first delivery id per lead, the wanted replies (false: not run)}. Keys are
+# admitted and writes nothing again. A lead wins its key unless the key names another delivery
+# that is stored, or is won earlier in this call (then the lead is that one's duplicate); a key
+# whose first delivery was claimed but never stored (written before claims and stores went
+# together) is taken over. A request whose body hash names a stored delivery is that one's
+# duplicate, and gives back the keys its leads won. Returns {first delivery id per lead, the wanted replies (false: not run)}. Keys are
 # built from ARGV: the bridge runs on one Redis, never a cluster.
 ADMIT = """
 local ttl, prefix = ARGV[1], ARGV[2]
