@@ -34,8 +34,9 @@ from bridge import keys
 # that is stored, or is won earlier in this call (then the lead is that one's duplicate); a key
 # whose first delivery was claimed but never stored (written before claims and stores went
 # together) is taken over. A request whose body hash names a stored delivery is that one's
-# duplicate, and gives back the keys its leads won. Returns {first delivery id per lead, the wanted replies (false: not run)}. Keys are
-# built from ARGV: the bridge runs on one Redis, never a cluster.
+# duplicate, and gives back the keys its leads won. Returns {first delivery id per lead, the
+# wanted replies (false: not run)}. Keys are built from ARGV: the bridge runs on one Redis,
+# never a cluster.
 ADMIT = """
 local ttl, prefix = ARGV[1], ARGV[2]
 local at = 3
