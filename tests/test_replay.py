@@ -289,3 +289,21 @@ def test_a_lead_the_job_fetches_is_requeued_to_be_fetched_again(make_client, red
     assert replayer.replay(d.id).outcome == "requeued"
     stored = client.store.get(d.id)
     assert stored.contact is None and stored.event.fetch == {"kind": "hubspot_contact", "id": "123"}
+
+
+def test_a_queued_lead_whose_stored_request_was_deleted_is_skipped_with_that_reason(
+    make_client, run_jobs, sandbox
+):
+    """Its fields and contact were kept with the stored request (``bridge.record``): a Redis
+    that lost it (deleted by hand, or evicted against ``noeviction``) leaves a record that still
+    reads, and a delivery that says why it cannot go on instead of guessing."""
+    client = make_client()
+    r = client.post("/hooks/leads", json=lead(7))
+    assert r.status_code == 202
+    delivery_id = r.json["deliveryId"]
+    client.redis.delete(keys.raw(client.store.get(delivery_id).raw_id))
+    run_jobs(client.settings)
+    d = client.store.get(delivery_id)
+    assert d.status == "skipped" and "gone" in d.reason
+    assert history(client, delivery_id)[-1] == "skipped"
+    assert sandbox.org_state()["contacts"] == []  # nothing half-known was sent
