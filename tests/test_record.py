@@ -358,6 +358,18 @@ def form_delivery() -> Delivery:
     return d
 
 
+def stored_form(store: DeliveryStore, job_seq: int = 0) -> Delivery:
+    """``form_delivery()`` stored with its raw request, as ingest stores a lead."""
+    d = form_delivery()
+    if job_seq:
+        d.job_seq, d.job_id = job_seq, f"{d.id}-{job_seq}"
+    pipe = store.redis.pipeline()
+    store.add_raw(pipe, d.raw_id, FORM_RAW)
+    store.add(pipe, d)
+    pipe.execute()
+    return d
+
+
 def test_what_the_body_already_says_is_stored_in_a_few_bytes():
     d = form_delivery()
     stored = d.to_hash()
@@ -387,21 +399,7 @@ def test_a_changed_contact_is_packed_again_and_an_unchanged_one_is_not(redis):
 
 def test_a_record_whose_raw_request_is_gone_still_reads_without_the_lead_s_data(redis):
     store = DeliveryStore(redis)
-    d = form_delivery()
-    pipe = redis.pipeline()
-    store.add_raw(
-        pipe,
-        d.raw_id,
-        {
-            "method": "POST",
-            "route": "leads",
-            "headers": {},
-            "query": {},
-            "body_b64": base64.b64encode(FORM).decode(),
-        },
-    )
-    store.add(pipe, d)
-    pipe.execute()
+    d = stored_form(store)
     assert store.get(d.id).contact == FORM_CONTACT
     redis.delete(keys.raw(d.raw_id))
     gone = store.get(d.id)
@@ -412,21 +410,7 @@ def test_a_record_whose_raw_request_is_gone_still_reads_without_the_lead_s_data(
 
 def test_a_terminal_record_s_raw_request_lives_at_least_as_long_as_the_record(redis):
     store = DeliveryStore(redis, keep_delivered_days=1, keep_failed_days=30)
-    d = form_delivery()
-    pipe = redis.pipeline()
-    store.add_raw(
-        pipe,
-        d.raw_id,
-        {
-            "method": "POST",
-            "route": "leads",
-            "headers": {},
-            "query": {},
-            "body_b64": base64.b64encode(FORM).decode(),
-        },
-    )
-    store.add(pipe, d)
-    pipe.execute()
+    d = stored_form(store)
     redis.expire(keys.raw(d.raw_id), 60)  # as if received long ago
     d.status, d.reason_code, d.reason = "failed", "invalid", "refused"
     store.update(d, "failed", "refused")
@@ -474,12 +458,7 @@ def test_history_entries_are_fields_of_the_record_and_earlier_lists_still_read(r
     names = [history_field(1767261600123) for _ in range(50)]
     assert len(set(names)) == 50
     store = DeliveryStore(redis)
-    d = form_delivery()
-    d.job_seq, d.job_id = 1, f"{d.id}-1"
-    pipe = redis.pipeline()
-    store.add_raw(pipe, d.raw_id, FORM_RAW)
-    store.add(pipe, d)
-    pipe.execute()
+    d = stored_form(store, job_seq=1)
     assert not redis.exists(keys.history(d.id))  # no key of its own
     store.update(d, "attempt", "attempt 1")
     assert [e["what"] for e in store.history(d.id)] == ["received", "attempt"]
