@@ -18,7 +18,7 @@ def browser():
     if not CHROMIUM.exists():
         pytest.skip(
             f"no browser at {CHROMIUM}: install Debian's chromium to run the browser tests "
-            "(scripts/install-browser as root does it; .ci/run runs it)"
+            "(scripts/install-browser as root does it; scripts/test runs it)"
         )
     from playwright.sync_api import sync_playwright
 
