@@ -34,11 +34,8 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -46,12 +43,10 @@ from pathlib import Path
 import requests
 from redis import Redis
 
-from bench.stack import REPO, ROUTE, STOP, TOKEN, Stack, bench_route, say
+from bench.stack import REPO, ROUTE, STOP, TOKEN, Stack, bench_route, bench_stack, say
 from bridge import defaults, keys
 from bridge.deliveries import DeliveryStore
 from bridge.phone import to_e164
-from bridge.processes import Children
-from bridge.storage import EmbeddedRedis
 
 #: The API's published limits (oliai-api.md §4), per window; the window is shrunk to 1 s.
 GENERAL_LIMIT = 60
@@ -86,62 +81,43 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (logs, AOF)")
     args = parser.parse_args(argv)
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    tmp = Path(tempfile.mkdtemp(prefix="oliai-bench-backfill-"))
-    (tmp / "logs").mkdir()
-    children = Children(cwd=REPO, logdir=tmp / "logs")
-    redis_server = EmbeddedRedis(tmp / "redis")
-    ok = False
     try:
-        redis_server.start()
-        redis = Redis.from_url(redis_server.url)
-        stack = Stack(tmp, children, redis_server, redis, api_latency_ms=0.0)
-        stack.start_sandbox(
-            "--general-limit",
-            str(GENERAL_LIMIT),
-            "--bulk-limit",
-            str(BULK_LIMIT),
-            "--rate-window",
-            str(WINDOW_SECONDS),
-            "--fail-after-commit-rate",
-            str(args.lost_answers),
-            "--fail-after-commit-mode",
-            "mixed",
-        )
-        stack.write_config(
-            "config.toml",
-            {
-                "rate_window_seconds": WINDOW_SECONDS,
-                "general_per_minute": GENERAL_LIMIT,
-                "bulk_per_minute": BULK_LIMIT,
-            },
-        )
-        stack.start_web()
-        stack.start_workers(args.workers)
-        sheet, leads = write_sheet(tmp / "leads.csv", args.rows)
-        say(
-            f"{args.rows} rows in {sheet}; {args.workers} workers; limits {GENERAL_LIMIT} "
-            f"general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s"
-            + (f"; {args.lost_answers:.0%} of writes' answers lost" if args.lost_answers else "")
-        )
-        result = run(stack, sheet, leads, args.live_after, args.timeout)
-        ok = True
+        with bench_stack("oliai-bench-backfill-", keep=args.keep) as stack:
+            stack.start_sandbox(
+                "--general-limit",
+                str(GENERAL_LIMIT),
+                "--bulk-limit",
+                str(BULK_LIMIT),
+                "--rate-window",
+                str(WINDOW_SECONDS),
+                "--fail-after-commit-rate",
+                str(args.lost_answers),
+                "--fail-after-commit-mode",
+                "mixed",
+            )
+            stack.write_config(
+                "config.toml",
+                {
+                    "rate_window_seconds": WINDOW_SECONDS,
+                    "general_per_minute": GENERAL_LIMIT,
+                    "bulk_per_minute": BULK_LIMIT,
+                },
+            )
+            stack.start_web()
+            stack.start_workers(args.workers)
+            sheet, leads = write_sheet(stack.tmp / "leads.csv", args.rows)
+            say(
+                f"{args.rows} rows in {sheet}; {args.workers} workers; limits {GENERAL_LIMIT} "
+                f"general / {BULK_LIMIT} bulk per {WINDOW_SECONDS:g} s"
+                + (
+                    f"; {args.lost_answers:.0%} of writes' answers lost"
+                    if args.lost_answers
+                    else ""
+                )
+            )
+            result = run(stack, sheet, leads, args.live_after, args.timeout)
     except KeyboardInterrupt:
-        STOP.set()
-        say("interrupted: stopping every child process")
         return 130
-    finally:
-        STOP.set()
-        children.stop_all()
-        redis_server.stop()
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs and data kept in {tmp}", file=sys.stderr)
     print()
     print(report(result, args))
     return 0 if result["check"]["exact"] else 1

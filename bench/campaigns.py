@@ -11,18 +11,13 @@ first call), the time until the last lead is in a started campaign, and the API 
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 import time
 from collections import Counter
-from pathlib import Path
 
 import requests
-from redis import Redis
 
-from bench.stack import API_KEY, ROUTE, TOKEN, Stack, bench_route, say
-from bridge.processes import Children, write_toml
-from bridge.storage import EmbeddedRedis
+from bench.stack import API_KEY, ROUTE, TOKEN, Stack, bench_route, bench_stack, say
+from bridge.processes import write_toml
 
 STARTED = ("IN_PROGRESS", "COMPLETED", "SCHEDULED", "PAUSED")
 
@@ -51,13 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=240.0)
     args = parser.parse_args(argv)
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-campaigns-"))
-    (tmp / "logs").mkdir()
-    children = Children(cwd=Path(__file__).resolve().parents[1], logdir=tmp / "logs")
-    redis_server = EmbeddedRedis(tmp / "redis")
-    try:
-        redis_server.start()
-        stack = Stack(tmp, children, redis_server, Redis.from_url(redis_server.url), 0.0)
+    with bench_stack("bench-campaigns-", keep=False) as stack:
         stack.start_sandbox("--rate-window", str(args.window))
         flows = requests.get(
             f"{stack.sandbox_url}/flows", headers={"x-api-key": API_KEY}, timeout=10
@@ -73,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             "general_per_minute": 60,
             "bulk_per_minute": 10,
         }
-        stack.config = write_toml(tmp / "config.toml", {"oliai": oliai, "routes": [route]})
+        stack.config = write_toml(stack.tmp / "config.toml", {"oliai": oliai, "routes": [route]})
         stack.start_web()
         stack.start_workers(args.workers)
         session = requests.Session()
@@ -119,10 +108,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, count in calls.most_common():
             print(f"    {count:>6}  {name}")
         return 0 if last is not None else 1
-    finally:
-        children.stop_all()
-        redis_server.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,7 @@ import datetime as dt
 import json
 import math
 import os
-import shutil
-import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,15 +42,12 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
-from redis import Redis  # noqa: E402
 
 from bench import measure  # noqa: E402
 from bench.load import Leads, run_load  # noqa: E402
 from bench.measure import iso_epoch, pct  # noqa: E402
 from bench.report import machine  # noqa: E402
-from bench.stack import API_KEY, ROUTE, STOP, TOKEN, Stack, say  # noqa: E402
-from bridge.processes import Children  # noqa: E402
-from bridge.storage import EmbeddedRedis  # noqa: E402
+from bench.stack import API_KEY, ROUTE, STOP, TOKEN, Stack, bench_stack, say  # noqa: E402
 
 KEY_B = "sk_live_" + "benchmarkb".ljust(32, "8")
 ROUTE_B = "bench-b"
@@ -452,47 +446,27 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
     t0 = time.monotonic()
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    tmp = Path(tempfile.mkdtemp(prefix="oliai-drain-"))
-    (tmp / "logs").mkdir()
-    children = Children(cwd=REPO, logdir=tmp / "logs")
-    redis_server = EmbeddedRedis(tmp / "redis")
     results: dict = {"machine": machine(), "loadavg_start": os.getloadavg()}
-    ok = False
     try:
-        redis_server.start()
-        stack = Stack(tmp, children, redis_server, Redis.from_url(redis_server.url), 0.0)
-        leads = Leads()
-        if "drain" in only:
-            sizes = (3000,) if args.quick else (3000, 10000)
-            results["drain"] = [measure_drain(stack, leads, n, args.clients) for n in sizes]
-        if "fairness" in only:
-            results["fairness"] = measure_fairness(stack, leads, 3000, 10, args.clients)
-        if "cost" in only:
-            results["cost"] = measure_cost(stack, leads, 3000, args.clients)
-        stack.stop_workers()
-        children.stop_all()
-        if "memory" in only:
-            from bench.memory import measure_memory
+        with bench_stack("oliai-drain-", keep=args.keep) as stack:
+            leads = Leads()
+            if "drain" in only:
+                sizes = (3000,) if args.quick else (3000, 10000)
+                results["drain"] = [measure_drain(stack, leads, n, args.clients) for n in sizes]
+            if "fairness" in only:
+                results["fairness"] = measure_fairness(stack, leads, 3000, 10, args.clients)
+            if "cost" in only:
+                results["cost"] = measure_cost(stack, leads, 3000, args.clients)
+            stack.stop_workers()
+            stack.children.stop_all()
+            if "memory" in only:
+                from bench.memory import measure_memory
 
-            say("memory: 1000 webhooks through Ingest, then delivered")
-            results["memory"] = measure_memory(1000)
-        results["loadavg_end"] = os.getloadavg()
-        ok = True
+                say("memory: 1000 webhooks through Ingest, then delivered")
+                results["memory"] = measure_memory(1000)
+            results["loadavg_end"] = os.getloadavg()
     except KeyboardInterrupt:
-        STOP.set()
         return 130
-    finally:
-        STOP.set()
-        children.stop_all()
-        redis_server.stop()
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs and data kept in {tmp}", file=sys.stderr)
     text = report(results, command, started, time.monotonic() - t0)
     print()
     print(text)

@@ -31,7 +31,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,12 +39,11 @@ import requests
 from redis import Redis
 
 from bench.ingest import machine
-from bench.stack import REPO, STOP, Stack, say
+from bench.stack import STOP, Stack, bench_stack, say
 from bridge import keys
 from bridge.config import build_settings
-from bridge.processes import Children, write_toml
+from bridge.processes import write_toml
 from bridge.quotas import Quotas
-from bridge.storage import EmbeddedRedis
 
 GENUINE_SECRET = "bench-typeform-secret-8c2d"
 FLOODED_SECRET = "bench-flooded-secret-1f7a"
@@ -240,28 +238,17 @@ def main(argv: list[str] | None = None) -> int:
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk")
         return 2
-    tmp = Path(tempfile.mkdtemp(prefix="bench-floods-"))
-    (tmp / "logs").mkdir()
-    script = tmp / "forged.lua"
-    forged = typeform_body("forged")
-    script.write_text(WRK_LUA.replace("BODY", json.dumps(forged.decode())))
-    paced_connections = 16
-    paced = tmp / "paced.lua"
-    paced.write_text(
-        script.read_text()
-        + WRK_PACE.replace("DELAY", str(round(1000 * paced_connections / args.paced)))
-    )
-    redis_server = EmbeddedRedis(tmp / "redis")
-    redis_server.start()
-    redis = Redis.from_url(redis_server.url)
-    stack = Stack(
-        tmp=tmp,
-        children=Children(cwd=REPO, logdir=tmp / "logs"),
-        redis_server=redis_server,
-        redis=redis,
-        api_latency_ms=0,
-    )
-    try:
+    with bench_stack("bench-floods-", keep=False) as stack:
+        tmp, redis = stack.tmp, stack.redis
+        script = tmp / "forged.lua"
+        forged = typeform_body("forged")
+        script.write_text(WRK_LUA.replace("BODY", json.dumps(forged.decode())))
+        paced_connections = 16
+        paced = tmp / "paced.lua"
+        paced.write_text(
+            script.read_text()
+            + WRK_PACE.replace("DELAY", str(round(1000 * paced_connections / args.paced)))
+        )
         say("quota cost, in process")
         quota = measure_quota_cost(redis)
         stack.config = write_toml(tmp / "config.toml", config())
@@ -304,9 +291,6 @@ def main(argv: list[str] | None = None) -> int:
                 metrics,
             )
         }
-    finally:
-        stack.children.stop_all()
-        redis_server.stop()
 
     calm_l, paced_l, during_l = latencies(calm), latencies(during_paced), latencies(during)
     print()

@@ -31,14 +31,9 @@ import datetime as dt
 import json
 import os
 import shlex
-import shutil
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-from redis import Redis
 
 from bench.load import Leads
 from bench.measure import (
@@ -50,9 +45,7 @@ from bench.measure import (
     measure_worker_model,
 )
 from bench.report import machine, report
-from bench.stack import REPO, STOP, T0, Stack, say
-from bridge.processes import Children
-from bridge.storage import EmbeddedRedis
+from bench.stack import REPO, T0, bench_stack, say
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,72 +89,55 @@ def main(argv: list[str] | None = None) -> int:
     )
     started = dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
-    tmp = Path(tempfile.mkdtemp(prefix="oliai-bench-"))
-    (tmp / "logs").mkdir()
-    children = Children(cwd=REPO, logdir=tmp / "logs")
-    redis_server = EmbeddedRedis(tmp / "redis", fsync=args.fsync)  # dev: always
-    ok = False
     results: dict = {}
     try:
-        results["machine"] = machine()
-        results["loadavg_start"] = os.getloadavg()
-        say(f"temp dir {tmp}")
-        redis_server.start()
-        redis = Redis.from_url(redis_server.url)
-        stack = Stack(tmp, children, redis_server, redis, args.api_latency_ms)
-        # A limit the bridge never reaches, so that the API's limit does not shape phases 1-3.
-        stack.start_sandbox("--general-limit", "1000000", "--bulk-limit", "100000")
-        stack.write_config(
-            "config.toml",
-            {
-                "default_region": "IN",
-                "rate_window_seconds": 60.0,
-                "general_per_minute": 100000,
-                "bulk_per_minute": 10000,
-                "timeout_seconds": 10.0,
-            },
-        )
-        stack.start_web()
-        say(f"sandbox {stack.sandbox_url}, web {stack.web_url}, redis {redis_server.url}")
-        leads = Leads()
-        results["redis_rtt"] = measure_redis_round_trip(redis)
-
-        if "ingest" in only:
-            results["ingest"] = measure_ingest(stack, leads, n_ingest, args.clients)
-            stack.redis.flushall()  # never delivered: not the later phases' backlog
-        if "e2e" in only:
-            results["e2e"] = [measure_e2e(stack, leads, w, n_e2e, e2e_rate) for w in (1, 2)]
-        if "backlog" in only:
-            results["backlog"] = [
-                measure_backlog(stack, leads, w, n_backlog, args.clients) for w in (1, 2)
-            ]
-        stack.stop_workers()
-        if "model" in only:
-            results["worker_model"] = measure_worker_model(redis, n_model)
-        if "ratelimit" in only:
-            results["rate_limit"] = measure_rate_limit(
-                stack, leads, n_rate, args.clients, limit=60, window=3.0
+        with bench_stack(
+            "oliai-bench-",
+            keep=args.keep,
+            fsync=args.fsync,  # oliai-bridge dev's is always
+            api_latency_ms=args.api_latency_ms,
+        ) as stack:
+            results["machine"] = machine()
+            results["loadavg_start"] = os.getloadavg()
+            say(f"temp dir {stack.tmp}")
+            redis = stack.redis
+            # A limit the bridge never reaches, so that the API's limit does not shape phases 1-3.
+            stack.start_sandbox("--general-limit", "1000000", "--bulk-limit", "100000")
+            stack.write_config(
+                "config.toml",
+                {
+                    "default_region": "IN",
+                    "rate_window_seconds": 60.0,
+                    "general_per_minute": 100000,
+                    "bulk_per_minute": 10000,
+                    "timeout_seconds": 10.0,
+                },
             )
-        stack.stop_workers()
-        results["loadavg_end"] = os.getloadavg()
-        ok = True
+            stack.start_web()
+            say(f"sandbox {stack.sandbox_url}, web {stack.web_url}, redis {stack.redis_server.url}")
+            leads = Leads()
+            results["redis_rtt"] = measure_redis_round_trip(redis)
+
+            if "ingest" in only:
+                results["ingest"] = measure_ingest(stack, leads, n_ingest, args.clients)
+                stack.redis.flushall()  # never delivered: not the later phases' backlog
+            if "e2e" in only:
+                results["e2e"] = [measure_e2e(stack, leads, w, n_e2e, e2e_rate) for w in (1, 2)]
+            if "backlog" in only:
+                results["backlog"] = [
+                    measure_backlog(stack, leads, w, n_backlog, args.clients) for w in (1, 2)
+                ]
+            stack.stop_workers()
+            if "model" in only:
+                results["worker_model"] = measure_worker_model(redis, n_model)
+            if "ratelimit" in only:
+                results["rate_limit"] = measure_rate_limit(
+                    stack, leads, n_rate, args.clients, limit=60, window=3.0
+                )
+            stack.stop_workers()
+            results["loadavg_end"] = os.getloadavg()
     except KeyboardInterrupt:
-        STOP.set()
-        say("interrupted: stopping every child process")
         return 130
-    finally:
-        STOP.set()
-        children.stop_all()
-        redis_server.stop()
-        if ok and not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            print(f"logs and data kept in {tmp}", file=sys.stderr)
     text = report(results, args, command, started, time.monotonic() - T0)
     print()
     print(text)

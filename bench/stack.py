@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
+import signal
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +42,44 @@ T0 = time.monotonic()
 
 def say(msg: str) -> None:
     print(f"[{time.monotonic() - T0:7.1f}s] {msg}", flush=True)
+
+
+@contextmanager
+def bench_stack(
+    prefix: str, *, keep: bool, fsync: str = "always", api_latency_ms: float = 0.0
+) -> Iterator[Stack]:
+    """A temp dir (``logs/`` inside), an embedded Redis started in it and the ``Stack`` over
+    them, for one benchmark run. However the run ends (Ctrl-C and SIGTERM arrive as
+    ``KeyboardInterrupt``), every loop is told to stop, every child process is stopped, then
+    Redis; the temp dir goes unless ``keep`` is set or the run did not finish (then its path is
+    printed, with the children's logs and the AOF)."""
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with it ignored
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    (tmp / "logs").mkdir()
+    children = Children(cwd=REPO, logdir=tmp / "logs")
+    redis_server = EmbeddedRedis(tmp / "redis", fsync=fsync)
+    finished = False
+    try:
+        redis_server.start()
+        redis = Redis.from_url(redis_server.url)
+        yield Stack(tmp, children, redis_server, redis, api_latency_ms)
+        finished = True
+    except KeyboardInterrupt:
+        say("interrupted: stopping every child process")
+        raise
+    finally:
+        STOP.set()
+        children.stop_all()
+        redis_server.stop()
+        if finished and not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            print(f"logs and data kept in {tmp}", file=sys.stderr)
 
 
 def bench_route() -> dict:
