@@ -59,7 +59,7 @@ from jobs import payloads
 from jobs.audiences import forget_audience, resolve_audience
 from jobs.campaigns import schedule_step
 from jobs.context import Context, context
-from jobs.deliver import LEASE_REFRESH, LEASE_SECONDS, Deliverer, backoff, reason_code
+from jobs.deliver import LEASE_SECONDS, Deliverer, backoff, kept_alive, reason_code
 from jobs.lanes import (
     IMPORT_HINT_PATH,
     Lanes,
@@ -289,24 +289,8 @@ class Drainer:
         leads wait for a token anyway); else let it go, so a new lead starts a drain at once."""
         job_id = new_job_id(self.kid, self.lane)
         ttl = max(0, due_ms - now_ms()) + 600_000
-        if hold:
-            if self.lanes.pass_on(self.kid, self.lane, self.job_id, job_id, ttl):
-                enqueue_drain(
-                    self.ctx.queue,
-                    self.kid,
-                    self.lane,
-                    job_id,
-                    job_timeout=self.job_timeout,
-                    at_ms=due_ms,
-                )
-            raise Handed(f"waiting for a token until {due_ms}")
-        if not self.lanes.release(self.kid, self.lane, self.job_id, self.horizon()):
-            return  # something became ready meanwhile: keep draining
-        wake = wake_key(self.kid, self.lane)
-        scheduled = self.redis.get(wake)
-        # A wake-up already due has fired (it may be this very run): a later one is needed.
-        if scheduled is None or not now_ms() < int(scheduled) <= due_ms:
-            self.redis.set(wake, math.ceil(due_ms / 1000) * 1000, px=ttl)
+
+        def wake_up() -> None:  # this lane's next drain, scheduled for due_ms
             enqueue_drain(
                 self.ctx.queue,
                 self.kid,
@@ -315,12 +299,24 @@ class Drainer:
                 job_timeout=self.job_timeout,
                 at_ms=due_ms,
             )
+
+        if hold:
+            if self.lanes.pass_on(self.kid, self.lane, self.job_id, job_id, ttl):
+                wake_up()
+            raise Handed(f"waiting for a token until {due_ms}")
+        if not self.lanes.release(self.kid, self.lane, self.job_id, self.horizon()):
+            return  # something became ready meanwhile: keep draining
+        wake = wake_key(self.kid, self.lane)
+        scheduled = self.redis.get(wake)
+        # A wake-up already due has fired (it may be this very run): a later one is needed.
+        if scheduled is None or not now_ms() < int(scheduled) <= due_ms:
+            self.redis.set(wake, math.ceil(due_ms / 1000) * 1000, px=ttl)
+            wake_up()
         raise Handed(f"next retry due at {due_ms}")
 
     @contextmanager
     def keepalive(self) -> Iterator[None]:
         """Refresh the trigger, this run's lease and its batches' leases while it works."""
-        stop = threading.Event()
         lease_ms = int(LEASE_SECONDS * 1000)
 
         def refresh() -> None:
@@ -334,25 +330,9 @@ class Drainer:
             if current is not None and current.decode() == self.job_id:
                 self.redis.pexpire(trigger_key(self.kid, self.lane), 600_000)
 
-        def loop() -> None:
-            while not stop.wait(LEASE_REFRESH):
-                try:
-                    refresh()
-                except Exception:  # noqa: BLE001 - the reaper copes with a lapsed lease
-                    pass
-
         self.redis.set(drain_lease_key(self.job_id), "1", px=lease_ms)
-        thread = threading.Thread(target=loop, name=f"drain-{self.job_id}", daemon=True)
-        thread.start()
-        try:
+        with kept_alive(self.redis, drain_lease_key(self.job_id), refresh, f"drain-{self.job_id}"):
             yield
-        finally:
-            stop.set()
-            thread.join(timeout=1)
-            try:
-                self.redis.delete(drain_lease_key(self.job_id))
-            except Exception:  # noqa: BLE001
-                pass
 
     # --- one batch -----------------------------------------------------------------------------
 

@@ -17,10 +17,11 @@ from __future__ import annotations
 import logging
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import requests
+from redis import Redis
 from rq import get_current_job
 
 from bridge import keys, logs, metrics
@@ -61,6 +62,33 @@ LEASE_SECONDS = 15.0
 LEASE_REFRESH = 5.0
 
 
+@contextmanager
+def kept_alive(redis: Redis, key: str, refresh: Callable[[], object], name: str) -> Iterator[None]:
+    """While the block runs, call ``refresh`` every ``LEASE_REFRESH`` seconds in a thread (it
+    renews the lease ``key`` and whatever else the holder keeps alive); then delete ``key``. A
+    refresh that fails is not retried: the lease lapses and the reaper takes over."""
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(LEASE_REFRESH):
+            try:
+                refresh()
+            except Exception:  # noqa: BLE001 - the reaper copes with a lapsed lease
+                pass
+
+    thread = threading.Thread(target=loop, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=1)
+        try:
+            redis.delete(key)
+        except Exception:  # noqa: BLE001
+            pass
+
+
 def deliver(delivery_id: str) -> str:
     """The RQ job. Returns the delivery's status after this attempt."""
     with logs.context(delivery_id=delivery_id):  # on every line logged while it runs
@@ -84,21 +112,12 @@ class Deliverer:
             return d.status
         if self.stale(d):
             return "stale"
-        route = self.settings.routes.get(d.route)
-        if route is None:
-            return self.fail(d, "route_removed", f"route {d.route!r} is no longer configured")
-        api_key = self.settings.api_key_for(route)
-        if not api_key:
-            return self.fail(d, "no_api_key", "no OliAI API key is configured for this route")
-        client = self.ctx.client_for(api_key)
-        waiting = self.wait_for_token(d, client)
-        if waiting is not None:
-            return waiting
-        return self.attempt(d, route, client, key_id(api_key))
+        return self.alone(d)
 
     def alone(self, d: Delivery, *, counted: bool = False) -> str:
-        """A lead a drain (``jobs.batch``) sends by itself: the checks of ``run`` but the stale
-        job (its ticket was checked when claimed); ``counted``: its batch recorded the attempt."""
+        """A lead sent by itself: by ``run`` once its job is known to be current, or by a drain
+        (``jobs.batch``), whose claim checked its ticket; ``counted``: its batch recorded the
+        attempt."""
         route = self.settings.routes.get(d.route)
         if route is None:
             return self.fail(d, "route_removed", f"route {d.route!r} is no longer configured")
@@ -348,26 +367,10 @@ class Deliverer:
         key = keys.lease(delivery_id)
         ms = int(LEASE_SECONDS * 1000)
         self.redis.set(key, "1", px=ms)
-        stop = threading.Event()
-
-        def refresh() -> None:
-            while not stop.wait(LEASE_REFRESH):
-                try:
-                    self.redis.set(key, "1", px=ms)
-                except Exception:  # noqa: BLE001 - the reaper copes with a lapsed lease
-                    pass
-
-        thread = threading.Thread(target=refresh, name=f"lease-{delivery_id}", daemon=True)
-        thread.start()
-        try:
+        with kept_alive(
+            self.redis, key, lambda: self.redis.set(key, "1", px=ms), f"lease-{delivery_id}"
+        ):
             yield
-        finally:
-            stop.set()
-            thread.join(timeout=1)
-            try:
-                self.redis.delete(key)
-            except Exception:  # noqa: BLE001
-                pass
 
 
 def backoff(failures: int, base: float, cap: float) -> float:
