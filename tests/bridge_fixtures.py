@@ -140,12 +140,18 @@ def run_jobs(redis):
 
 @pytest.fixture
 def cli(tmp_path, redis_server, sandbox):
-    """``cli(config_dict, *args, stdin=None, api_key=None)`` runs ``oliai-bridge ARGS`` as a
-    user would: a process of its own, the config in a file, Redis and the sandbox (with its
-    first key, or ``api_key``) from the environment. Returns the finished process, its output
-    as text."""
+    """``cli(config_dict, *args, stdin=None, api_key=None, timeout=60)`` runs ``oliai-bridge
+    ARGS`` as a user would: a process of its own, the config in a file, Redis and the sandbox
+    (with its first key, or ``api_key``) from the environment. Returns the finished process,
+    its output as text."""
 
-    def run(config: dict, *args: str, stdin: bytes | None = None, api_key: str | None = None):
+    def run(
+        config: dict,
+        *args: str,
+        stdin: bytes | None = None,
+        api_key: str | None = None,
+        timeout: float = 60,
+    ):
         path = write_config(tmp_path / "config.toml", config)
         env = {
             **os.environ,
@@ -160,7 +166,7 @@ def cli(tmp_path, redis_server, sandbox):
             cwd=REPO_ROOT,
             capture_output=True,
             input=stdin,
-            timeout=60,
+            timeout=timeout,
         )
         return subprocess.CompletedProcess(
             done.args, done.returncode, done.stdout.decode(), done.stderr.decode()

@@ -18,27 +18,13 @@ from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
 
 
 @pytest.fixture
-def bridge(tmp_path, redis_server, sandbox):
-    """``bridge(*args, route=...)`` runs ``oliai-bridge ARGS`` as a user would, with one route."""
+def bridge(cli):
+    """``bridge(*args, route=...)`` runs ``oliai-bridge ARGS`` as a user would, with one route
+    (``cli``; ``.out`` and ``.err`` are its output)."""
 
     def run(*args: str, route: dict | None = None):
-        config_path = write_config(tmp_path / "config.toml", {"routes": [route or route_dict()]})
-        env = {
-            **os.environ,
-            "BRIDGE_CONFIG": str(config_path),
-            "REDIS_URL": redis_server.url,
-            "OLIAI_BASE_URL": sandbox.base_url,
-            "OLIAI_API_KEY": sandbox.keys[0],
-        }
-        result = subprocess.run(
-            [sys.executable, "-m", "bridge", *args],
-            env=env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            timeout=120,
-        )
-        result.out = result.stdout.decode()
-        result.err = result.stderr.decode()
+        result = cli({"routes": [route or route_dict()]}, *args, timeout=120)
+        result.out, result.err = result.stdout, result.stderr
         return result
 
     return run

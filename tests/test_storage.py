@@ -225,34 +225,19 @@ def test_only_noeviction_keeps_every_lead(redis, evicting_redis):
     assert eviction_warning(redis) is None
 
 
-def run_bridge(redis_server, tmp_path, *args):
-    config = write_config(tmp_path / "config.toml", {"routes": [route_dict()]})
-    env = {**os.environ, "BRIDGE_CONFIG": str(config), "REDIS_URL": redis_server.url}
-    return subprocess.run(
-        [sys.executable, "-m", "bridge", *args],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
-def test_check_config_and_the_worker_warn_when_redis_may_evict(
-    redis_server, evicting_redis, tmp_path
-):
-    check = run_bridge(redis_server, tmp_path, "check-config")
+def test_check_config_and_the_worker_warn_when_redis_may_evict(cli, evicting_redis):
+    check = cli({"routes": [route_dict()]}, "check-config")
     assert check.returncode == 0, check.stdout + check.stderr
     assert "warning: WARNING: Redis maxmemory-policy is allkeys-lru" in check.stdout
-    worker = run_bridge(redis_server, tmp_path, "worker", "--burst")
+    worker = cli({"routes": [route_dict()]}, "worker", "--burst")
     assert worker.returncode == 0, worker.stderr
     lines = [json.loads(line) for line in worker.stderr.splitlines()]
     [warning] = [x for x in lines if x["event"] == "redis.eviction_policy"]
     assert warning["level"] == "warning" and "allkeys-lru" in warning["message"]
 
 
-def test_check_config_is_quiet_about_a_redis_that_keeps_everything(redis_server, redis, tmp_path):
-    check = run_bridge(redis_server, tmp_path, "check-config")
+def test_check_config_is_quiet_about_a_redis_that_keeps_everything(cli, redis):
+    check = cli({"routes": [route_dict()]}, "check-config")
     assert check.returncode == 0
     assert check.stdout.startswith("OK: ")
     assert "maxmemory" not in check.stdout
