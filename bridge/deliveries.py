@@ -26,9 +26,10 @@ from bridge.record import (
     load_raw,
     new_delivery_id,
     packed_fields,
-    raw_body,
     raw_record,
     request_from_raw,
+    stored_body,
+    with_ticket,
 )
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class DeliveryStore:
             for raw_id in wanted:
                 pipe.get(keys.raw(raw_id))
             for raw_id, data in zip(wanted, pipe.execute(), strict=True):
-                bodies[raw_id] = raw_body(load_raw(data)) if data else None
+                bodies[raw_id] = stored_body(data) if data else None
         out: list[Delivery | None] = []
         for delivery_id, h in pairs:
             if not h or b"status" not in h:  # none, or history logged after it expired
@@ -160,9 +161,7 @@ class DeliveryStore:
                     pipe.persist(keys.raw(delivery.raw_id))
             pipe.zadd(keys.ACTIVE, {delivery.id: now + recheck_in})
         if only is not None:
-            only = {*only, "status", "updated_at"}
-            if only & {"job_id", "job_seq"}:
-                only |= {"job_id", "job_seq"}  # the ticket is said by the pair
+            only = with_ticket({*only, "status", "updated_at"})
         stored = delivery.to_hash(only)
         pipe.hset(key, mapping=stored)
         unset = [

@@ -82,6 +82,8 @@ class Delivery:
         if not self.updated_at:
             self.updated_at = self.received_at
         self.pack_against(None)
+        #: Why the lead's fields and contact could not be read back (None: they were).
+        self.unreadable: str | None = None
         #: The record's history fields, oldest first, as read (and added to by the store).
         self.history_fields: list[str] = []
         #: Read from a record an earlier version wrote (its history is a list of its own).
@@ -100,8 +102,7 @@ class Delivery:
         usual ``<id>-<job_seq>``.
         """
         out: dict[str, str | bytes] = {}
-        if only is not None and ("job_id" in only or "job_seq" in only):
-            only = {*only, "job_id", "job_seq"}  # the ticket is said by the pair
+        only = with_ticket(only)
         for field in HASH_FIELDS:
             name = field.name
             if name == "id" or (only is not None and name not in only):
@@ -183,8 +184,6 @@ class Delivery:
         the record then needs that body to be read (``from_hash``)."""
         self._base = base or None
         self._packs: dict[str, tuple[str, bytes]] = {}
-        #: Why the lead's fields and contact could not be read back (None: they were).
-        self.unreadable: str | None = None
 
     def _packed_field(self, name: str, value: Any) -> str | bytes:
         plain = _plain(value)
@@ -346,6 +345,14 @@ def _event_from(
     return Event.from_dict(data)
 
 
+def with_ticket(only: Collection[str] | None) -> set[str] | None:
+    """``only`` (the fields a save writes; None: all) with ``job_id`` and ``job_seq`` together:
+    the ticket is said by the pair."""
+    if only is None:
+        return None
+    return {*only, "job_id", "job_seq"} if {"job_id", "job_seq"} & set(only) else set(only)
+
+
 #: Fields absent from the hash while ``None``: a save removes them (``HDEL``).
 OPTIONAL_FIELDS = tuple(f.name for f in HASH_FIELDS if f.optional)
 #: Fields absent from the hash while they hold their default (a missing field reads as it).
@@ -408,18 +415,31 @@ def dump_raw(raw: dict[str, Any]) -> bytes:
 
 def load_raw(stored: bytes) -> dict[str, Any]:
     """What ``dump_raw`` stored (or the JSON earlier versions did), as ``raw_record`` made it."""
+    head, body = _unframe(stored)
+    if body is None:
+        return head
+    return {**RAW_DEFAULTS, **head, "body_b64": base64.b64encode(body).decode()}
+
+
+def stored_body(stored: bytes) -> bytes:
+    """The body of a raw request as ``dump_raw`` (or an earlier version) stored it: what packed
+    record fields were deflated against."""
+    head, body = _unframe(stored)
+    return body if body is not None else base64.b64decode(head.get("body_b64", ""))
+
+
+def _unframe(stored: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """(head, body) of the current layout; (the whole JSON, None) of an earlier version's."""
     if stored[:1] == RAW_DEFLATED:
         stored = RAW_PLAIN + zlib.decompress(stored[1:])
     if stored[:1] != RAW_PLAIN:
-        return json.loads(stored)
+        return json.loads(stored), None
     head, _, body = stored[1:].partition(b"\n")
-    return {**RAW_DEFAULTS, **json.loads(head), "body_b64": base64.b64encode(body).decode()}
+    return json.loads(head), body
 
 
-def raw_body(raw: dict[str, Any] | None) -> bytes | None:
-    """The (redacted) body of a stored raw request: what packed record fields refer to."""
-    if raw is None:
-        return None
+def raw_body(raw: dict[str, Any]) -> bytes:
+    """The (redacted) body of a raw request as ``raw_record`` made it."""
     return base64.b64decode(raw.get("body_b64", ""))
 
 
