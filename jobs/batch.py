@@ -417,6 +417,8 @@ class Drainer:
             return
         work = Work(self, valid)
         try:
+            # Once for the batch: the rows an import or /contacts/bulk sends (#7: whole contacts).
+            work.contacts = self.merged_contacts([d for d in valid if not d.contact_id])
             if import_ok:
                 self.try_import(work, batch_id)
             rest = work.pending()
@@ -451,7 +453,6 @@ class Drainer:
         for d in deliveries:  # one row per phone number (#7), its leads' data merged
             by_phone.setdefault(d.contact["phoneNumber"], []).append(d)
         rows = list(by_phone.values())
-        work.contacts.update(self.merged_contacts(deliveries))
         size = self.bulk_size()
         for start in range(0, len(rows), size):
             try:
@@ -671,7 +672,6 @@ class Drainer:
             )
             flagged = {d.id for d, f in zip(candidates, found, strict=True) if f}
         by_audience: dict[str, list[tuple[Delivery, dict]]] = {}
-        work.contacts.update(self.merged_contacts([d for d in candidates if d.id not in flagged]))
         for d in candidates:
             if d.id in flagged:
                 continue
