@@ -24,6 +24,7 @@ from pathlib import Path
 
 from redis import Redis
 
+from bench.report import cpu_model
 from bench.stack import REPO, ROUTE, TOKEN, bench_route, say
 from bridge import keys
 from bridge.processes import Children, wait_for_port, write_toml
@@ -86,14 +87,7 @@ def wrk(url: str, script: Path, connections: int, seconds: float, nonce: str) ->
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model() or platform.processor() or platform.machine()
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}"
 
 
