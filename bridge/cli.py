@@ -369,15 +369,22 @@ def redis_warnings(settings: Settings) -> list[str]:
     return [f"WARNING: {warning}"] if warning else []
 
 
+def named_route(settings, name: str):
+    """The route called ``name``, or None after saying which routes there are."""
+    route = settings.routes.get(name)
+    if route is None:
+        print(f"no route {name!r}; routes: {', '.join(settings.routes)}", file=sys.stderr)
+    return route
+
+
 def cmd_try(args) -> int:
     from bridge.event import InboundRequest, utcnow_iso
     from bridge.pipeline import map_request
     from bridge.sources import get_source
 
     settings = settings_for(args, demo_ok=True)
-    route = settings.routes.get(args.route)
+    route = named_route(settings, args.route)
     if route is None:
-        print(f"no route {args.route!r}; routes: {', '.join(settings.routes)}", file=sys.stderr)
         return 1
     body = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
     headers = {}
@@ -538,9 +545,8 @@ def cmd_import(args) -> int:
     from bridge.rows import RowFile, UnreadableFile
 
     settings = settings_for(args, demo_ok=True)
-    route = settings.routes.get(args.route)
+    route = named_route(settings, args.route)
     if route is None:
-        print(f"no route {args.route!r}; routes: {', '.join(settings.routes)}", file=sys.stderr)
         return 1
     try:
         delimiter = "\t" if args.delimiter == "tab" else args.delimiter
