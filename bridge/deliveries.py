@@ -26,6 +26,7 @@ from bridge.record import (
     load_raw,
     new_delivery_id,
     packed_fields,
+    raw_fields,
     raw_record,
     request_from_raw,
     stored_body,
@@ -68,8 +69,11 @@ class DeliveryStore:
 
     # --- writing -----------------------------------------------------------------------------
 
-    def add_raw(self, pipe: Pipeline, raw_id: str, raw: dict[str, Any]) -> None:
-        pipe.set(keys.raw(raw_id), dump_raw(raw), ex=self.keep_raw)
+    def add_raw(self, pipe: Pipeline, raw_id: str, raw: dict[str, Any] | bytes) -> None:
+        """Store a raw request (``raw_record``, or as ``dump_raw`` made it) under a key of its
+        own, for the leads of a webhook that has several (one lead holds its own)."""
+        stored = raw if isinstance(raw, bytes) else dump_raw(raw)
+        pipe.set(keys.raw(raw_id), stored, ex=self.keep_raw)
 
     def add(self, pipe: Pipeline, delivery: Delivery, note: str | None = None) -> None:
         """Queue the writes that store a new delivery on ``pipe`` (the caller executes it)."""
@@ -79,7 +83,10 @@ class DeliveryStore:
             self._index_phone(pipe, delivery, now)  # a fetched or remapped lead's phone too
         else:
             pipe.zadd(keys.ACTIVE, {delivery.id: now + 60})
-        pipe.hset(keys.delivery(delivery.id), mapping=delivery.to_hash())
+        stored = delivery.to_hash()
+        if delivery.raw_inline:
+            stored.update(raw_fields(delivery.raw_inline))
+        pipe.hset(keys.delivery(delivery.id), mapping=stored)
         pipe.zadd(keys.RECEIVED, {delivery.id: now})
         pipe.hset(keys.route_state(delivery.route), "last_received", now)
         self._index_phone(pipe, delivery, now)
@@ -126,6 +133,9 @@ class DeliveryStore:
         return bool(self.redis.exists(keys.delivery(delivery_id)))
 
     def raw(self, delivery: Delivery) -> dict[str, Any] | None:
+        """The delivery's raw request (``raw_record``), None when there is none any more."""
+        if delivery.raw_inline:
+            return load_raw(delivery.raw_inline)
         if not delivery.raw_id:
             return None
         data = self.redis.get(keys.raw(delivery.raw_id))

@@ -35,7 +35,14 @@ from bridge.exceptions import (
 )
 from bridge.pipeline import LeadResult, map_request
 from bridge.quotas import ADDRESS_QUOTA, Quotas
-from bridge.record import Delivery, new_delivery_id, raw_body, raw_record
+from bridge.record import (
+    Delivery,
+    dump_raw,
+    new_delivery_id,
+    raw_body,
+    raw_fields,
+    raw_record,
+)
 from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
@@ -183,16 +190,20 @@ class Ingest:
         of its leads wins, and each lead's record, history, indexes, metrics and ticket when
         that lead wins. ``lanes`` collects the leads queued per lane, whose drains ``Kick``
         starts."""
-        raw_id = f"r{secrets.token_hex(8)}"
-        with admission.for_leads(leads) as pipe:
-            raw = raw_record(received.req, received.kept_headers, self._hidden)
-            self.store.add_raw(pipe, raw_id, raw)
+        raw = raw_record(received.req, received.kept_headers, self._hidden)
+        stored = dump_raw(raw)
+        raw_id = None  # a webhook's only lead keeps the request in its record
+        if len(received.deliveries) > 1 or not raw_fields(stored):
+            raw_id = f"r{secrets.token_hex(8)}"
+            with admission.for_leads(leads) as pipe:
+                self.store.add_raw(pipe, raw_id, stored)
         body = raw_body(raw)
         for delivery, lead in zip(received.deliveries, leads, strict=True):
             delivery.event.fields = redact(delivery.event.fields, self._hidden)
             if delivery.contact is not None:
                 delivery.contact = redact(delivery.contact, self._hidden)
             delivery.raw_id = raw_id
+            delivery.raw_inline = None if raw_id else stored
             delivery.pack_against(body)  # its fields and contact repeat the body: say so
             with admission.for_leads([lead]) as pipe:
                 if delivery.status == "queued":

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 import types
 import typing
 import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from secrets import token_hex
 from typing import Any
 
@@ -88,6 +90,9 @@ class Delivery:
         self.history_fields: list[str] = []
         #: Read from a record an earlier version wrote (its history is a list of its own).
         self.earlier_layout = False
+        #: The raw request as ``dump_raw`` stored it, when the record holds it itself (``RAW_MARK``
+        #: fields) instead of a ``raw_id`` key: a webhook's only lead, the usual case.
+        self.raw_inline: bytes | None = None
 
     @property
     def terminal(self) -> bool:
@@ -114,7 +119,7 @@ class Delivery:
             if value is None:
                 continue
             if name == "event":
-                out["event_id"] = value.event_id
+                out["event_id"] = dump_event_id(value.event_id)
                 out["event"] = self._packed_field("event", self._event_rest(value))
             elif name == "contact":
                 out["contact"] = self._packed_field("contact", value)
@@ -137,7 +142,11 @@ class Delivery:
     ) -> Delivery:
         """The delivery ``to_hash`` wrote (or an earlier version did); a field missing from the
         hash takes its default. ``delivery_id``: the key's id (new records do not repeat it);
-        ``base``: the raw body the packed fields were deflated against (``Packed``)."""
+        ``base``: the raw body the packed fields were deflated against (``Packed``), when it is
+        not in the hash itself (``raw_fields``)."""
+        inline = raw_from_fields(h)
+        if inline is not None:
+            base = stored_body(inline)
         stored = {k.decode(): v for k, v in h.items()}
         values: dict[str, Any] = {}
         for field in HASH_FIELDS:
@@ -166,6 +175,7 @@ class Delivery:
         delivery = cls(**values)
         delivery.pack_against(None if unreadable else base)
         delivery.unreadable = unreadable
+        delivery.raw_inline = inline
         delivery.history_fields = sorted(name for name in stored if name.startswith("~"))
         delivery.earlier_layout = "event_id" not in stored
         if unreadable:
@@ -259,6 +269,53 @@ EVENT = Codec(
 #: A field's codec, by its type (``X | None`` by ``X``; ``dict[...]`` by ``dict``).
 CODECS: dict[type, Codec] = {str: TEXT, int: NUMBER, bool: FLAG, dict: JSON, Event: EVENT}
 
+_ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+
+
+def dump_time(iso: str) -> str:
+    """A time of the bridge's own (``utcnow_iso``) as epoch milliseconds: Redis keeps a number
+    of 13 digits in 8 bytes, the text in 24. Any other spelling is kept as it is."""
+    if _ISO_MS.fullmatch(iso):
+        ms = round(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+        if load_time(str(ms)) == iso:
+            return str(ms)
+    return iso
+
+
+def load_time(text: str) -> str:
+    """What ``dump_time`` stored (or the text earlier versions did), as ISO 8601 text."""
+    if not text.isdigit():
+        return text
+    at = datetime.fromtimestamp(int(text) / 1000, UTC)
+    return at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+TIME = Codec(dump=dump_time, load=load_time)
+#: Codecs chosen by a field's name rather than its type.
+NAMED_CODECS: dict[str, Codec] = {"received_at": TIME, "updated_at": TIME}
+
+#: The first byte of an event id kept as the bytes its hex digits spell (a body hash: 32 bytes
+#: instead of 64), and of a text id that happens to start with one of these two bytes.
+EVENT_ID_HEX, EVENT_ID_TEXT = b"\x03", b"\x04"
+_HEX = re.compile(r"(?:[0-9a-f]{2}){8,}")
+
+
+def dump_event_id(event_id: str) -> str | bytes:
+    """An event id as stored: lowercase hex (a body hash, most often) as its bytes."""
+    if _HEX.fullmatch(event_id):
+        return EVENT_ID_HEX + bytes.fromhex(event_id)
+    if event_id[:1] in ("\x03", "\x04"):
+        return "\x04" + event_id
+    return event_id
+
+
+def load_event_id(stored: bytes) -> str:
+    if stored[:1] == EVENT_ID_HEX:
+        return stored[1:].hex()
+    if stored[:1] == EVENT_ID_TEXT:
+        return stored[1:].decode()
+    return stored.decode()
+
 
 @dataclass(frozen=True)
 class HashField:
@@ -281,7 +338,7 @@ def hash_fields(cls: type) -> tuple[HashField, ...]:
             if len(members) != 1:
                 raise TypeError(f"{cls.__name__}.{f.name}: {kind} has no single stored type")
             kind = members[0]
-        codec = CODECS.get(typing.get_origin(kind) or kind)
+        codec = NAMED_CODECS.get(f.name) or CODECS.get(typing.get_origin(kind) or kind)
         if codec is None:
             raise TypeError(f"{cls.__name__}.{f.name}: no codec stores a {kind}")
         out.append(HashField(f.name, codec, optional))
@@ -323,7 +380,7 @@ def unpack(stored: bytes, base: bytes | None) -> Any:
 
 
 def packed_fields(h: Mapping[bytes, bytes]) -> bool:
-    """Whether reading the hash needs its raw body."""
+    """Whether reading the hash needs the raw body of a ``raw_id`` key."""
     return any(h.get(name, b"")[:1] == PACKED for name in (b"event", b"contact"))
 
 
@@ -339,7 +396,7 @@ def _event_from(
             "route": values.get("route", ""),
             "source": values.get("source", ""),
             "received_at": values.get("received_at", ""),
-            "event_id": stored["event_id"].decode(),
+            "event_id": load_event_id(stored["event_id"]),
             **data,
         }
     return Event.from_dict(data)
@@ -369,6 +426,35 @@ UNSAID_FIELDS = (*OPTIONAL_FIELDS, *UNSAID_DEFAULTS, "updated_at")
 
 
 # --- the raw request ----------------------------------------------------------------------------
+
+#: Fields holding a raw request inside its record start with this, then one base-36 digit: the
+#: stored bytes in pieces of ``RAW_PIECE``, each short enough for Redis's compact hash encoding
+#: (``hash-max-listpack-value``, 64 by default), so the record stays one small listpack instead
+#: of a record and a key of its own (~150 bytes of Redis saved per lead).
+RAW_MARK = "^"
+RAW_PIECE = 64
+#: A raw request longer than this as stored gets a key of its own (``raw_id``).
+RAW_INLINE_MAX = 36 * RAW_PIECE
+
+
+def raw_fields(stored: bytes) -> dict[str, bytes]:
+    """``stored`` (``dump_raw``) as record fields, when it is short enough (else empty)."""
+    if len(stored) > RAW_INLINE_MAX:
+        return {}
+    return {
+        f"{RAW_MARK}{_B36[n]}": stored[at : at + RAW_PIECE]
+        for n, at in enumerate(range(0, len(stored), RAW_PIECE))
+    }
+
+
+def raw_from_fields(h: Mapping[bytes, bytes]) -> bytes | None:
+    """The raw request a record holds itself (``raw_fields``), or None."""
+    mark = RAW_MARK.encode()
+    pieces = sorted((name, value) for name, value in h.items() if name[:1] == mark)
+    return b"".join(value for _, value in pieces) or None
+
+
+_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 
 def raw_record(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import pytest
 
@@ -250,9 +250,12 @@ def test_a_hash_written_by_earlier_versions_reads_and_is_written_back_in_today_s
     # hold their defaults (a missing field reads as its default).
     unsaid = {"id", "job_id", "lead_index", "audience_added"}
     assert set(again) == set(earlier) - unsaid | {"event_id"}
-    assert {k: again[k] for k in again if k not in ("event", "event_id", "contact")} == {
-        k: v for k, v in earlier.items() if k not in unsaid | {"event", "contact"}
+    rewritten = {"event", "event_id", "contact", "received_at", "updated_at"}
+    assert {k: again[k] for k in again if k not in rewritten} == {
+        k: v for k, v in earlier.items() if k not in unsaid | rewritten
     }
+    # The bridge's own times as epoch milliseconds (8 bytes in Redis instead of 24).
+    assert (again["received_at"], again["updated_at"]) == ("1767225599000", "1767225603000")
     assert Delivery.from_hash(as_redis(again), d.id) == d
     store = DeliveryStore(redis)
     store.update(d, "replayed")
@@ -486,3 +489,63 @@ def test_a_raw_request_too_small_to_deflate_is_kept_as_it_is():
     raw = {"method": "POST", "route": "r", "headers": {}, "query": {}, "body_b64": "e30="}
     assert dump_raw(raw) == b'\x02{"route":"r","headers":{}}\n{}'
     assert load_raw(dump_raw(raw)) == raw
+
+
+def test_a_webhook_s_only_lead_holds_its_request_in_its_own_compact_record(make_client):
+    """No key of its own for the request: the record holds it in pieces short enough for the
+    compact encoding. The admin page shows it, a remap replay reads it, and it goes when the
+    record goes; a webhook with several leads shares one key among them (``raw_id``)."""
+    client = make_client(
+        routes=[{"name": "leads", "source": "zapier", "audience_name": "A"}],
+        bridge={"admin_token": "adm1n-t0ken"},
+    )
+    body = {"name": "Asha", "phone": "+919876543210", "note": "call after six " * 40}
+    r = client.post("/hooks/leads", json=body)
+    assert r.status_code == 202, r.json
+    d = client.store.get(r.json["deliveryId"])
+    assert d.raw_id is None and list(client.redis.scan_iter(keys.raw("*"))) == []
+    assert json.loads(base64.b64decode(client.store.raw(d)["body_b64"])) == body
+    assert d.contact["phoneNumber"] == "+919876543210" and d.event.fields["note"] == body["note"]
+    assert client.redis.object("encoding", keys.delivery(d.id)) in (b"ziplist", b"listpack")
+    auth = {"Authorization": "Bearer adm1n-t0ken"}
+    shown = client.get(f"/admin/deliveries/{d.id}", headers=auth).json
+    assert json.loads(shown["raw"]["body"]) == body
+
+    r = client.post("/hooks/leads", json=[{"phone": "+919876543211"}, {"phone": "+919876543212"}])
+    one, two = (client.store.get(x["deliveryId"]) for x in r.json["deliveries"])
+    assert one.raw_id and one.raw_id == two.raw_id and one.raw_inline is None
+    assert client.store.raw(one) == client.store.raw(two)
+    assert list(client.redis.scan_iter(keys.raw("*"))) == [keys.raw(one.raw_id).encode()]
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [
+        "9593f6d9c6666409f6768fdc351ac15262159c94ea23e040be5680b9c2a004d2",  # a body hash
+        "9593F6D9C6666409F6768FDC351AC152",  # upper case: kept as text
+        "abc",  # too short to be worth it
+        "0123456789abcde",  # odd length
+        "62515:1:9:123",
+        "\x03not-hex",  # text that starts like the compact form
+        "\x04x",
+        "tok_ünï",
+    ],
+)
+def test_an_event_id_reads_back_exactly_however_it_is_kept(event_id):
+    d = replace(every_field(), event=replace(every_field().event, event_id=event_id))
+    stored = d.to_hash()
+    if len(event_id) == 64:
+        assert len(stored["event_id"]) == 33  # its 32 bytes and a mark
+    assert Delivery.from_hash(as_redis(stored), d.id).event.event_id == event_id
+
+
+@pytest.mark.parametrize(
+    "at", ["2026-12-01T16:30:13.841Z", "1970-01-01T00:00:00.000Z", "2026-12-01T16:30:13Z", "x"]
+)
+def test_a_time_reads_back_exactly_however_it_is_kept(at):
+    d = replace(every_field(), received_at=at, updated_at=at)
+    stored = d.to_hash()
+    back = Delivery.from_hash(as_redis(stored), d.id)
+    assert (back.received_at, back.updated_at) == (at, at)
+    if at.endswith(".841Z"):
+        assert stored["received_at"] == "1796142613841"
