@@ -6,12 +6,10 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import secrets
 import time
 from collections.abc import Collection
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
@@ -20,9 +18,13 @@ from redis.client import Pipeline
 from bridge import defaults, keys
 from bridge.event import utcnow_iso
 from bridge.record import (
+    HISTORY_MARK,
     UNSAID_FIELDS,
     Delivery,
     dump_raw,
+    entry_from_field,
+    history_field,
+    history_order,
     load_raw,
     new_delivery_id,
     packed_fields,
@@ -37,7 +39,15 @@ if TYPE_CHECKING:
     from bridge.settings import Settings
 
 # The record and its helpers lived here first; code elsewhere still imports them from here.
-__all__ = ["Delivery", "DeliveryStore", "new_delivery_id", "raw_record", "request_from_raw"]
+__all__ = [
+    "Delivery",
+    "DeliveryStore",
+    "entry_from_field",
+    "history_field",
+    "new_delivery_id",
+    "raw_record",
+    "request_from_raw",
+]
 
 HISTORY_MAX = 100
 
@@ -205,19 +215,17 @@ class DeliveryStore:
             pipe.lrange(keys.history(delivery_id), 0, -1)  # as earlier versions kept it
         answers = pipe.execute()
         out = []
-        for h, earlier in zip(answers[::2], answers[1::2], strict=True):
+        for delivery_id, h, earlier in zip(delivery_ids, answers[::2], answers[1::2], strict=True):
             entries = [history_entry(line) for line in earlier]
-            entries += [
-                entry_from_field(name, h[name])
-                for name in sorted(n for n in h if n.startswith(HISTORY_MARK))
-            ]
+            mine = sorted((n for n in h if n[:1] == HISTORY_MARK), key=history_order(delivery_id))
+            entries += [entry_from_field(name, h[name], delivery_id) for name in mine]
             out.append(entries)
         return out
 
     def log_on(self, pipe: Pipeline, delivery_id: str, what: str, detail: str | None) -> str:
         """Queue one history entry on ``pipe``: a field of the record named by its time, so
         a lead's history costs no key of its own. Returns the field's name."""
-        name = history_field(int(time.time() * 1000))
+        name = history_field(int(time.time() * 1000), delivery_id)
         pipe.hset(keys.delivery(delivery_id), name, f"{what} {detail}" if detail else what)
         return name
 
@@ -332,38 +340,6 @@ class DeliveryStore:
 
 
 # --- history entries ---------------------------------------------------------------------------
-
-
-#: History fields of a record start with this (no other field does).
-HISTORY_MARK = b"~"
-_DIGITS = "0123456789abcdefghijklmnopqrstuvwxyz"
-#: Tells apart the entries one process writes in the same millisecond.
-_entry_seq = itertools.count(secrets.randbelow(36**3))
-
-
-def _base36(n: int, width: int) -> str:
-    out = ""
-    while n:
-        n, digit = divmod(n, 36)
-        out = _DIGITS[digit] + out
-    return out.rjust(width, "0")
-
-
-def history_field(at_ms: int) -> str:
-    """``~<epoch ms, base 36, 9 digits><3 digits>``: entries sort by name in the order they were
-    written (the last digits tell apart entries of the same millisecond)."""
-    return f"~{_base36(at_ms, 9)}{_base36(next(_entry_seq) % 36**3, 3)}"
-
-
-def entry_from_field(name: bytes, value: bytes) -> dict[str, Any]:
-    """A history field (``history_field``; ``<what>[ <detail>]``) as ``{"at", "what"[,
-    "detail"]}``."""
-    at = datetime.fromtimestamp(int(name[1:10], 36) / 1000, UTC)
-    what, _, detail = value.decode().partition(" ")
-    entry = {"at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "what": what}
-    if detail:
-        entry["detail"] = detail
-    return entry
 
 
 def history_entry(stored: bytes | str) -> dict[str, Any]:

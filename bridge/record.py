@@ -22,6 +22,7 @@ Records written by earlier versions (plain JSON values, every field) still read.
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import re
 import time
@@ -31,7 +32,7 @@ import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from secrets import token_hex
+from secrets import randbelow, token_hex
 from typing import Any
 
 from bridge.event import Event, InboundRequest
@@ -176,7 +177,8 @@ class Delivery:
         delivery.pack_against(None if unreadable else base)
         delivery.unreadable = unreadable
         delivery.raw_inline = inline
-        delivery.history_fields = sorted(name for name in stored if name.startswith("~"))
+        history = (name for name in stored if name.startswith(HISTORY_MARK.decode()))
+        delivery.history_fields = sorted(history, key=history_order(delivery.id))
         delivery.earlier_layout = "event_id" not in stored
         if unreadable:
             return delivery
@@ -245,6 +247,88 @@ class Delivery:
             "phoneNumber": (self.contact or {}).get("phoneNumber"),
             "lane": self.lane,
         }
+
+
+# --- history entries ---------------------------------------------------------------------------
+
+#: History fields of a record start with this (no other field does).
+HISTORY_MARK = b"~"
+#: The two digits after an entry's time: per process, they count up within each millisecond
+#: from a random start (entries of one process keep their order; two processes writing the same
+#: lead in the same millisecond do not overwrite each other's entry).
+_SEQS = 36**2
+_last_ms, _seqs = 0, iter(())
+#: A field name of this length holds the entry's own time (as the first versions wrote all).
+_ABSOLUTE = 13
+
+
+def _base36(n: int, width: int = 1) -> str:
+    out = ""
+    while n:
+        n, digit = divmod(n, 36)
+        out = _B36[digit] + out
+    return out.rjust(width, "0")
+
+
+def id_ms(delivery_id: str) -> int | None:
+    """When a delivery was received, as its id says (``new_delivery_id``), in epoch ms."""
+    try:
+        return int(delivery_id[4:-12], 16)
+    except ValueError:
+        return None
+
+
+def history_field(at_ms: int, delivery_id: str = "") -> str:
+    """The name of a history entry written at ``at_ms``: ``~<ms after the delivery was received,
+    base 36><2 digits>`` (``~-...`` when this process's clock is behind the receiver's); the last
+    digits tell apart entries of the same millisecond. A few bytes: a delivery has many entries.
+    Without a readable id, or years after it, ``~<epoch ms, 9 digits><3 digits>`` as before."""
+    at_ms, seq = _next_seq(at_ms)
+    base = id_ms(delivery_id)
+    if base is not None and abs(at_ms - base) < 36**8:
+        sign = "-" if at_ms < base else ""
+        return f"~{sign}{_base36(abs(at_ms - base))}{_base36(seq, 2)}"
+    return f"~{_base36(at_ms, 9)}{_base36(seq, 3)}"
+
+
+def _next_seq(at_ms: int) -> tuple[int, int]:
+    """(the entry's ms, its digits): a millisecond whose digits ran out lends the next one (so
+    an entry may be written a millisecond or so after its time; a clock set back more than a
+    second starts over)."""
+    global _last_ms, _seqs
+    if at_ms > _last_ms or at_ms < _last_ms - 1000:
+        _last_ms, _seqs = at_ms, iter(range(randbelow(_SEQS // 2), _SEQS))
+    seq = next(_seqs, None)
+    if seq is None:
+        _last_ms, _seqs = _last_ms + 1, iter(range(randbelow(_SEQS // 2), _SEQS))
+        seq = next(_seqs)
+    return _last_ms, seq
+
+
+def history_time(name: str | bytes, delivery_id: str) -> tuple[int, int]:
+    """(epoch ms, sequence) of a history field's name (``history_field``)."""
+    text = name.decode() if isinstance(name, bytes) else name
+    if len(text) == _ABSOLUTE:
+        return int(text[1:10], 36), int(text[10:], 36)
+    negative = text[1] == "-"
+    offset = int(text[1 + negative : -2], 36)
+    return (id_ms(delivery_id) or 0) + (-offset if negative else offset), int(text[-2:], 36)
+
+
+def history_order(delivery_id: str) -> Callable[[str | bytes], tuple[int, int]]:
+    """Sort key putting a delivery's history fields in the order they were written."""
+    return lambda name: history_time(name, delivery_id)
+
+
+def entry_from_field(name: bytes, value: bytes, delivery_id: str = "") -> dict[str, Any]:
+    """A history field (``history_field``; ``<what>[ <detail>]``) as ``{"at", "what"[,
+    "detail"]}``."""
+    at = datetime.fromtimestamp(history_time(name, delivery_id)[0] / 1000, UTC)
+    what, _, detail = value.decode().partition(" ")
+    entry = {"at": at.isoformat(timespec="milliseconds").replace("+00:00", "Z"), "what": what}
+    if detail:
+        entry["detail"] = detail
+    return entry
 
 
 # --- the hash layout ----------------------------------------------------------------------------
@@ -481,12 +565,19 @@ def raw_record(
     }
 
 
-#: The first byte of a raw request in the compact layout (earlier versions stored JSON).
+#: The first byte of a raw request in the compact layout (earlier versions stored JSON): zlib.
 RAW_DEFLATED = b"\x01"
-#: ... and of one too small for deflating to pay: head, newline, body as they are.
+#: ... of one too small for deflating to pay: head, newline, body as they are.
 RAW_PLAIN = b"\x02"
+#: ... and of one deflated without zlib's header and checksum (6 bytes a lead; the record's
+#: own packed fields need the body exact, and a damaged stream fails to inflate or parse).
+RAW_DEFLATED_BARE = b"\x03"
 #: Parts of a raw request left out while they say the usual.
-RAW_DEFAULTS: dict[str, Any] = {"method": "POST", "query": {}}
+RAW_DEFAULTS: dict[str, Any] = {
+    "method": "POST",
+    "query": {},
+    "headers": {"content-type": "application/json"},
+}
 
 
 def dump_raw(raw: dict[str, Any]) -> bytes:
@@ -495,8 +586,9 @@ def dump_raw(raw: dict[str, Any]) -> bytes:
     head = {k: v for k, v in raw.items() if k != "body_b64" and RAW_DEFAULTS.get(k) != v}
     body = base64.b64decode(raw.get("body_b64", ""))
     plain = json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
-    deflated = zlib.compress(plain, 9)
-    return RAW_DEFLATED + deflated if len(deflated) < len(plain) else RAW_PLAIN + plain
+    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    deflated = squeeze.compress(plain) + squeeze.flush()
+    return RAW_DEFLATED_BARE + deflated if len(deflated) < len(plain) else RAW_PLAIN + plain
 
 
 def load_raw(stored: bytes) -> dict[str, Any]:
@@ -504,7 +596,7 @@ def load_raw(stored: bytes) -> dict[str, Any]:
     head, body = _unframe(stored)
     if body is None:
         return head
-    return {**RAW_DEFAULTS, **head, "body_b64": base64.b64encode(body).decode()}
+    return {**copy.deepcopy(RAW_DEFAULTS), **head, "body_b64": base64.b64encode(body).decode()}
 
 
 def stored_body(stored: bytes) -> bytes:
@@ -518,6 +610,8 @@ def _unframe(stored: bytes) -> tuple[dict[str, Any], bytes | None]:
     """(head, body) of the current layout; (the whole JSON, None) of an earlier version's."""
     if stored[:1] == RAW_DEFLATED:
         stored = RAW_PLAIN + zlib.decompress(stored[1:])
+    elif stored[:1] == RAW_DEFLATED_BARE:
+        stored = RAW_PLAIN + zlib.decompress(stored[1:], -15)
     if stored[:1] != RAW_PLAIN:
         return json.loads(stored), None
     head, _, body = stored[1:].partition(b"\n")

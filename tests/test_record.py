@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import base64
 import json
+import zlib
 from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime
 
 import pytest
 
@@ -441,25 +443,41 @@ def test_the_raw_request_is_stored_deflated_and_earlier_json_ones_still_read():
     put = {**raw, "method": "PUT", "query": {"src": "form"}}
     assert load_raw(dump_raw(put)) == put
     assert load_raw(json.dumps(raw).encode()) == raw  # as earlier versions stored it
+    head = b'{"route":"leads","headers":{"content-type":"application/json"}}\n'
+    assert load_raw(b"\x01" + zlib.compress(head + FORM)) == raw  # ... and the next ones
+    other = {**raw, "headers": {"content-type": "text/plain"}}
+    assert load_raw(dump_raw(other)) == other
+    load_raw(stored)["headers"]["x-mine"] = "changed"  # what one caller does with its copy
+    assert load_raw(stored) == raw
 
 
 def test_history_entries_are_fields_of_the_record_and_earlier_lists_still_read(redis):
     from bridge.deliveries import entry_from_field, history_field
+    from bridge.record import history_order
 
-    name = history_field(1767261600123)
-    assert name.startswith("~") and len(name) == 13
-    assert entry_from_field(name.encode(), b"delivered contact ct_1") == {
+    # Named by the time since the delivery was received (its id says when): a few bytes.
+    received = "dlv_" + format(1767261600000, "x") + "aabbccddeeff"
+    behind = history_field(1767261599877, received)  # a clock behind the receiver's
+    assert entry_from_field(behind.encode(), b"queued", received)["at"].endswith("59.877Z")
+    name = history_field(1767261600123, received)
+    assert name.startswith("~") and len(name) == 5
+    assert entry_from_field(name.encode(), b"delivered contact ct_1", received) == {
         "at": "2026-01-01T10:00:00.123Z",
         "what": "delivered",
         "detail": "contact ct_1",
     }
-    assert entry_from_field(name.encode(), b"received") == {
-        "at": "2026-01-01T10:00:00.123Z",
-        "what": "received",
-    }
+    # Days later, and the epoch-ms names earlier versions wrote.
+    for at in (1767261600000 + 9 * 86400_000, 1767261600123):
+        name = history_field(at, received if at != 1767261600123 else "")
+        assert entry_from_field(name.encode(), b"received", received)["at"] == (
+            datetime.fromtimestamp(at / 1000, UTC).isoformat(timespec="milliseconds")[:-6] + "Z"
+        )
+    assert len(history_field(1767261600123)) == 13
     # In one millisecond, entries still sort in the order they were written.
-    names = [history_field(1767261600123) for _ in range(50)]
-    assert len(set(names)) == 50
+    # (More than a millisecond's digits: the next millisecond is lent.)
+    names = [history_field(1767261600123, received) for _ in range(3000)]
+    assert len(set(names)) == 3000
+    assert sorted(reversed(names), key=history_order(received)) == names
     store = DeliveryStore(redis)
     d = stored_form(store, job_seq=1)
     assert not redis.exists(keys.history(d.id))  # no key of its own
