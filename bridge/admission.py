@@ -13,61 +13,97 @@ longer be torn apart by a crash between them.
 
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from redis import Redis
 from redis.client import Pipeline
 
 from bridge import keys
+from bridge.defaults import DEDUP_BUCKET_SECONDS
 
-# ARGV: dedup ttl, delivery key prefix, then
-#   requests: count, then per request: body key ('' when the body is not claimed), lead count,
-#             and per lead its dedup key and delivery id;
-#   groups:   count, then per group: how many leads it belongs to, their numbers (1-based, in
-#             order over all requests), how many commands, and per command argc then the args;
-#   wanted:   count, then the numbers (1-based, over all commands) whose replies come back.
-# A lead whose key names its own stored delivery was admitted by an earlier run of this very
-# call (redis-py retries a command whose answer a dropped connection lost): it is answered as
-# admitted and writes nothing again. A lead wins its key unless the key names another delivery
-# that is stored, or is won earlier in this call (then the lead is that one's duplicate); a key
-# whose first delivery was claimed but never stored (written before claims and stores went
-# together) is taken over. A request whose body hash names a stored delivery is that one's
-# duplicate, and gives back the keys its leads won. Returns {first delivery id per lead, the
-# wanted replies (false: not run)}. Keys are built from ARGV: the bridge runs on one Redis,
-# never a cluster.
-ADMIT = """
-local ttl, prefix = ARGV[1], ARGV[2]
-local at = 3
+#: Lua shared by ``ADMIT`` and ``CLAIMED``: reads the window's buckets from ARGV and defines
+#: ``claim(field, legacy)``, the delivery id a claim names: the newest bucket's field whose claim
+#: is within the window (its delivery id tells when it was made: ``dlv_<epoch ms hex><12 hex>``;
+#: another id counts for as long as its bucket lives), else the key an earlier version wrote.
+#: ARGV: the window's start (epoch ms), the bucket count, the buckets (today's first).
+WINDOW = """
+local since = tonumber(ARGV[1])
+local at = 2
 local function take()
   local value = ARGV[at]
   at = at + 1
   return value
 end
+local buckets = {}
+for _ = 1, tonumber(take()) do table.insert(buckets, take()) end
+local function lapsed(id)
+  local ms = string.match(id, '^dlv_(%x+)%x%x%x%x%x%x%x%x%x%x%x%x$')
+  return ms ~= nil and tonumber(ms, 16) <= since
+end
+local function claim(field, legacy)
+  for _, bucket in ipairs(buckets) do
+    local id = redis.call('HGET', bucket, field)
+    if id and not lapsed(id) then return id end
+  end
+  return redis.call('GET', legacy) or nil
+end
+"""
+
+# ARGV: the window (``WINDOW``), when today's bucket expires (epoch seconds), the delivery key
+# prefix, then
+#   requests: count, then per request: its body claim's field and legacy key ('' '' when the
+#             body is not claimed), lead count, and per lead its claim's field and legacy key
+#             and its delivery id;
+#   groups:   count, then per group: how many leads it belongs to, their numbers (1-based, in
+#             order over all requests), how many commands, and per command argc then the args;
+#   wanted:   count, then the numbers (1-based, over all commands) whose replies come back.
+# A lead whose claim names its own stored delivery was admitted by an earlier run of this very
+# call (redis-py retries a command whose answer a dropped connection lost): it is answered as
+# admitted and writes nothing again. A lead wins its claim unless the claim names another
+# delivery that is stored, or is won earlier in this call (then the lead is that one's
+# duplicate); a claim whose first delivery was never stored (written before claims and stores
+# went together) is taken over. A request whose body claim names a stored delivery is that
+# one's duplicate, and gives back the claims its leads won. Claims are written to today's bucket
+# only (never to a legacy key). Returns {first delivery id per lead, the wanted replies (false:
+# not run)}. Keys are built from ARGV: the bridge runs on one Redis, never a cluster.
+ADMIT = (
+    WINDOW
+    + """
+local expires, prefix = take(), take()
+local today = buckets[1]
+local held = false
+local function hold(field, id)
+  redis.call('HSET', today, field, id)
+  held = true
+end
 local function stored(id, won)
   return id and (won[id] or redis.call('EXISTS', prefix .. id) == 1)
 end
-local firsts, ids, dkeys, won, done = {}, {}, {}, {}, {}
+local firsts, ids, fields, won, done = {}, {}, {}, {}, {}
 for _ = 1, tonumber(take()) do
-  local body = take()
+  local body, body_legacy = take(), take()
   local mine = {}
   for _ = 1, tonumber(take()) do
-    local dkey, id = take(), take()
-    table.insert(dkeys, dkey)
+    local field, legacy, id = take(), take(), take()
+    table.insert(fields, field)
     table.insert(ids, id)
     local n = #ids
     table.insert(mine, n)
     firsts[n] = id
-    if not redis.call('SET', dkey, id, 'NX', 'EX', ttl) then
-      local first = redis.call('GET', dkey)
-      if first == id and stored(first, won) then
-        done[n] = true  -- this call ran before (a client's retry after a lost answer)
-      elseif stored(first, won) then
-        firsts[n] = first
-      else
-        redis.call('SET', dkey, id, 'EX', ttl)
-      end
+    local first = claim(field, legacy)
+    if not first then
+      hold(field, id)
+    elseif first == id and stored(first, won) then
+      done[n] = true  -- this call ran before (a client's retry after a lost answer)
+    elseif stored(first, won) then
+      firsts[n] = first
+    else
+      hold(field, id)
     end
     if firsts[n] == id and not done[n] then won[id] = true end
   end
@@ -75,21 +111,22 @@ for _ = 1, tonumber(take()) do
   for _, n in ipairs(mine) do
     if firsts[n] == ids[n] and not done[n] then fresh = fresh or ids[n] end
   end
-  if body ~= '' and fresh and not redis.call('SET', body, fresh, 'NX', 'EX', ttl) then
-    local earlier = redis.call('GET', body)
+  if body ~= '' and fresh then
+    local earlier = claim(body, body_legacy)
     if stored(earlier, won) then
       for _, n in ipairs(mine) do
         if firsts[n] == ids[n] then
-          redis.call('DEL', dkeys[n])
+          redis.call('HDEL', today, fields[n])
           won[ids[n]] = nil
         end
         firsts[n] = earlier
       end
     else
-      redis.call('SET', body, fresh, 'EX', ttl)
+      hold(body, fresh)
     end
   end
 end
+if held then redis.call('EXPIREAT', today, expires) end
 local replies = {}
 local command = 0
 for _ = 1, tonumber(take()) do
@@ -115,6 +152,75 @@ for _ = 1, tonumber(take()) do
 end
 return {firsts, wanted}
 """
+)
+
+#: ARGV: the window (``WINDOW``), then per claim its field and legacy key. Returns the delivery
+#: id each claim names (false: none). Reads only: the import's dry run.
+CLAIMED = (
+    WINDOW
+    + """
+local firsts = {}
+while at <= #ARGV do
+  local first = claim(take(), take())
+  table.insert(firsts, first or false)
+end
+return firsts
+"""
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a lead is deduplicated on: an event id of a route (``body:<hash>`` for the body of
+    a ``dedups_body`` source)."""
+
+    route: str
+    event_id: str
+
+    @property
+    def field(self) -> bytes:
+        """Its field in a day's bucket: 16 bytes of digest whatever the ids' lengths (a
+        collision would make a lead a duplicate of another: at 2**-128 a pair, never)."""
+        named = f"{len(self.route)}:{self.route}:{self.event_id}".encode()
+        return hashlib.blake2b(named, digest_size=16).digest()
+
+    @property
+    def legacy_key(self) -> str:
+        """The key an earlier version claimed it with (``keys.dedup``)."""
+        return keys.dedup(self.route, self.event_id)
+
+
+@dataclass(frozen=True)
+class Window:
+    """The buckets a claim made within ``ttl`` seconds before ``now`` can be in."""
+
+    ttl: int
+    now: float
+
+    @property
+    def args(self) -> list[Any]:
+        """``WINDOW``'s ARGV: its start in epoch ms, the bucket count, the buckets (today's
+        first)."""
+        today = int(self.now // DEDUP_BUCKET_SECONDS)
+        oldest = int((self.now - self.ttl) // DEDUP_BUCKET_SECONDS)
+        buckets = [keys.dedup_day(day) for day in range(today, oldest - 1, -1)]
+        return [int(self.now * 1000) - self.ttl * 1000, len(buckets), *buckets]
+
+    @property
+    def expires(self) -> int:
+        """When today's bucket expires (epoch seconds): its last claim's window then ends."""
+        return (int(self.now // DEDUP_BUCKET_SECONDS) + 1) * DEDUP_BUCKET_SECONDS + self.ttl
+
+
+def claimed(redis: Redis, claims: Sequence[Claim], ttl: int) -> list[str | None]:
+    """The delivery id each of ``claims`` names now (None: unclaimed), reading only."""
+    if not claims:
+        return []
+    args = Window(ttl, time.time()).args
+    for claim in claims:
+        args += [claim.field, claim.legacy_key]
+    firsts = redis.register_script(CLAIMED)(args=args, client=redis)
+    return [first.decode() if first else None for first in firsts]
 
 
 class Admission:
@@ -128,9 +234,10 @@ class Admission:
     def __init__(self, redis: Redis, script: Any, dedup_ttl: int):
         self.redis = redis
         self.script = script
-        self.dedup_ttl = dedup_ttl
+        #: Taken once: a call ``run`` sends again is the very same call (same buckets too).
+        self.window = Window(dedup_ttl, time.time())
         self.pipe: Pipeline = redis.pipeline(transaction=False)
-        self._requests: list[tuple[str, list[tuple[str, str]]]] = []
+        self._requests: list[tuple[Claim | None, list[tuple[Claim, str]]]] = []
         self._groups: list[tuple[list[int], int, int]] = []
         self._leads = 0
 
@@ -139,10 +246,10 @@ class Admission:
         """The ``ADMIT`` script for ``redis`` (loaded once, then run by its SHA1)."""
         return redis.register_script(ADMIT)
 
-    def request(self, body_key: str, claims: Sequence[tuple[str, str]]) -> list[int]:
-        """A request's leads, each a (dedup key, delivery id); ``body_key`` ('' for none) is
-        claimed too. Returns the leads' numbers, for ``for_leads``."""
-        self._requests.append((body_key, list(claims)))
+    def request(self, body: Claim | None, claims: Sequence[tuple[Claim, str]]) -> list[int]:
+        """A request's leads, each a (claim, delivery id); ``body`` (None for none) is claimed
+        too. Returns the leads' numbers, for ``for_leads``."""
+        self._requests.append((body, list(claims)))
         first = self._leads
         self._leads += len(claims)
         return list(range(first, self._leads))
@@ -163,11 +270,13 @@ class Admission:
         stack = self.pipe.command_stack
         if sum(end - start for _, start, end in self._groups) != len(stack):
             raise RuntimeError("a command was queued outside for_leads: it would not be written")
-        args: list[Any] = [self.dedup_ttl, keys.delivery(""), len(self._requests)]
-        for body_key, claims in self._requests:
-            args += [body_key, len(claims)]
-            for claim in claims:
-                args += claim
+        args: list[Any] = self.window.args
+        args += [self.window.expires, keys.delivery(""), len(self._requests)]
+        for body, claims in self._requests:
+            args += [body.field, body.legacy_key] if body else ["", ""]
+            args.append(len(claims))
+            for claim, delivery_id in claims:
+                args += [claim.field, claim.legacy_key, delivery_id]
         args.append(len(self._groups))
         for leads, start, end in self._groups:
             args.append(len(leads))

@@ -5,7 +5,7 @@ Each row is read as if it were one webhook body whose fields are the columns: a 
 pure path every entry point shares (``bridge.pipeline.map_request``, with the generic source's
 reading and the route's mapping) and is stored by ``Ingest.store_leads``, the webhook's own
 storage path, in chunks of ``CHUNK_ROWS``: a few round trips per chunk, not per row. Its event id
-is the row's body hash (or the id column), so a second run finds every row's dedup key and
+is the row's body hash (or the id column), so a second run finds every row's dedup claim and
 imports nothing twice. Deliveries are marked ``lane = "backfill"``.
 
 A row that cannot become a contact is not stored: it is counted by reason (``invalid phone``,
@@ -26,10 +26,10 @@ from typing import Any
 
 from redis import Redis
 
-from bridge import keys
+from bridge.admission import Claim, claimed
 from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import IngestError, Unmappable
-from bridge.ingest import Ingest, Received, delivery_for
+from bridge.ingest import Ingest, Received, dedup_claim, delivery_for
 from bridge.pipeline import map_request
 from bridge.queue import make_queue
 from bridge.rows import Row, RowFile
@@ -71,7 +71,7 @@ class Tally:
 
 class Backfill:
     """Imports rows into one route. ``dry_run``: map and count, store nothing (duplicates are
-    told by dedup keys that already exist, and by repeats within the file)."""
+    told by dedup claims that already exist, and by repeats within the file)."""
 
     def __init__(
         self,
@@ -88,7 +88,7 @@ class Backfill:
         self.redis = redis
         self.ingest = Ingest(settings, redis, make_queue(redis, settings.queue_name))
         self.tally = Tally()
-        self._keys: set[str] = set()  # dry run: the dedup keys this file has used so far
+        self._claims: set[Claim] = set()  # dry run: the dedup claims of this file so far
 
     def run(
         self,
@@ -147,16 +147,14 @@ class Backfill:
                 self.tally.accepted += 1
 
     def _seen(self, received: list[Received]) -> None:
-        dedup_keys = [keys.dedup(self.route.name, r.deliveries[0].event.event_id) for r in received]
-        pipe = self.redis.pipeline(transaction=False)
-        for key in dedup_keys:
-            pipe.exists(key)
-        for key, stored in zip(dedup_keys, pipe.execute(), strict=True):
-            if stored or key in self._keys:
+        claims = [dedup_claim(r.deliveries[0]) for r in received]
+        ttl = self.ingest.settings.dedup_ttl_seconds
+        for claim, first in zip(claims, claimed(self.redis, claims, ttl), strict=True):
+            if first or claim in self._claims:
                 self.tally.duplicates += 1
             else:
                 self.tally.accepted += 1
-            self._keys.add(key)
+            self._claims.add(claim)
 
 
 def chunks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:

@@ -54,6 +54,11 @@ MAX_BODY_BYTES = 1024 * 1024
 #: retry schedule (HubSpot retries for 3 days).
 DEDUP_TTL_SECONDS = 7 * 24 * 3600
 
+#: Dedup claims are kept in one hash per this many seconds (a day, UTC): a field of a big hash
+#: costs less than half a key of its own, and a whole day's claims expire together. A claim
+#: looks in every bucket its window reaches (8 for the default 7 days).
+DEDUP_BUCKET_SECONDS = 24 * 3600
+
 #: Transient failures (5xx, timeouts) are retried this many times in all, with exponential
 #: backoff from ``RETRY_BASE_SECONDS`` doubling up to ``RETRY_MAX_SECONDS`` plus jitter:
 #: 8 attempts, 7 waits of 15 s to 16 min, span about half an hour (±25 %).

@@ -21,8 +21,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from rq import Queue
 
-from bridge import keys, metrics
-from bridge.admission import Admission
+from bridge import metrics
+from bridge.admission import Admission, Claim
 from bridge.deliveries import DeliveryStore
 from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
@@ -139,7 +139,7 @@ class Ingest:
 
     def store_leads(self, batch: list[Received]) -> list[Accepted]:
         """Store every delivery of ``batch`` with its request's raw payload and its ticket,
-        unless its dedup key names a stored delivery already (then it is a duplicate of that one).
+        unless its dedup claim names a stored delivery already (then it is a duplicate of that one).
 
         One request's leads for a webhook, a chunk of rows for ``oliai-bridge import``: the
         dedup claims and the writes of the leads that won them go to Redis together, in one
@@ -153,7 +153,7 @@ class Ingest:
         deliveries: list[Delivery] = []
         for received in batch:
             leads = admission.request(
-                body_key(received), [(dedup_key(d), d.id) for d in received.deliveries]
+                body_claim(received), [(dedup_claim(d), d.id) for d in received.deliveries]
             )
             self._record(admission, received, leads, lanes)
             deliveries += received.deliveries
@@ -246,18 +246,18 @@ class Ingest:
             log.debug("stored %d backfill deliveries", backfill, extra={"event": "backfill.stored"})
 
 
-def dedup_key(delivery: Delivery) -> str:
-    return keys.dedup(delivery.route, delivery.event.event_id)
+def dedup_claim(delivery: Delivery) -> Claim:
+    return Claim(delivery.route, delivery.event.event_id)
 
 
-def body_key(received: Received) -> str:
-    """The body hash's dedup key, for sources whose event id the signature does not cover
+def body_claim(received: Received) -> Claim | None:
+    """The body hash's claim, for sources whose event id the signature does not cover
     (``dedups_body``): the same signed body under another event id (a captured request re-sent
     with its unsigned id header changed, or one event sent by two hooks) is a duplicate of the
-    first. '' for the others."""
+    first. None for the others."""
     if not received.dedups_body or not received.deliveries:
-        return ""
-    return keys.dedup(received.deliveries[0].route, f"body:{received.req.body_hash}")
+        return None
+    return Claim(received.deliveries[0].route, f"body:{received.req.body_hash}")
 
 
 @dataclass

@@ -28,8 +28,16 @@ def raw(raw_id: str) -> str:
     return f"{KEY_PREFIX}raw:{raw_id}"
 
 
+def dedup_day(day: int) -> str:
+    """Hash: the dedup claims made on one day (epoch days, UTC): a field per claimed event (a
+    digest of route and event id, ``bridge.admission.Claim``) naming its first delivery id;
+    expires ``bridge.dedup_ttl_seconds`` after the day ends."""
+    return f"{KEY_PREFIX}dedup:{day}"
+
+
 def dedup(route: str, event_id: str) -> str:
-    """String: the first delivery id stored for this event of this route."""
+    """String: the first delivery id stored for this event of this route, as earlier versions
+    claimed it (claims are now fields of ``dedup_day``); still honoured until it expires."""
     return f"{KEY_PREFIX}dedup:{route}:{event_id}"
 
 

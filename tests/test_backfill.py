@@ -223,6 +223,23 @@ def test_dry_run_maps_and_counts_but_stores_nothing(run_import, tmp_path, redis)
     assert redis.dbsize() == keys
 
 
+def test_rows_imported_by_the_previous_version_are_not_imported_again(run_import, tmp_path, redis):
+    """A file imported before the upgrade, whose claims are string keys per row (``keys.dedup``,
+    as the previous version wrote them): the dry run and the import both see them."""
+    sheet = write_bytes(tmp_path / "leads.csv", "name,phone\nRavi,9876543210\n")
+    assert summary(run_import(sheet).out)["accepted"] == 1
+    [first] = stored(redis)
+    for bucket in redis.scan_iter(keys.dedup_day("*")):
+        redis.delete(bucket)
+    redis.set(keys.dedup(first.route, first.event.event_id), first.id, ex=3600)
+
+    dry = run_import(sheet, "--dry-run")
+    assert summary(dry.out)["would import"] == 0 and summary(dry.out)["duplicates"] == 1
+    again = run_import(sheet)
+    assert summary(again.out)["accepted"] == 0 and summary(again.out)["duplicates"] == 1
+    assert [x.id for x in stored(redis)] == [first.id]
+
+
 def test_rejects_file_holds_each_row_as_it_was_with_its_reason(run_import, tmp_path):
     sheet = write_bytes(
         tmp_path / "leads.csv",
