@@ -301,7 +301,7 @@ def endpoint(entry: dict) -> str:
 
 
 def count_statuses(redis: Redis, store: DeliveryStore) -> dict[str, int]:
-    ids = [i.decode() for i in redis.zrange(keys.RECEIVED, 0, -1)]
+    ids = [i for batch in store.received_newest_first() for i in batch]
     pipe = redis.pipeline(transaction=False)
     for delivery_id in ids:
         pipe.hget(keys.delivery(delivery_id), "status")

@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[(kind, worker_class)][c] = res
                 say(f"{name:<16} c={c:<3} {res['rps']:8.0f} req/s  non-2xx {res['non_2xx']}")
             if kind == "bridge":
-                stored = redis.zcard(keys.RECEIVED)
+                stored = redis.xlen(keys.RECEIVED_STREAM)
                 accepted = sum(
                     r["requests"] - r["non_2xx"] for r in results[(kind, worker_class)].values()
                 )

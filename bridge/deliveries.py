@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
 from redis import Redis
@@ -50,6 +50,9 @@ __all__ = [
 ]
 
 HISTORY_MAX = 100
+#: The one field of an entry of ``keys.RECEIVED_STREAM``: the delivery id. An entry with the
+#: fields of its node's first entry stores no field name of its own: the name costs nothing.
+RECEIVED_FIELD = "d"
 
 
 class DeliveryStore:
@@ -97,7 +100,8 @@ class DeliveryStore:
         if delivery.raw_inline:
             stored.update(raw_fields(delivery.raw_inline))
         pipe.hset(keys.delivery(delivery.id), mapping=stored)
-        pipe.zadd(keys.RECEIVED, {delivery.id: now})
+        # Redis picks the entry id (its clock, in ms): no score of our own to store.
+        pipe.xadd(keys.RECEIVED_STREAM, {RECEIVED_FIELD: delivery.id})
         pipe.hset(keys.route_state(delivery.route), "last_received", now)
         self._index_phone(pipe, delivery, now)
         delivery.history_fields.append(self.log_on(pipe, delivery.id, "received", note))
@@ -301,8 +305,25 @@ class DeliveryStore:
             ids = self.redis.zrangebyscore(key, low, "+inf", start=offset, num=limit)
         return [i.decode() for i in ids], total
 
+    def received_newest_first(self, batch: int = 200) -> Iterator[list[str]]:
+        """The ids of every received delivery, newest first, ``batch`` at a time (one round trip
+        each): the stream's, then those an earlier version listed in its zset."""
+        end = "+"
+        while entries := self.redis.xrevrange(keys.RECEIVED_STREAM, end, "-", count=batch):
+            yield [fields[RECEIVED_FIELD.encode()].decode() for _, fields in entries]
+            end = "(" + entries[-1][0].decode()  # the next page starts after the last entry
+        offset = 0
+        while ids := self.redis.zrevrange(keys.RECEIVED, offset, offset + batch - 1):
+            yield [i.decode() for i in ids]
+            offset += len(ids)
+
     def prune_indexes(self, ids: list[str]) -> None:
-        """Drop index entries whose delivery has expired."""
+        """Drop index entries whose delivery has expired.
+
+        The received stream keeps them until ``trim_indexes``: deleting a stream entry needs its
+        entry id, which only reading the stream would find, and frees no memory until every
+        entry of its node is gone (which the trim does); readers skip ids whose record is gone.
+        """
         pipe = self.redis.pipeline()
         for delivery_id in ids:
             pipe.exists(keys.delivery(delivery_id))
@@ -316,15 +337,16 @@ class DeliveryStore:
         """Drop index entries older than the records they point at can live (records expire by
         TTL; their index entries would otherwise stay for ever). Returns how many went."""
         now = time.time() if now is None else now
-        removed = self.redis.zremrangebyscore(
-            keys.RECEIVED, "-inf", now - max(self.keep_delivered, self.keep_failed)
+        oldest = now - max(self.keep_delivered, self.keep_failed)
+        # A stream entry's id is its time of receipt (ms): the entries below the cutoff go.
+        removed = self.redis.xtrim(
+            keys.RECEIVED_STREAM, minid=int(oldest * 1000), approximate=False
         )
+        removed += self.redis.zremrangebyscore(keys.RECEIVED, "-inf", oldest)
         for key in [keys.FAILED, *self.redis.scan_iter(keys.FAILED_NARROWED_PATTERN, count=1000)]:
             removed += self.redis.zremrangebyscore(key, "-inf", now - self.keep_failed)
         for key in self.redis.scan_iter(keys.received_by_route("*"), count=1000):
-            removed += self.redis.zremrangebyscore(
-                key, "-inf", now - max(self.keep_delivered, self.keep_failed)
-            )
+            removed += self.redis.zremrangebyscore(key, "-inf", oldest)
         return removed
 
     def due_active(self, now: float | None = None, limit: int = 500) -> list[str]:
@@ -332,11 +354,13 @@ class DeliveryStore:
         return [i.decode() for i in self.redis.zrangebyscore(keys.ACTIVE, "-inf", now, 0, limit)]
 
     def counts(self) -> dict[str, int]:
-        return {
-            "active": self.redis.zcard(keys.ACTIVE),
-            "failed": self.redis.zcard(keys.FAILED),
-            "received": self.redis.zcard(keys.RECEIVED),
-        }
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.zcard(keys.ACTIVE)
+        pipe.zcard(keys.FAILED)
+        pipe.xlen(keys.RECEIVED_STREAM)
+        pipe.zcard(keys.RECEIVED)  # listed by an earlier version, not yet trimmed
+        active, failed, received, received_before = pipe.execute()
+        return {"active": active, "failed": failed, "received": received + received_before}
 
 
 # --- history entries ---------------------------------------------------------------------------

@@ -9,7 +9,10 @@ received ones) however many are stored.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+
+from redis import Redis
 
 from bridge import keys
 from bridge.deliveries import Delivery, DeliveryStore
@@ -64,21 +67,27 @@ def find(store: DeliveryStore, search: Search, *, region: str) -> Found:
     if search.status in ("failed", "skipped"):
         key = keys.failed_by_route(search.route) if search.route else keys.FAILED
     else:
-        key = keys.RECEIVED  # a route's deliveries are found by reading the route of each
+        key = keys.RECEIVED_STREAM  # a route's are found by reading the route of each
     return _walk(store, key, search)
 
 
 def _walk(store: DeliveryStore, index: str, search: Search, understood: str = "") -> Found:
-    """Read ``index`` newest first, keeping the records that pass the filters."""
+    """Read ``index`` (a zset, or the received stream and the zset before it) newest first,
+    keeping the records that pass the filters; at most ``limit`` entries of it."""
     redis = store.redis
     found = Found(understood=understood)
-    offset = 0
-    limit = ROUTE_SCAN_LIMIT if search.route and index == keys.RECEIVED else SCAN_LIMIT
-    while offset < limit:
-        ids = [i.decode() for i in redis.zrevrange(index, offset, offset + BATCH - 1)]
-        if not ids:
-            return found
-        offset += len(ids)
+    if index == keys.RECEIVED_STREAM:
+        batches = store.received_newest_first(BATCH)
+        limit = ROUTE_SCAN_LIMIT if search.route else SCAN_LIMIT
+    else:
+        batches, limit = _newest_first(redis, index), SCAN_LIMIT
+    seen = 0
+    for batch in batches:
+        if seen == limit:
+            found.truncated = True
+            break
+        ids, rest = batch[: limit - seen], batch[limit - seen :]
+        seen += len(ids)
         pipe = redis.pipeline(transaction=False)
         for delivery_id in ids:
             pipe.hmget(keys.delivery(delivery_id), "route", "status")
@@ -94,8 +103,18 @@ def _walk(store: DeliveryStore, index: str, search: Search, understood: str = ""
                 found.more = True
                 return found
             found.deliveries.append(d)
-    found.truncated = redis.zcard(index) > limit
+        if rest:
+            found.truncated = True
+            break
     return found
+
+
+def _newest_first(redis: Redis, index: str) -> Iterator[list[str]]:
+    """The members of the zset ``index``, highest score first, ``BATCH`` at a time."""
+    offset = 0
+    while ids := redis.zrevrange(index, offset, offset + BATCH - 1):
+        yield [i.decode() for i in ids]
+        offset += len(ids)
 
 
 def _matches(route: str, status: str, search: Search) -> bool:

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from bridge import keys
 from bridge.deliveries import DeliveryStore
 from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
 
@@ -43,7 +42,8 @@ def run_import(bridge):
 def stored(redis) -> list:
     """Every delivery in Redis, oldest first."""
     store = DeliveryStore(redis)
-    return [store.get(i.decode()) for i in redis.zrange(keys.RECEIVED, 0, -1)]
+    newest_first = [i for batch in store.received_newest_first() for i in batch]
+    return [store.get(i) for i in reversed(newest_first)]
 
 
 def summary(out: str) -> dict[str, int]:

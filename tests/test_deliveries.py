@@ -12,6 +12,7 @@ import pytest
 from bridge import keys
 from bridge.deliveries import (
     HISTORY_MAX,
+    RECEIVED_FIELD,
     Delivery,
     DeliveryStore,
     new_delivery_id,
@@ -20,6 +21,7 @@ from bridge.deliveries import (
 )
 from bridge.event import Event, InboundRequest, utcnow_iso
 from bridge.redaction import REDACTED, redact
+from bridge.search import Search, find
 
 DAY = 86400
 
@@ -67,6 +69,22 @@ def failed(store: DeliveryStore, d: Delivery, code: str, message: str = "bad") -
 
 def members(store: DeliveryStore, key: str) -> set[str]:
     return {m.decode() for m in store.redis.zrange(key, 0, -1)}
+
+
+def received(store: DeliveryStore) -> list[str]:
+    """Every received delivery's id as the store lists them, newest first."""
+    return [i for batch in store.received_newest_first() for i in batch]
+
+
+def found(store: DeliveryStore) -> list[str]:
+    """The ids the admin page lists when nothing is filtered, newest first."""
+    return [d.id for d in find(store, Search(limit=1000), region="IN").deliveries]
+
+
+def in_stream(store: DeliveryStore) -> list[str]:
+    """The delivery ids of the received stream's entries, oldest first."""
+    entries = store.redis.xrange(keys.RECEIVED_STREAM)
+    return [fields[RECEIVED_FIELD.encode()].decode() for _, fields in entries]
 
 
 # --- records --------------------------------------------------------------------------------------
@@ -137,7 +155,9 @@ def test_history_keeps_the_last_hundred_entries_in_order(store):
 
 def test_a_new_active_delivery_is_listed_as_received_and_active(store):
     d = added(store, delivery())
-    assert d.id in members(store, keys.RECEIVED) and d.id in members(store, keys.ACTIVE)
+    assert received(store) == [d.id] and d.id in members(store, keys.ACTIVE)
+    assert in_stream(store) == [d.id]  # one stream entry: no zset member (it cost ~130 bytes)
+    assert store.redis.exists(keys.RECEIVED) == 0
     assert d.id not in members(store, keys.FAILED)
     assert [h["what"] for h in store.history(d.id)] == ["received"]
 
@@ -204,21 +224,35 @@ def test_counts(store):
 def test_prune_drops_index_entries_whose_record_expired(store):
     d = failed(store, added(store, delivery()), "invalid")
     alive = failed(store, added(store, delivery()), "invalid")
+    store.redis.zadd(keys.RECEIVED, {d.id: time.time()})  # as an earlier version listed it
     store.redis.delete(keys.delivery(d.id))
     store.prune_indexes([d.id, alive.id])
     assert members(store, keys.FAILED) == {alive.id}
     assert d.id not in members(store, keys.RECEIVED)
+    # Its stream entry waits for the trim (an XDEL would free nothing); nothing lists it anyway.
+    assert found(store) == [alive.id]
 
 
 def test_trim_drops_entries_older_than_their_records_can_live(store):
-    d = failed(store, added(store, delivery()), "invalid")
     now = time.time()
+    # Received 3 days ago (its entry id is its time of receipt), and 1 day ago: the longest
+    # retention (failed, 2 days) is over for the first only.
+    for days, delivery_id in ((3, "dlv_old"), (1, "dlv_kept")):
+        store.redis.xadd(
+            keys.RECEIVED_STREAM,
+            {RECEIVED_FIELD: delivery_id},
+            id=f"{int((now - days * DAY) * 1000)}-0",
+        )
+    d = failed(store, added(store, delivery()), "invalid")
     store.redis.zadd(keys.RECEIVED, {"dlv_old": now - 3 * DAY})
     store.redis.zadd(keys.FAILED, {"dlv_old": now - 3 * DAY})
     store.redis.zadd(keys.failed_by_reason("invalid"), {"dlv_old": now - 3 * DAY})
-    assert store.trim_indexes(now) == 3
+    assert store.trim_indexes(now) == 4
     assert members(store, keys.FAILED) == {d.id}
     assert members(store, keys.failed_by_reason("invalid")) == {d.id}
+    assert in_stream(store) == ["dlv_kept", d.id]
+    assert store.redis.exists(keys.RECEIVED) == 0
+    assert store.counts()["received"] == 2
 
 
 def test_due_active_lists_what_the_reaper_should_look_at(store):

@@ -61,6 +61,7 @@ def test_key_names_are_the_ones_stored_redis_already_holds():
     assert keys.raw("r0a") == "oliai-bridge:raw:r0a"
     assert keys.dedup("leads", "e:1") == "oliai-bridge:dedup:leads:e:1"
     assert keys.RECEIVED == "oliai-bridge:idx:received"
+    assert keys.RECEIVED_STREAM == "oliai-bridge:idx:recv"
     assert keys.FAILED == "oliai-bridge:idx:failed"
     assert keys.ACTIVE == "oliai-bridge:idx:active"
     assert keys.failed_by_route("leads") == "oliai-bridge:idx:failed:route:leads"

@@ -278,7 +278,7 @@ def test_a_webhook_with_a_latin1_part_is_answered_400_naming_the_field(make_clie
     r = client.post("/hooks/leads", data=body, content_type=MULTIPART)
     assert r.status_code == 400, r.text
     assert r.is_json and "form field 'name' is not valid UTF-8" in r.json["message"]
-    assert client.redis.zcard(keys.RECEIVED) == 0  # nothing stored with a mangled name
+    assert client.redis.xlen(keys.RECEIVED_STREAM) == 0  # nothing stored with a mangled name
 
 
 # --- XML ------------------------------------------------------------------------------------------

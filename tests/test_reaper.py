@@ -154,13 +154,17 @@ def test_drain_started_by_a_worker_that_died_at_once_is_restarted(
 def test_index_entries_of_expired_records_are_trimmed(make_client, redis):
     client = make_client(delivery={"keep_delivered_days": 1, "keep_failed_days": 2})
     ctx = configure(client.settings, redis)
-    delivery_id = accepted(client)
     now = time.time()
-    redis.zadd("oliai-bridge:idx:received", {"dlv_old": now - 3 * 86400})
+    # a stream entry's id is its time of receipt (ms), and ids only grow: the old one first
+    redis.xadd("oliai-bridge:idx:recv", {"d": "dlv_old"}, id=f"{int((now - 3 * 86400) * 1000)}-0")
+    delivery_id = accepted(client)
+    # as an earlier version listed them
+    redis.zadd("oliai-bridge:idx:received", {"dlv_old": now - 3 * 86400, "dlv_earlier": now})
     redis.zadd("oliai-bridge:idx:failed", {"dlv_old": now - 3 * 86400, "dlv_new": now})
     redis.zadd("oliai-bridge:idx:failed:route:leads", {"dlv_old": now - 3 * 86400})
     reap_once(ctx)
-    assert redis.zrange("oliai-bridge:idx:received", 0, -1) == [delivery_id.encode()]
+    assert [f[b"d"] for _, f in redis.xrange("oliai-bridge:idx:recv")] == [delivery_id.encode()]
+    assert redis.zrange("oliai-bridge:idx:received", 0, -1) == [b"dlv_earlier"]
     assert redis.zrange("oliai-bridge:idx:failed", 0, -1) == [b"dlv_new"]
     assert redis.zcard("oliai-bridge:idx:failed:route:leads") == 0
 

@@ -277,7 +277,7 @@ def test_a_full_redis_answers_503_never_a_2xx_and_says_why(small_redis, make_set
     client = create_app(settings, redis=small_redis).test_client()
     assert client.post("/hooks/leads", json=LEAD).status_code == 202
     fill(small_redis)
-    received = small_redis.zcard(keys.RECEIVED)
+    received = small_redis.xlen(keys.RECEIVED_STREAM)
 
     stream = io.StringIO()
     root = logging.getLogger()
@@ -294,7 +294,7 @@ def test_a_full_redis_answers_503_never_a_2xx_and_says_why(small_redis, make_set
     assert r.status_code == 503
     assert int(r.headers["Retry-After"]) > 0
     assert r.json["error"] == "storage_unavailable"
-    assert small_redis.zcard(keys.RECEIVED) == received  # nothing half-stored
+    assert small_redis.xlen(keys.RECEIVED_STREAM) == received  # nothing half-stored
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     [why] = [x for x in lines if x["event"] == "webhook.not_stored"]
     assert "Redis is full" in why["message"] and why["level"] == "error"

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bridge.keys import RECEIVED as IDX_RECEIVED
+from bridge.keys import RECEIVED_STREAM
 from tests.bridge_fixtures import waiting_leads
 from tests.security.signed_sources import SIGNED_SOURCES, TIMESTAMPED, by_name
 from tests.sources import harness, test_shopify, test_standard_webhooks
@@ -25,7 +25,8 @@ def delivery_ids(answer) -> list[str]:
 
 def recorded(client) -> tuple[int, int]:
     """(deliveries recorded, leads waiting for a worker): no worker runs in these tests."""
-    return client.redis.zcard(IDX_RECEIVED), waiting_leads(client.redis, client.settings.queue_name)
+    waiting = waiting_leads(client.redis, client.settings.queue_name)
+    return client.redis.xlen(RECEIVED_STREAM), waiting
 
 
 @pytest.mark.parametrize("source", **by_name(SIGNED_SOURCES))

@@ -14,7 +14,7 @@ import requests
 
 from bridge.config import build_settings, load_settings
 from bridge.exceptions import ConfigError
-from bridge.keys import RECEIVED as IDX_RECEIVED
+from bridge.keys import RECEIVED_STREAM
 from bridge.sources import get_source
 from tests.security.signed_sources import SIGNED_SOURCES, by_name
 from tests.sources import harness, test_leadsquared, test_meta_lead_ads, test_zoho_crm
@@ -44,7 +44,7 @@ def test_old_and_new_secret_during_rotation_then_only_the_new(make_client, sourc
     assert refused.get_json()["error"] == "unauthorized"
     assert source.secret not in refused.get_data(as_text=True)
     assert harness.post(rotated, source.signed(source.new_secret)).status_code == 200
-    assert rotating.redis.zcard(IDX_RECEIVED) == len(old.get_json().get("deliveries") or [1])
+    assert rotating.redis.xlen(RECEIVED_STREAM) == len(old.get_json().get("deliveries") or [1])
 
 
 # --- shared tokens and HTTP Basic ----------------------------------------------------------------
