@@ -60,7 +60,7 @@ def find(store: DeliveryStore, search: Search, *, region: str) -> Found:
             phone = to_e164(query, region=region)
         except InvalidPhone:
             return Found(problem=f"{query!r} is neither a delivery id (dlv_...) nor a phone number")
-        return _walk(store, keys.by_phone(phone), search, understood=f"phone {phone}")
+        return _walk_phone(store, phone, search)
     if search.status in ("failed", "skipped"):
         key = keys.failed_by_route(search.route) if search.route else keys.FAILED
     else:
@@ -96,6 +96,34 @@ def _walk(store: DeliveryStore, index: str, search: Search, understood: str = ""
             found.deliveries.append(d)
     found.truncated = redis.zcard(index) > limit
     return found
+
+
+def _walk_phone(store: DeliveryStore, phone: str, search: Search) -> Found:
+    """Read the number's deliveries newest first, keeping the records that pass the filters."""
+    found = Found(understood=f"phone {phone}")
+    ids = store.phone_ids([phone], SCAN_LIMIT + 1)[0]
+    for start in range(0, min(len(ids), SCAN_LIMIT), BATCH):
+        for d in _matching(store, ids[start : start + BATCH], search):
+            if len(found.deliveries) == search.limit:
+                found.more = True
+                return found
+            found.deliveries.append(d)
+    found.truncated = len(ids) > SCAN_LIMIT
+    return found
+
+
+def _matching(store: DeliveryStore, ids: list[str], search: Search) -> list[Delivery]:
+    """The records of ``ids`` that pass the filters, in order (their route and status read
+    first, so that only those are read whole)."""
+    pipe = store.redis.pipeline(transaction=False)
+    for delivery_id in ids:
+        pipe.hmget(keys.delivery(delivery_id), "route", "status")
+    keep = [
+        delivery_id
+        for delivery_id, (route, status) in zip(ids, pipe.execute(), strict=True)
+        if route is not None and _matches(route.decode(), (status or b"").decode(), search)
+    ]
+    return [d for d in store.read(keep) if d is not None]  # None: expired between the reads
 
 
 def _matches(route: str, status: str, search: Search) -> bool:
