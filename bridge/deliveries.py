@@ -43,7 +43,7 @@ HISTORY_MAX = 100
 
 #: The phone index spreads the numbers of a day over this many zsets (``keys.phones``), so
 #: that each keeps to Redis's compact encoding (up to 128 members by default) until ~12,000
-#: leads a day: ~50 bytes a lead, where one zset a day costs ~146 and a key per number ~210.
+#: leads a day: ~50 bytes a lead, where one zset a day costs ~140 and a key per number ~200.
 #: Part of the layout: a different count would not find what is indexed.
 PHONE_SHARDS = 128
 #: Numbers looked up per run of ``PHONE_IDS`` (each blocks Redis for ~30 ms at most).
@@ -269,9 +269,9 @@ class DeliveryStore:
             pipe.zadd(keys.failed_by_reason(delivery.failed_index), {delivery.id: now})
 
     def _index_phone(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:
-        """Index the delivery under its number, in the zset of today and the number's shard: a
-        member ``<e164> <delivery id>``, one for every delivery of a day indexed again. The
-        day's zset lives as long as the last record indexed on that day can."""
+        """Index the delivery under its number: a member ``<e164> <delivery id>`` of today's
+        zset of the number's shard (a delivery that ends on a later day than it came is in
+        both days' zsets). The day's zset lives as long as a record indexed that day can."""
         phone = (delivery.contact or {}).get("phoneNumber")
         if phone:
             day = int(now // 86400)
