@@ -61,9 +61,16 @@ def received_by_route(route: str) -> str:
     return f"{KEY_PREFIX}idx:received:route:{route}"
 
 
+def phones(day: int, shard: str) -> str:
+    """Zset: the deliveries indexed on one day (epoch days, UTC) of the phone numbers in one
+    shard (``bridge.deliveries.phone_shard``), each a member ``<e164> <delivery id>`` of score 0
+    found by ZRANGEBYLEX; expires a day after the longest retention."""
+    return f"{KEY_PREFIX}idx:phones:{day}:{shard}"
+
+
 def by_phone(phone: str) -> str:
-    """Zset: the deliveries of one E.164 number (the admin page's phone search); expires with
-    its last delivery."""
+    """Zset: the deliveries of one E.164 number, as earlier versions wrote it (no longer
+    written: ``phones`` holds them); read until it expires with its last delivery."""
     return f"{KEY_PREFIX}idx:phone:{phone}"
 
 

@@ -63,7 +63,7 @@ def find(store: DeliveryStore, search: Search, *, region: str) -> Found:
             phone = to_e164(query, region=region)
         except InvalidPhone:
             return Found(problem=f"{query!r} is neither a delivery id (dlv_...) nor a phone number")
-        return _walk(store, keys.by_phone(phone), search, understood=f"phone {phone}")
+        return _walk_phone(store, phone, search)
     if search.status in ("failed", "skipped"):
         key = keys.failed_by_route(search.route) if search.route else keys.FAILED
     else:
@@ -71,34 +71,40 @@ def find(store: DeliveryStore, search: Search, *, region: str) -> Found:
     return _walk(store, key, search)
 
 
-def _walk(store: DeliveryStore, index: str, search: Search, understood: str = "") -> Found:
+def _walk(store: DeliveryStore, index: str, search: Search) -> Found:
     """Read ``index`` (a zset, or the received stream and the zset before it) newest first,
     keeping the records that pass the filters; at most ``limit`` entries of it."""
-    redis = store.redis
-    found = Found(understood=understood)
     if index == keys.RECEIVED_STREAM:
-        batches = store.received_newest_first(BATCH)
         limit = ROUTE_SCAN_LIMIT if search.route else SCAN_LIMIT
-    else:
-        batches, limit = _newest_first(redis, index), SCAN_LIMIT
+        return _collect(store, store.received_newest_first(BATCH), limit, search)
+    return _collect(store, _newest_first(store.redis, index), SCAN_LIMIT, search)
+
+
+def _walk_phone(store: DeliveryStore, phone: str, search: Search) -> Found:
+    """Read the number's deliveries newest first, keeping the records that pass the filters."""
+    ids = store.phone_ids([phone], SCAN_LIMIT + 1)[0]
+    pages = (ids[start : start + BATCH] for start in range(0, len(ids), BATCH))
+    return _collect(store, pages, SCAN_LIMIT, search, understood=f"phone {phone}")
+
+
+def _collect(
+    store: DeliveryStore,
+    pages: Iterator[list[str]],
+    limit: int,
+    search: Search,
+    understood: str = "",
+) -> Found:
+    """The records of the ids in ``pages`` (newest first) that pass the filters, one page of
+    results, reading at most ``limit`` ids."""
+    found = Found(understood=understood)
     seen = 0
-    for batch in batches:
+    for page in pages:
         if seen == limit:
             found.truncated = True
             break
-        ids, rest = batch[: limit - seen], batch[limit - seen :]
+        ids, rest = page[: limit - seen], page[limit - seen :]
         seen += len(ids)
-        pipe = redis.pipeline(transaction=False)
-        for delivery_id in ids:
-            pipe.hmget(keys.delivery(delivery_id), "route", "status")
-        keep = [
-            delivery_id
-            for delivery_id, (route, status) in zip(ids, pipe.execute(), strict=True)
-            if route is not None and _matches(route.decode(), (status or b"").decode(), search)
-        ]
-        for d in store.read(keep):
-            if d is None:
-                continue  # expired between the two reads
+        for d in _matching(store, ids, search):
             if len(found.deliveries) == search.limit:
                 found.more = True
                 return found
@@ -115,6 +121,20 @@ def _newest_first(redis: Redis, index: str) -> Iterator[list[str]]:
     while ids := redis.zrevrange(index, offset, offset + BATCH - 1):
         yield [i.decode() for i in ids]
         offset += len(ids)
+
+
+def _matching(store: DeliveryStore, ids: list[str], search: Search) -> list[Delivery]:
+    """The records of ``ids`` that pass the filters, in order (their route and status read
+    first, so that only those are read whole)."""
+    pipe = store.redis.pipeline(transaction=False)
+    for delivery_id in ids:
+        pipe.hmget(keys.delivery(delivery_id), "route", "status")
+    keep = [
+        delivery_id
+        for delivery_id, (route, status) in zip(ids, pipe.execute(), strict=True)
+        if route is not None and _matches(route.decode(), (status or b"").decode(), search)
+    ]
+    return [d for d in store.read(keep) if d is not None]  # None: expired between the reads
 
 
 def _matches(route: str, status: str, search: Search) -> bool:

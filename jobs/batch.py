@@ -624,7 +624,7 @@ class Drainer:
         import sends the whole contact instead (oliai-api.md #7, #26), so a contact the bridge
         made before would lose the metadata keys this lead does not set. What earlier leads
         put there is in the bridge's own records: the deliveries of the same number through
-        the same API key (``idx:phone``), and the leads of the same number in this batch.
+        the same API key (the phone index), and the leads of the same number in this batch.
         """
         by_phone: dict[str, list[Delivery]] = {}
         for d in deliveries:
@@ -634,11 +634,9 @@ class Drainer:
             return {}
         phones = list(by_phone)
         ours = {d.id for d in deliveries}
-        pipe = self.redis.pipeline(transaction=False)
-        for phone in phones:
-            pipe.zrange(keys.by_phone(phone), -EARLIER_LEADS, -1)  # oldest first
         earlier_ids = [
-            [i.decode() for i in ids if i.decode() not in ours] for ids in pipe.execute()
+            [i for i in reversed(ids) if i not in ours]  # oldest first
+            for ids in self.store.phone_ids(phones, EARLIER_LEADS)
         ]
         read = self.store.read([i for ids in earlier_ids for i in ids])
         earlier = {d.id: d for d in read if d is not None}

@@ -14,7 +14,7 @@ from rq.worker import WorkerStatus
 
 from bridge import defaults, keys
 from bridge.admin_page import SESSION_COOKIE, SESSION_SECONDS, session_secret
-from bridge.deliveries import DeliveryStore
+from bridge.deliveries import DeliveryStore, phone_shard
 from bridge.queue import make_queue
 from jobs.ratelimit import key_id
 from tests.bridge_fixtures import route_dict
@@ -483,6 +483,41 @@ def test_deliveries_are_found_by_phone_as_typed_id_route_and_status(admin, run_j
     assert len(found()) == 4
     r = client.get("/admin/deliveries", query_string={"q": "hello"}, headers=BROWSER)
     assert "neither a delivery id (dlv_...) nor a phone number" in r.text
+
+
+def test_a_number_lists_its_deliveries_of_every_day_and_of_the_earlier_index_newest_first(
+    admin, run_jobs
+):
+    client = admin()
+    redis = client.store.redis
+    phone = "+919876543210"
+
+    def lead(name: str) -> str:
+        r = client.post("/hooks/leads", json={"name": name, "phone": "098765 43210"})
+        run_jobs(client.settings)
+        return r.json["deliveryId"]
+
+    def moved_to_yesterday() -> None:
+        [key] = redis.scan_iter(keys.phones("*", phone_shard(phone)))
+        day = int(key.decode().split(":")[-2])
+        redis.rename(key, keys.phones(day - 1, phone_shard(phone)))
+
+    earliest = lead("A")
+    # indexed by the version before this one: the number's own zset, nothing in the day zsets
+    redis.delete(*redis.scan_iter(keys.phones("*", "*")))
+    redis.zadd(keys.by_phone(phone), {earliest: time.time() - 60})
+    yesterday = lead("B")
+    moved_to_yesterday()
+    today = lead("C")
+    other = client.post("/hooks/leads", json={"name": "O", "phone": "9876543211"})
+    sign_in(client)
+    r = client.get("/admin/deliveries", query_string={"q": "98765 43210"}, headers=BROWSER)
+    assert re.findall(r'href="/admin/deliveries/(dlv_\w+)"', r.text) == [
+        today,
+        yesterday,
+        earliest,
+    ]
+    assert other.json["deliveryId"] not in r.text
 
 
 def test_failed_page_replays_one_and_shows_the_new_status(admin, run_jobs, sandbox):

@@ -16,6 +16,7 @@ from bridge.deliveries import (
     Delivery,
     DeliveryStore,
     new_delivery_id,
+    phone_shard,
     raw_record,
     request_from_raw,
 )
@@ -261,6 +262,74 @@ def test_due_active_lists_what_the_reaper_should_look_at(store):
     assert store.due_active(time.time() + 61) == [d.id]
     store.update(d, recheck_in=-1)
     assert store.due_active() == [d.id]
+
+
+# --- the phone index ------------------------------------------------------------------------------
+
+PHONE = "+919876543210"
+
+
+def of_number(phone: str, **changes) -> Delivery:
+    return delivery(contact={"name": "Asha", "phoneNumber": phone, "metadata": {}}, **changes)
+
+
+def move_to_earlier_day(store: DeliveryStore, phone: str, days: int = 1) -> None:
+    """Make what is indexed for ``phone`` look written ``days`` earlier (its day's zset, moved)."""
+    [key] = store.redis.scan_iter(keys.phones("*", phone_shard(phone)))
+    day = int(key.decode().split(":")[-2])
+    store.redis.rename(key, keys.phones(day - days, phone_shard(phone)))
+
+
+def test_a_number_is_found_newest_first_across_the_days_its_deliveries_came(store):
+    first = failed(store, added(store, of_number(PHONE)), "invalid")
+    move_to_earlier_day(store, PHONE)
+    second = added(store, of_number(PHONE))
+    third = added(store, of_number(PHONE))
+    added(store, of_number("+919876543211"))
+    assert store.phone_ids([PHONE], 10) == [[third.id, second.id, first.id]]
+    assert store.phone_ids([PHONE], 2) == [[third.id, second.id]]
+    # what was indexed yesterday is read as long as its record can live (2 days here), no longer
+    assert store.phone_ids([PHONE], 10, now=time.time() + DAY) == [[third.id, second.id, first.id]]
+    assert store.phone_ids([PHONE], 10, now=time.time() + 2 * DAY) == [[third.id, second.id]]
+
+
+def test_a_delivery_indexed_again_at_its_final_status_is_listed_once(store):
+    d = added(store, of_number(PHONE))
+    move_to_earlier_day(store, PHONE)  # came in yesterday, failed today
+    failed(store, d, "invalid")
+    assert store.phone_ids([PHONE], 10) == [[d.id]]
+
+
+def test_a_number_that_begins_another_is_not_mixed_up_with_it(store):
+    # Two numbers, one the other's beginning, that share a zset: the range of one stops before
+    # the other's members.
+    short = next(
+        p for i in range(10**4) if phone_shard(p := f"+9198765{i:04d}") == phone_shard(p + "7")
+    )
+    first = added(store, of_number(short))
+    longer = added(store, of_number(short + "7"))
+    assert store.phone_ids([short, short + "7"], 10) == [[first.id], [longer.id]]
+
+
+def test_the_day_zsets_expire_a_day_after_the_longest_retention(store):
+    added(store, of_number(PHONE))
+    [key] = store.redis.scan_iter(keys.phones("*", phone_shard(PHONE)))
+    day = int(key.decode().split(":")[-2])
+    left = (day + 1) * DAY + 2 * DAY - time.time()
+    assert left - 2 <= store.redis.ttl(key) <= left + 1
+
+
+def test_a_numbers_index_as_an_earlier_version_wrote_it_is_still_read(store):
+    old = added(store, of_number(PHONE))
+    both = added(store, of_number(PHONE))
+    # As an earlier version indexed them: a zset of the number's delivery ids by time.
+    store.redis.delete(*store.redis.scan_iter(keys.phones("*", "*")))
+    store.redis.zadd(keys.by_phone(PHONE), {old.id: time.time() - 60, both.id: time.time()})
+    store.redis.expire(keys.by_phone(PHONE), 2 * DAY)
+    failed(store, both, "invalid")  # indexed again, the new way
+    new = added(store, of_number(PHONE))
+    assert store.phone_ids([PHONE], 10) == [[new.id, both.id, old.id]]
+    assert store.phone_ids([PHONE, "+919876543211"], 10) == [[new.id, both.id, old.id], []]
 
 
 # --- retention ------------------------------------------------------------------------------------
