@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge import keys
 from bridge.deliveries import DeliveryStore
 from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
 
