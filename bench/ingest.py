@@ -1,6 +1,8 @@
 """The front door: webhooks per second the bridge answers, as a ratio to a bare Flask app under
 the same gunicorn settings, measured with ``wrk`` (Debian package) posting distinct ~600-byte
-leads at 16 and 64 connections, in one run.
+leads at 16 and 64 connections, in one run. Each run also says the CPU the app's processes
+spent per request (from /proc): unlike requests a second, that hardly moves when other work
+shares the machine.
 
     python -m bench.ingest [--seconds 10] [--connections 16,64] [--server-models]
 
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from redis import Redis
 
+from bench.measure import group_cpu_seconds
 from bench.report import cpu_model
 from bench.stack import REPO, ROUTE, TOKEN, bench_route, say
 from bridge import keys
@@ -134,10 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{port}"
             wrk(url, script, 4, 1, f"warm{time.time_ns()}")  # imports, connections, caches
             results[(kind, worker_class)] = {}
+            pgid = children[name].pid  # the app's own process group: master and workers
             for c in conns:
+                cpu = group_cpu_seconds(pgid)
                 res = wrk(url, script, c, args.seconds, f"n{time.time_ns()}")
+                res["cpu_ms"] = (group_cpu_seconds(pgid) - cpu) * 1000 / max(res["requests"], 1)
                 results[(kind, worker_class)][c] = res
-                say(f"{name:<16} c={c:<3} {res['rps']:8.0f} req/s  non-2xx {res['non_2xx']}")
+                say(
+                    f"{name:<16} c={c:<3} {res['rps']:8.0f} req/s  {res['cpu_ms']:.2f} ms CPU/req"
+                    f"  non-2xx {res['non_2xx']}"
+                )
             if kind == "bridge":
                 stored = redis.xlen(keys.RECEIVED_STREAM)
                 accepted = sum(
@@ -151,14 +160,21 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"ingest benchmark, {started:%Y-%m-%d %H:%M} UTC, {machine()}")
     print(f"wrk -t2, {args.seconds:g} s per run, distinct ~600-byte leads, gunicorn 2 processes")
-    print(f"{'app':<22}" + "".join(f"{f'c={c} req/s':>14}{'ratio':>8}" for c in conns))
+    print(
+        f"{'app':<22}"
+        + "".join(f"{f'c={c} req/s':>14}{'ratio':>8}{'CPU ms/req':>12}" for c in conns)
+    )
     for (kind, worker_class), per in results.items():
         base = results.get(("bare", worker_class)) or results[("bare", None)]
         label = f"{kind} ({worker_class or 'gevent, guarded'})"
         row = f"{label:<22}"
         for c in conns:
             row += f"{per[c]['rps']:>14.0f}{per[c]['rps'] / base[c]['rps']:>8.2f}"
+            row += f"{per[c]['cpu_ms']:>12.2f}"
         print(row)
+    bare, bridge = results[("bare", None)], results[("bridge", None)]
+    ratios = ", ".join(f"c={c} {bare[c]['cpu_ms'] / bridge[c]['cpu_ms']:.2f}" for c in conns)
+    print(f"by CPU per request, bare / bridge: {ratios}")
     if args.server_models:
         bridge, threaded = results[("bridge", None)], results[("bridge", "gthread")]
         ratios = ", ".join(f"c={c} {bridge[c]['rps'] / threaded[c]['rps']:.2f}" for c in conns)

@@ -11,7 +11,7 @@ import logging
 import time
 import uuid
 
-from flask import Flask, Response, g, jsonify, request
+from flask import Flask, Request, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
 from redis.exceptions import RedisError
@@ -24,6 +24,7 @@ from bridge.ingest import Ingest
 from bridge.metrics import registry_for
 from bridge.queue import make_queue
 from bridge.settings import Settings
+from bridge.sources import get_source
 from bridge.storage import connect_for, eviction_warning, is_full
 from jobs.lanes import IMPORT_HINT_PATH, Lanes, kick_lanes
 
@@ -63,32 +64,40 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
         "ingest": ingest,
     }
 
+    # The hooks below run for every webhook: each takes the request (and ``g``) from its proxy
+    # once, not once per attribute.
     @app.before_request
     def start_request():
-        given = request.headers.get("X-Request-Id")
-        g.request_id = given if logs.sane_request_id(given) else uuid.uuid4().hex
-        g.started = time.monotonic()
-        g.log_token = logs.push(request_id=g.request_id)
+        state = g._get_current_object()
+        given = request._get_current_object().headers.get("X-Request-Id")
+        state.request_id = given if logs.sane_request_id(given) else uuid.uuid4().hex
+        state.started = time.monotonic()
+        state.log_token = logs.push(request_id=state.request_id)
 
     @app.after_request
     def finish_request(response: Response) -> Response:
-        if "request_id" not in g:  # a request refused before our first hook ran
+        state = g._get_current_object()
+        if "request_id" not in state:  # a request refused before our first hook ran
             start_request()
-        response.headers["X-Request-Id"] = g.request_id
-        route = (request.view_args or {}).get("route") if request.endpoint == "hook" else None
+        response.headers["X-Request-Id"] = state.request_id
         status = response.status_code
+        level = logging.WARNING if status >= 500 else logging.INFO
+        if not log.isEnabledFor(level):
+            return response
+        req = request._get_current_object()
+        route = (req.view_args or {}).get("route") if req.endpoint == "hook" else None
         log.log(
-            logging.WARNING if status >= 500 else logging.INFO,
+            level,
             '"%s %s" %s',
-            request.method,
-            request.path,  # never the query string: ``?token=`` must not be logged
+            req.method,
+            req.path,  # never the query string: ``?token=`` must not be logged
             status,
             extra={
                 "event": "http.request",
-                "method": request.method,
-                "path": request.path,
+                "method": req.method,
+                "path": req.path,
                 "status": status,
-                "duration_ms": round((time.monotonic() - g.started) * 1000, 1),
+                "duration_ms": round((time.monotonic() - state.started) * 1000, 1),
                 "route": route[:64] if route else None,
             },
         )
@@ -102,17 +111,16 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
 
     @app.route("/hooks/<route>", methods=["GET", "HEAD", "POST", "PUT"])
     def hook(route: str):
-        body = request.get_data(cache=True)  # raw bytes first: signatures cover them
+        req = request._get_current_object()
+        body = req.get_data(cache=True)  # raw bytes first: signatures cover them
         inbound = InboundRequest(
-            method=request.method,
+            method=req.method,
             route=route,
             body=body,
-            headers={k.lower(): v for k, v in request.headers.items()},
-            query={k: v for k, v in request.args.items()},
-            # Signatures that cover the URL (HubSpot) need the query exactly as sent.
-            url=request.base_url
-            + ("?" + request.query_string.decode("latin-1") if request.query_string else ""),
-            remote_addr=request.remote_addr,
+            headers={k.lower(): v for k, v in req.headers.items()},
+            query={k: v for k, v in req.args.items()},
+            url=hook_url(req) if reads_url(route) else "",
+            remote_addr=req.remote_addr,
         )
         reply = ingest.handle(inbound)
         response = Response(
@@ -121,6 +129,11 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
         for name, value in reply.headers.items():
             response.headers[name] = value
         return response
+
+    def reads_url(name: str) -> bool:
+        """Whether the route's source reads the URL (werkzeug builds it at some cost)."""
+        route = settings.routes.get(name)
+        return route is not None and get_source(route.source).reads_url
 
     @app.get("/healthz")
     def healthz():
@@ -247,6 +260,13 @@ class QuotaGate:
                 start_response("429 Too Many Requests", headers)
                 return [body]
         return self.app(environ, start_response)
+
+
+def hook_url(req: Request) -> str:
+    """The URL a hook was posted to, as the sender wrote it: signatures that cover the URL
+    (HubSpot) need the query exactly as sent."""
+    query = req.query_string
+    return req.base_url + ("?" + query.decode("latin-1") if query else "")
 
 
 def _error(status: int, error: str, message: str, headers: dict | None = None):

@@ -6,7 +6,7 @@ metadata. Pure: ``oliai-bridge try``, replay ``--remap`` and the tests call it d
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import jmespath
@@ -109,18 +109,26 @@ class _Mapper:
 
     def __init__(self, event: Event, route: Route):
         self.event, self.route = event, route
-        self.doc = event.to_dict()
         self.flat = flatten(event.fields)
+        self.names = KeyNames(self.flat)
+        self.used: set[str] = set()
         # Fields an adapter typed as name / phone / email are not metadata as well.
         typed = {text(v) for k, v in event.hints.items() if k != "country" and text(v)}
-        self.used: set[str] = {k for k, v in self.flat.items() if self._holds(v, typed)}
+        if typed:
+            self.taken(typed)
 
-    @staticmethod
-    def _holds(value: Any, texts: set[str]) -> bool:
-        return not isinstance(value, list) and text(value) in texts
+    @cached_property
+    def doc(self) -> dict[str, Any]:
+        """What the route's expressions read (only a route with expressions needs it)."""
+        return self.event.to_dict()
+
+    @cached_property
+    def texts(self) -> dict[str, str]:
+        """Each flattened field's value as ``text``, lists left out: what ``taken`` compares."""
+        return {k: text(v) for k, v in self.flat.items() if not isinstance(v, list)}
 
     def taken(self, texts: set[str]) -> None:
-        self.used |= {k for k, v in self.flat.items() if self._holds(v, texts)}
+        self.used |= {k for k, v in self.texts.items() if v in texts}
 
     def mapped(self, field: str) -> Any:
         expr = self.route.fields.get(field)
@@ -128,14 +136,14 @@ class _Mapper:
 
     def phone(self) -> tuple[Any, str]:
         """The phone as found and as E.164."""
-        fields, hints, flat, used = self.route.fields, self.event.hints, self.flat, self.used
+        fields, hints, used, names = self.route.fields, self.event.hints, self.used, self.names
         raw = self.mapped("phoneNumber")
         if "phoneNumber" not in fields:
             raw = hints.get("phone")
             if raw is None:
-                raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS, value_ok=_phoneish)
+                raw = names.guess(PHONE_KEYS, used, parts=PHONE_PARTS, value_ok=_phoneish)
             if raw is None:  # a phone-named field with a bad value: say what is wrong with it
-                raw = guess(flat, PHONE_KEYS, used, parts=PHONE_PARTS)
+                raw = names.guess(PHONE_KEYS, used, parts=PHONE_PARTS)
         if _blank(raw):
             where = (
                 f"the expression {fields['phoneNumber']!r} found nothing"
@@ -145,7 +153,7 @@ class _Mapper:
             raise Unmappable(f"no phone number: {where}", field="phoneNumber")
         if isinstance(raw, list) and raw:
             raw = raw[0]
-        country = self.mapped("country") or hints.get("country") or guess(flat, COUNTRY_KEYS, set())
+        country = self.mapped("country") or hints.get("country") or names.guess(COUNTRY_KEYS, set())
         hint = country if isinstance(country, str) and len(country.strip()) == 2 else None
         try:
             return raw, to_e164(raw, region=self.route.region, country_hint=hint)
@@ -153,25 +161,25 @@ class _Mapper:
             raise Unmappable(f"phone number: {exc}", field="phoneNumber") from None
 
     def name(self, phone: str) -> str:
-        hints, flat, used = self.event.hints, self.flat, self.used
+        hints, used, names = self.event.hints, self.used, self.names
         name = text(self.mapped("name")) or text(hints.get("name"))
         if not name:
             first = text(self.mapped("firstName")) or text(hints.get("first_name"))
             last = text(self.mapped("lastName")) or text(hints.get("last_name"))
             if not first and not last and "firstName" not in self.route.fields:
-                first = text(guess(flat, FIRST_KEYS, used))
-                last = text(guess(flat, LAST_KEYS, used))
+                first = text(names.guess(FIRST_KEYS, used))
+                last = text(names.guess(LAST_KEYS, used))
             name = " ".join(p for p in (first, last) if p)
         if not name and "name" not in self.route.fields:
-            name = text(guess(flat, NAME_KEYS, used, parts=("name",), exclude=NAME_EXCLUDE))
+            name = text(names.guess(NAME_KEYS, used, parts=("name",), exclude=NAME_EXCLUDE))
         return (name or phone)[:MAX_NAME_CHARS].strip()
 
     def email(self) -> str:
         """OliAI contacts have no email field: it goes to metadata."""
         email = self.mapped("email") or self.event.hints.get("email")
         if email is None:
-            email = guess(
-                self.flat, EMAIL_KEYS, self.used, parts=("email",), value_ok=lambda v: "@" in str(v)
+            email = self.names.guess(
+                EMAIL_KEYS, self.used, parts=("email",), value_ok=lambda v: "@" in str(v)
             )
         return text(email)
 
@@ -233,33 +241,47 @@ def flatten(fields: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
     return out
 
 
-def guess(
-    flat: dict[str, Any],
-    exact: tuple[str, ...],
-    used: set[str],
-    *,
-    parts: tuple[str, ...] = (),
-    exclude: tuple[str, ...] = (),
-    value_ok=None,
-) -> Any:
-    """The value of the best-named key: exact names in order, then names containing a part."""
-    squashed = {key: squash(key) for key in flat}
+class KeyNames:
+    """A flattened payload's keys by their ``squash``-ed names, worked out once for all the
+    guesses a mapping makes."""
 
-    def ok(key: str) -> bool:
-        value = flat[key]
-        return key not in used and not _blank(value) and (value_ok is None or value_ok(value))
+    def __init__(self, flat: dict[str, Any]):
+        self.flat = flat
+        #: Each key's squashed name, in the payload's order.
+        self.squashed = {key: squash(key) for key in flat}
+        #: The keys with each squashed name, in the payload's order.
+        self.keys: dict[str, list[str]] = {}
+        for key, name in self.squashed.items():
+            self.keys.setdefault(name, []).append(key)
 
-    for want in exact:
-        for key, sq in squashed.items():
-            if sq == want and ok(key):
-                used.add(key)
-                return flat[key]
-    for part in parts:
-        for key, sq in squashed.items():
-            if part in sq and not any(x in sq for x in exclude) and ok(key):
-                used.add(key)
-                return flat[key]
-    return None
+    def guess(
+        self,
+        exact: tuple[str, ...],
+        used: set[str],
+        *,
+        parts: tuple[str, ...] = (),
+        exclude: tuple[str, ...] = (),
+        value_ok=None,
+    ) -> Any:
+        """The value of the best-named key not in ``used`` (which it joins): exact names in
+        order, then names containing a part."""
+        flat = self.flat
+
+        def ok(key: str) -> bool:
+            value = flat[key]
+            return key not in used and not _blank(value) and (value_ok is None or value_ok(value))
+
+        for want in exact:
+            for key in self.keys.get(want, ()):
+                if ok(key):
+                    used.add(key)
+                    return flat[key]
+        for part in parts:
+            for key, sq in self.squashed.items():
+                if part in sq and not any(x in sq for x in exclude) and ok(key):
+                    used.add(key)
+                    return flat[key]
+        return None
 
 
 def _phoneish(value: Any) -> bool:

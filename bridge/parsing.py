@@ -89,10 +89,19 @@ def parse_json(body: bytes | str, what: str = "body") -> Any:
         raise MalformedBody(f"{what} is not valid JSON: nested too deeply") from None
     except ValueError as exc:  # e.g. an integer literal of more than 4300 digits
         raise MalformedBody(f"{what} is not usable JSON: {exc}"[:200]) from None
+    if isinstance(body, bytes) and not may_be_unusable(text, MAX_JSON_DEPTH):
+        return data
     problem = json_problem(data, MAX_JSON_DEPTH)
     if problem:
         raise MalformedBody(f"{what} {problem}")
     return data
+
+
+def may_be_unusable(text: str, limit: int) -> bool:
+    """Whether JSON ``text`` decoded from UTF-8 may hold what ``json_problem`` finds, so that
+    most bodies need no walk: nesting deeper than ``limit`` takes more than ``limit`` brackets,
+    and such text can hold a lone surrogate only as a ``\\u`` escape."""
+    return "\\u" in text or text.count("{") + text.count("[") > limit
 
 
 def json_problem(data: Any, limit: int) -> str | None:

@@ -95,6 +95,9 @@ class Source:
     #: accepted is then a duplicate whatever id it comes with, so a captured request re-sent
     #: under a new id is not delivered twice.
     dedups_body = False
+    #: True when the adapter reads the URL the request was posted to (``InboundRequest.url``,
+    #: for a signature that covers it): the web side works it out only for such sources.
+    reads_url = False
 
     # --- configuration ---------------------------------------------------------------------
 

@@ -99,6 +99,7 @@ class HubSpotSource(Source):
     # The Webhooks API retries any 4xx for a day and a workflow shows a 4xx only as a failed
     # action: a contact without a usable phone is recorded as skipped and acknowledged instead.
     unmappable = "accept"
+    reads_url = True  # the v3 signature covers the URL (``request_uris``)
 
     def check_route(self, route: Route) -> list[str]:
         problems = []

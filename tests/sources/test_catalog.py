@@ -56,6 +56,15 @@ def test_each_source_is_named_by_its_module():
         assert get_source(name).name == name
 
 
+@pytest.mark.parametrize("name", source_names())
+def test_a_source_says_whether_it_reads_the_url(name):
+    # The web side works the URL out only for sources that say they read it (``reads_url``):
+    # one that read ``req.url`` without saying so would check its signature against "".
+    module = importlib.import_module(f"bridge.sources.{name}")
+    reads = "req.url" in Path(module.__file__).read_text()
+    assert get_source(name).reads_url == reads, f"{name}: reads_url should be {reads}"
+
+
 @pytest.fixture
 def extra_modules(tmp_path, monkeypatch):
     """A folder whose modules count as part of ``bridge.sources`` for the test."""
