@@ -25,7 +25,7 @@ from bridge.metrics import registry_for
 from bridge.queue import make_queue
 from bridge.settings import Settings
 from bridge.sources import get_source
-from bridge.storage import connect_for, eviction_warning, is_full
+from bridge.storage import connect_for, eviction_warning, is_full, version_problem
 from jobs.lanes import IMPORT_HINT_PATH, Lanes, kick_lanes
 
 log = logging.getLogger(__name__)
@@ -150,15 +150,20 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
             return jsonify(body), 503, {"Retry-After": "5"}
         body = {"status": "ready", "redis": "ok"}
         try:
-            warning = eviction_warning(redis)
+            found = {
+                "redis.too_old": version_problem(redis),
+                "redis.eviction_policy": eviction_warning(redis),
+            }
         except RedisError:
-            warning = None  # INFO refused: the ping above is what readiness means
-        if warning:
+            found = {}  # INFO refused: the ping above is what readiness means
+        warnings = {event: text for event, text in found.items() if text}
+        if warnings:
             # Ready (a platform must not restart us for it), but loud: see docs/operating.md.
-            body["warnings"] = [warning]
+            body["warnings"] = list(warnings.values())
             if not warned:
-                log.warning(warning, extra={"event": "redis.eviction_policy"})
-                warned.append(warning)
+                for event, text in warnings.items():
+                    log.warning(text, extra={"event": event})
+                warned.extend(warnings)
         return jsonify(body)
 
     @app.get("/metrics")

@@ -178,7 +178,7 @@ def warn_about(settings: Settings, redis=None) -> None:
     """Config warnings, and a Redis that may evict leads, in the log at start-up."""
     from redis.exceptions import RedisError
 
-    from bridge.storage import eviction_warning
+    from bridge.storage import eviction_warning, version_problem
 
     log = logging.getLogger("bridge")
     for warning in settings.warnings:
@@ -186,10 +186,14 @@ def warn_about(settings: Settings, redis=None) -> None:
     if redis is None:
         return
     try:
+        problem = version_problem(redis)
         warning = eviction_warning(redis)
     except RedisError as exc:
         log.warning("Redis not checked: %s", exc, extra={"event": "redis.unchecked"})
         return
+    if problem:
+        log.error(problem, extra={"event": "redis.too_old"})
+        raise SystemExit(f"oliai-bridge: {problem}")
     if warning:
         log.warning(warning, extra={"event": "redis.eviction_policy"})
 
@@ -356,17 +360,18 @@ def redis_warnings(settings: Settings) -> list[str]:
     """What check-config says of the Redis in ``REDIS_URL`` (nothing when it is unset)."""
     from redis.exceptions import RedisError
 
-    from bridge.storage import connect_for, eviction_warning
+    from bridge.storage import connect_for, eviction_warning, version_problem
 
     if not settings.redis_url:
         return []
     try:
         redis = connect_for(settings)
         redis.ping()
+        problem = version_problem(redis)
         warning = eviction_warning(redis)
     except RedisError as exc:
         return [f"REDIS_URL: Redis did not answer ({type(exc).__name__}: {exc})"]
-    return [f"WARNING: {warning}"] if warning else []
+    return [f"WARNING: {text}" for text in (problem, warning) if text]
 
 
 def named_route(settings, name: str):

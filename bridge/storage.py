@@ -96,6 +96,33 @@ def eviction_warning(redis: Redis) -> str | None:
     )
 
 
+#: The oldest Redis the bridge runs on: ``XTRIM MINID`` and exclusive stream ranges (the
+#: received index), ``SMISMEMBER`` (imports) came with 6.2.
+MIN_REDIS = (6, 2)
+
+
+def too_old(version: str) -> str | None:
+    """A sentence when Redis ``version`` (as ``INFO server`` says it) is older than
+    ``MIN_REDIS``."""
+    try:
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except ValueError:
+        return None  # a fork that numbers itself otherwise: let it try
+    if found >= MIN_REDIS:
+        return None
+    need = ".".join(map(str, MIN_REDIS))
+    return (
+        f"Redis {version} is too old: the bridge needs Redis {need} or newer (its delivery list "
+        "and imports use commands older versions lack). Heroku-style platforms offer 6.2 and 7; "
+        "on a server, install a current Redis (docs/deploying.md)."
+    )
+
+
+def version_problem(redis: Redis) -> str | None:
+    """``too_old`` for the Redis behind ``redis``."""
+    return too_old(str(redis.info("server").get("redis_version", "")))
+
+
 _DISCARDED_FOR_OOM = "Transaction discarded because of: OOM"
 
 

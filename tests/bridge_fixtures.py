@@ -140,10 +140,10 @@ def run_jobs(redis):
 
 @pytest.fixture
 def cli(tmp_path, redis_server, sandbox):
-    """``cli(config_dict, *args, stdin=None, api_key=None, timeout=60)`` runs ``oliai-bridge
-    ARGS`` as a user would: a process of its own, the config in a file, Redis and the sandbox
-    (with its first key, or ``api_key``) from the environment. Returns the finished process,
-    its output as text."""
+    """``cli(config_dict, *args, stdin=None, api_key=None, timeout=60, env=None)`` runs
+    ``oliai-bridge ARGS`` as a user would: a process of its own, the config in a file, Redis and
+    the sandbox (with its first key, or ``api_key``) from the environment (``env`` adds to it
+    or overrides it). Returns the finished process, its output as text."""
 
     def run(
         config: dict,
@@ -151,6 +151,7 @@ def cli(tmp_path, redis_server, sandbox):
         stdin: bytes | None = None,
         api_key: str | None = None,
         timeout: float = 60,
+        env: dict[str, str] | None = None,
     ):
         path = write_config(tmp_path / "config.toml", config)
         env = {
@@ -159,6 +160,7 @@ def cli(tmp_path, redis_server, sandbox):
             "REDIS_URL": redis_server.url,
             "OLIAI_BASE_URL": sandbox.base_url,
             "OLIAI_API_KEY": api_key or sandbox.keys[0],
+            **(env or {}),
         }
         done = subprocess.run(
             [sys.executable, "-m", "bridge", *args],

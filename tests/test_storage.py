@@ -22,7 +22,14 @@ from bridge import keys, logs
 from bridge.app import create_app
 from bridge.config import build_settings
 from bridge.exceptions import ConfigError
-from bridge.storage import EmbeddedRedis, connect_for, eviction_warning, free_port
+from bridge.storage import (
+    EmbeddedRedis,
+    connect_for,
+    eviction_warning,
+    free_port,
+    too_old,
+    version_problem,
+)
 from tests.bridge_fixtures import REPO_ROOT, route_dict, write_config
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}
@@ -234,6 +241,70 @@ def test_check_config_and_the_worker_warn_when_redis_may_evict(cli, evicting_red
     lines = [json.loads(line) for line in worker.stderr.splitlines()]
     [warning] = [x for x in lines if x["event"] == "redis.eviction_policy"]
     assert warning["level"] == "warning" and "allkeys-lru" in warning["message"]
+
+
+# --- a Redis too old for the bridge --------------------------------------------------------
+
+
+@pytest.fixture
+def old_redis_url():
+    """A server on a real socket that answers as Redis 6.0.16 would to what start-up asks
+    (HELLO, PING, INFO; anything else is refused); no Redis that old is at hand."""
+    server = socket.create_server(("127.0.0.1", 0))
+    info = "# Server\r\nredis_version:6.0.16\r\n# Memory\r\nmaxmemory_policy:noeviction\r\n"
+
+    def answer(conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as reader:
+            while line := reader.readline():
+                if not line.startswith(b"*"):
+                    continue
+                args = []
+                for _ in range(int(line[1:])):
+                    size = int(reader.readline()[1:])
+                    args.append(reader.read(size + 2)[:-2].decode().upper())
+                if args[0] == "HELLO":
+                    resp3 = len(args) > 1 and args[1] == "3"  # a map then, else a flat list
+                    pairs = ["server", "redis", "version", "6.0.16", "proto", 3 if resp3 else 2]
+                    pairs += ["id", 1, "mode", "standalone", "role", "master", "modules", []]
+                    out = b"%%%d\r\n" % (len(pairs) // 2) if resp3 else b"*%d\r\n" % len(pairs)
+                    for item in pairs:
+                        if isinstance(item, int):
+                            out += b":%d\r\n" % item
+                        elif isinstance(item, list):
+                            out += b"*0\r\n"
+                        else:
+                            out += b"$%d\r\n%s\r\n" % (len(item), item.encode())
+                    conn.sendall(out)
+                elif args[0] == "PING":
+                    conn.sendall(b"+PONG\r\n")
+                elif args[0] == "INFO":
+                    conn.sendall(b"$%d\r\n%s\r\n" % (len(info), info.encode()))
+                else:
+                    conn.sendall(b"-ERR unknown command '%s'\r\n" % args[0].encode())
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=answer, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    yield f"redis://127.0.0.1:{server.getsockname()[1]}/0"
+    server.close()
+
+
+def test_a_redis_older_than_6_2_stops_the_worker_and_check_config_says_why(cli, old_redis_url):
+    assert too_old("6.0.16").startswith("Redis 6.0.16 is too old: the bridge needs Redis 6.2")
+    assert too_old("6.2.0") is None and too_old("7.4.1") is None and too_old("8.0.2") is None
+    assert version_problem(Redis.from_url(old_redis_url)) == too_old("6.0.16")
+    env = {"REDIS_URL": old_redis_url}
+    worker = cli({"routes": [route_dict()]}, "worker", "--burst", env=env)
+    assert worker.returncode != 0
+    assert "oliai-bridge: Redis 6.0.16 is too old" in worker.stderr
+    check = cli({"routes": [route_dict()]}, "check-config", env=env)
+    assert "WARNING: Redis 6.0.16 is too old" in check.stdout
 
 
 def test_check_config_is_quiet_about_a_redis_that_keeps_everything(cli, redis):

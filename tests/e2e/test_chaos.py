@@ -190,10 +190,13 @@ def test_chaos_ledger_balances(make_stack, sandbox, redis_server):
     first = wait_settled(stack, accepted, timeout=120)
     settled_at = time.monotonic()
     failed_first = [i for i, s in first.items() if s != "delivered"]
-    assert len(failed_first) >= REVOKED_LEADS  # the revoked key's leads failed visibly
+    # The revoked key's leads failed visibly (others may have too: the sandbox's 500s can
+    # outlast a lead's retries on a loaded machine).
+    revoked_failed = [i for i in failed_first if stack.store.get(i).route == "agency"]
+    assert len(revoked_failed) == REVOKED_LEADS
     recovered = [i for i in accepted if "recovered" in [h["what"] for h in stack.store.history(i)]]
     shown = subprocess.run(
-        [sys.executable, "-m", "bridge", "failed", "show", failed_first[0]],
+        [sys.executable, "-m", "bridge", "failed", "show", revoked_failed[0]],
         env=stack.env,
         cwd=REPO_ROOT,
         capture_output=True,
