@@ -20,11 +20,18 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 from redis import Redis
 from redis.client import Pipeline
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge import keys
 from bridge.defaults import DEDUP_BUCKET_SECONDS
+
+#: How many times a call whose connection dropped is sent again (redis-py's default too).
+SEND_RETRIES = 3
 
 #: Lua shared by ``ADMIT`` and ``CLAIMED``: reads the window's buckets from ARGV and defines
 #: ``claim(field, legacy)``, the delivery id a claim names: the newest bucket's field whose claim
@@ -241,6 +248,35 @@ class Admission:
         self._groups: list[tuple[list[int], int, int]] = []
         self._leads = 0
 
+    def _evalsha(self, args: list[Any]) -> Any:
+        """``self.script`` run with ``args``: the command packed once and sent on one of the
+        client's pooled connections. redis-py's own command path checks and converts each of
+        the 100-odd arguments on the way, which cost this process about as much CPU as the
+        rest of storing a lead (``python -m bench.door``). As redis-py does, a dropped
+        connection is retried (the script run again is safe: its ``done[n]``) and a Redis that
+        lost its scripts is given this one again."""
+        packed = [hiredis.pack_command(("EVALSHA", self.script.sha, 0, *args))]
+        pool = self.redis.connection_pool
+        loaded = failures = 0
+        while True:
+            conn = pool.get_connection()
+            try:
+                conn.send_packed_command(packed)
+                return conn.read_response()
+            except NoScriptError:
+                if loaded:
+                    raise
+                loaded += 1
+                self.redis.script_load(self.script.script)
+            except (RedisConnectionError, RedisTimeoutError):
+                conn.disconnect()
+                failures += 1
+                if failures > SEND_RETRIES:
+                    raise
+                time.sleep(0.05 * failures)
+            finally:
+                pool.release(conn)
+
     @staticmethod
     def register(redis: Redis) -> Any:
         """The ``ADMIT`` script for ``redis`` (loaded once, then run by its SHA1)."""
@@ -287,7 +323,7 @@ class Admission:
                 args += command
         args.append(len(wanted))
         args += [i + 1 for i in wanted]
-        firsts, replies = self.script(args=args, client=self.redis)
+        firsts, replies = self._evalsha(args)
         results: list[Any] = [None] * len(stack)
         callbacks = self.redis.response_callbacks
         for i, reply in zip(wanted, replies, strict=True):

@@ -306,3 +306,22 @@ def test_a_script_call_sent_again_after_a_lost_answer_writes_nothing_twice(make_
     assert first == again == [d.id]
     assert (store.history(d.id), metrics.read_counters(client.redis)) == before
     assert [e["what"] for e in store.history(d.id)] == ["received", "queued"]
+
+
+def test_a_connection_redis_dropped_is_replaced_and_the_lead_stored_once(make_client):
+    """The script call goes on one of the client's pooled connections, packed by the bridge
+    itself: one Redis closed (a restart, an idle timeout) is replaced as for any command of
+    the client's, and a Redis that lost its scripts is given the script again."""
+    client = make_client()
+    assert client.post("/hooks/leads", json=lead(0)).status_code == 202
+    kwargs = client.redis.connection_pool.connection_kwargs
+    killer = Redis(host=kwargs["host"], port=kwargs["port"])
+    assert killer.client_kill_filter(_type="normal", skipme=True) >= 1
+    r = client.post("/hooks/leads", json=LEAD)
+    assert r.status_code == 202, r.json
+    assert client.store.get(r.json["deliveryId"]).contact["phoneNumber"] == "+919876543210"
+    again = client.post("/hooks/leads", json=LEAD)
+    assert again.json["status"] == "duplicate"
+    assert again.json["deliveryId"] == r.json["deliveryId"]
+    client.redis.script_flush()  # a Redis that lost its scripts (restarted without them)
+    assert client.post("/hooks/leads", json=lead(2)).status_code == 202
