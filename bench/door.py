@@ -2,14 +2,16 @@
 bridge's against a bare Flask app answering 202 and the same app doing one Redis ``LPUSH``
 (``bench/webapps.py``), in one run.
 
-    python -m bench.door [--count 3000] [--rounds 2] [--profile tottime|cumulative]
+    python -m bench.door [--count 3000] [--rounds 2] [--profile tottime|cumulative] [--admission]
 
 A quieter companion to ``python -m bench.ingest``: no server, no client, no sockets but the one
 to the embedded Redis, and ``time.process_time`` (this process's CPU, not the wall clock), so
 another process's load moves the numbers little. The leads are ``bench.ingest``'s: distinct,
 ~600 bytes, on the bench route. The apps take turns, ``--rounds`` times; each app's best round
 is reported. The ratios are throughputs a CPU-bound server would reach, bare = 1.
-``--profile`` runs the bridge once more under cProfile (CPU timer) and prints its top lines.
+``--profile`` runs the bridge once more under cProfile (CPU timer) and prints its top lines;
+``--admission`` times one webhook's admission script call sent through redis-py's command path
+and as ``bridge.admission`` sends it (packed once), in turn.
 """
 
 from __future__ import annotations
@@ -70,12 +72,49 @@ def cpu_per_webhook(app: App, first: int, count: int, nonce: str) -> float:
     return spent / count * 1e6
 
 
+def admission_call_ab(app: App, nonce: str, calls: int, rounds: int) -> list[tuple[float, float]]:
+    """(redis-py's ``Script`` call, the bridge's own packed call) in microseconds of CPU per
+    call, per round: one webhook's admission call, captured, then sent ``calls`` times each way
+    in turn (a repeat is answered as a duplicate: the client's side of the call is the same)."""
+    from bridge import admission
+
+    captured: list[tuple[admission.Admission, list]] = []
+    send = admission.Admission._evalsha
+
+    def capture(self: admission.Admission, args: list) -> object:
+        captured.append((self, list(args)))
+        return send(self, args)
+
+    admission.Admission._evalsha = capture  # type: ignore[method-assign]
+    try:
+        b"".join(app(lead_environ(8 * 10**6, nonce), lambda *a: None))
+    finally:
+        admission.Admission._evalsha = send  # type: ignore[method-assign]
+    call, args = captured[-1]
+    out = []
+    for _ in range(rounds):
+        started = time.process_time()
+        for _ in range(calls):
+            call.script(args=args, client=call.redis)
+        through_redis_py = (time.process_time() - started) / calls * 1e6
+        started = time.process_time()
+        for _ in range(calls):
+            send(call, args)
+        out.append((through_redis_py, (time.process_time() - started) / calls * 1e6))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.door", description=__doc__)
     parser.add_argument("--count", type=int, default=3000, help="webhooks per app per round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--profile", choices=("tottime", "cumulative"), default=None)
     parser.add_argument("--lines", type=int, default=50, help="profile lines to print")
+    parser.add_argument(
+        "--admission",
+        action="store_true",
+        help="also time the admission script call through redis-py and as the bridge sends it",
+    )
     args = parser.parse_args(argv)
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-door-"))
@@ -111,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         for name, spent in best.items():
             print(f"{name:<8}{spent:>16.0f}{best['bare'] / spent:>8.2f}")
         print(f"bridge / lpush: {best['lpush'] / best['bridge']:.2f}")
+        if args.admission:
+            for n, (slow, fast) in enumerate(admission_call_ab(apps["bridge"], nonce, 1000, 4)):
+                print(
+                    f"admission call, round {n + 1}: through redis-py {slow:.0f} us, "
+                    f"packed once {fast:.0f} us ({fast / slow:.2f})"
+                )
         if args.profile:
             environs = [lead_environ(9 * 10**6 + i, nonce) for i in range(args.count)]
             profile = cProfile.Profile(time.process_time)
