@@ -143,8 +143,15 @@ def test_two_workers_share_one_budget_per_key(make_stack, sandbox):
     routes = [route_dict(on_duplicate="skip")]  # every lead alone: two calls each
     stack = make_stack(config(10, 10, routes), workers=2)
     started = time.time()
-    live = [post(stack, "leads", i) for i in range(12)]
+    # The backfill is queued first, then a live lead comes every half second (about half the
+    # key's budget): both lanes are worked at once, by the two workers, for several windows.
+    # (Posted all at once, the live leads may take every token until they are done: live
+    # first is the rule, and then nothing would run side by side.)
     old = backfill(stack, "leads", range(12))
+    live = []
+    for i in range(12):
+        live.append(post(stack, "leads", i))
+        time.sleep(0.5)
     wait_all(stack, live + old)
     log = [e for e in sandbox.requests(since=started)]
     assert not [e for e in log if e["status"] == 429]
