@@ -37,9 +37,9 @@ from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.values import text
 
-#: Rows mapped and stored per chunk: one round trip for their dedup claims and one MULTI/EXEC
-#: for their records and jobs. Larger chunks gain little past a few hundred rows and make each
-#: transaction (during which Redis serves nobody else) longer.
+#: Rows mapped and stored per chunk: one admission script call for their dedup claims, records
+#: and tickets (``bridge.admission``). Larger chunks gain little past a few hundred rows and
+#: make each call (during which Redis serves nobody else) longer.
 CHUNK_ROWS = 500
 LANE = "backfill"
 #: A row is read as a webhook body of the generic source: JSON whose fields are the columns.
