@@ -107,8 +107,9 @@ class DeliveryStore:
         self.redis = redis
         self.keep_delivered = int(keep_delivered_days * 86400)
         self.keep_failed = int(keep_failed_days * 86400)
-        #: A raw request outlives every record that refers to it: their packed fields need it.
-        self.keep_raw = max(self.keep_delivered, self.keep_failed)
+        #: The longest a record lives: what its raw request (its packed fields need it) and the
+        #: index entries that point at it are kept for.
+        self.keep_longest = max(self.keep_delivered, self.keep_failed)
         self._phone_ids = redis.register_script(PHONE_IDS)
 
     @classmethod
@@ -126,14 +127,13 @@ class DeliveryStore:
         """Store a raw request (``raw_record``, or as ``dump_raw`` made it) under a key of its
         own, for the leads of a webhook that has several (one lead holds its own)."""
         stored = raw if isinstance(raw, bytes) else dump_raw(raw)
-        pipe.set(keys.raw(raw_id), stored, ex=self.keep_raw)
+        pipe.set(keys.raw(raw_id), stored, ex=self.keep_longest)
 
     def add(self, pipe: Pipeline, delivery: Delivery, note: str | None = None) -> None:
         """Queue the writes that store a new delivery on ``pipe`` (the caller executes it)."""
         now = time.time()
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
-            self._index_phone(pipe, delivery, now)  # a fetched or remapped lead's phone too
         else:
             pipe.zadd(keys.ACTIVE, {delivery.id: now + 60})
         stored = delivery.to_hash()
@@ -299,7 +299,7 @@ class DeliveryStore:
             day = int(now // 86400)
             key = keys.phones(day, phone_shard(phone))
             pipe.zadd(key, {f"{phone} {delivery.id}": 0})
-            pipe.expireat(key, (day + 1) * 86400 + max(self.keep_delivered, self.keep_failed))
+            pipe.expireat(key, (day + 1) * 86400 + self.keep_longest)
 
     def _expire(self, pipe: Pipeline, delivery: Delivery) -> None:
         ttl = self.keep_delivered if delivery.status == "delivered" else self.keep_failed
@@ -307,7 +307,7 @@ class DeliveryStore:
         if delivery.earlier_layout:  # its history began in a list of its own
             pipe.expire(keys.history(delivery.id), ttl)
         if delivery.raw_id:  # the record's packed fields need it as long as the record lives
-            pipe.expire(keys.raw(delivery.raw_id), self.keep_raw)
+            pipe.expire(keys.raw(delivery.raw_id), self.keep_longest)
 
     def _unindex_failed(self, pipe: Pipeline, delivery: Delivery) -> None:
         """Take the delivery off the failed lists it is on (by the reason it was listed under)."""
@@ -366,7 +366,7 @@ class DeliveryStore:
         they were made): from the days the retention covers, and from the number's own index
         as earlier versions wrote it until that expires."""
         now = time.time() if now is None else now
-        first = int((now - max(self.keep_delivered, self.keep_failed)) // 86400)
+        first = int((now - self.keep_longest) // 86400)
         days = [keys.phones(day, "") for day in range(int(now // 86400), first - 1, -1)]
         head = [keys.by_phone(""), len(days), *days]
         out = []
@@ -397,7 +397,7 @@ class DeliveryStore:
         """Drop index entries older than the records they point at can live (records expire by
         TTL; their index entries would otherwise stay for ever). Returns how many went."""
         now = time.time() if now is None else now
-        oldest = now - max(self.keep_delivered, self.keep_failed)
+        oldest = now - self.keep_longest
         # A stream entry's id is its time of receipt (ms): the entries below the cutoff go.
         removed = self.redis.xtrim(
             keys.RECEIVED_STREAM, minid=int(oldest * 1000), approximate=False

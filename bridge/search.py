@@ -66,18 +66,11 @@ def find(store: DeliveryStore, search: Search, *, region: str) -> Found:
         return _walk_phone(store, phone, search)
     if search.status in ("failed", "skipped"):
         key = keys.failed_by_route(search.route) if search.route else keys.FAILED
-    else:
-        key = keys.RECEIVED_STREAM  # a route's are found by reading the route of each
-    return _walk(store, key, search)
-
-
-def _walk(store: DeliveryStore, index: str, search: Search) -> Found:
-    """Read ``index`` (a zset, or the received stream and the zset before it) newest first,
-    keeping the records that pass the filters; at most ``limit`` entries of it."""
-    if index == keys.RECEIVED_STREAM:
-        limit = ROUTE_SCAN_LIMIT if search.route else SCAN_LIMIT
-        return _collect(store, store.received_newest_first(BATCH), limit, search)
-    return _collect(store, _newest_first(store.redis, index), SCAN_LIMIT, search)
+        return _collect(store, _newest_first(store.redis, key), SCAN_LIMIT, search)
+    # All received (the stream, then the zset earlier versions kept): a route's are found by
+    # reading the route of each.
+    limit = ROUTE_SCAN_LIMIT if search.route else SCAN_LIMIT
+    return _collect(store, store.received_newest_first(BATCH), limit, search)
 
 
 def _walk_phone(store: DeliveryStore, phone: str, search: Search) -> Found:
