@@ -25,7 +25,7 @@ from bridge.metrics import registry_for
 from bridge.queue import make_queue
 from bridge.settings import Settings
 from bridge.sources import get_source
-from bridge.storage import connect_for, eviction_warning, is_full, version_problem
+from bridge.storage import connect_for, is_full, redis_warnings
 from jobs.lanes import IMPORT_HINT_PATH, Lanes, kick_lanes
 
 log = logging.getLogger(__name__)
@@ -150,13 +150,9 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
             return jsonify(body), 503, {"Retry-After": "5"}
         body = {"status": "ready", "redis": "ok"}
         try:
-            found = {
-                "redis.too_old": version_problem(redis),
-                "redis.eviction_policy": eviction_warning(redis),
-            }
+            warnings = redis_warnings(redis)
         except RedisError:
-            found = {}  # INFO refused: the ping above is what readiness means
-        warnings = {event: text for event, text in found.items() if text}
+            warnings = {}  # INFO refused: the ping above is what readiness means
         if warnings:
             # Ready (a platform must not restart us for it), but loud: see docs/operating.md.
             body["warnings"] = list(warnings.values())

@@ -178,7 +178,7 @@ def warn_about(settings: Settings, redis=None) -> None:
     """Config warnings, and a Redis that may evict leads, in the log at start-up."""
     from redis.exceptions import RedisError
 
-    from bridge.storage import eviction_warning, version_problem
+    from bridge.storage import redis_warnings
 
     log = logging.getLogger("bridge")
     for warning in settings.warnings:
@@ -186,16 +186,16 @@ def warn_about(settings: Settings, redis=None) -> None:
     if redis is None:
         return
     try:
-        problem = version_problem(redis)
-        warning = eviction_warning(redis)
+        found = redis_warnings(redis)
     except RedisError as exc:
         log.warning("Redis not checked: %s", exc, extra={"event": "redis.unchecked"})
         return
+    problem = found.pop("redis.too_old", None)
     if problem:
         log.error(problem, extra={"event": "redis.too_old"})
         raise SystemExit(f"oliai-bridge: {problem}")
-    if warning:
-        log.warning(warning, extra={"event": "redis.eviction_policy"})
+    for event, text in found.items():
+        log.warning(text, extra={"event": event})
 
 
 def dev_redis_url(settings: Settings) -> str | None:
@@ -360,18 +360,18 @@ def redis_warnings(settings: Settings) -> list[str]:
     """What check-config says of the Redis in ``REDIS_URL`` (nothing when it is unset)."""
     from redis.exceptions import RedisError
 
-    from bridge.storage import connect_for, eviction_warning, version_problem
+    from bridge.storage import connect_for
+    from bridge.storage import redis_warnings as found_in
 
     if not settings.redis_url:
         return []
     try:
         redis = connect_for(settings)
         redis.ping()
-        problem = version_problem(redis)
-        warning = eviction_warning(redis)
+        found = found_in(redis)
     except RedisError as exc:
         return [f"REDIS_URL: Redis did not answer ({type(exc).__name__}: {exc})"]
-    return [f"WARNING: {text}" for text in (problem, warning) if text]
+    return [f"WARNING: {text}" for text in found.values()]
 
 
 def named_route(settings, name: str):

@@ -123,6 +123,16 @@ def version_problem(redis: Redis) -> str | None:
     return too_old(str(redis.info("server").get("redis_version", "")))
 
 
+def redis_warnings(redis: Redis) -> dict[str, str]:
+    """What is wrong with the Redis behind ``redis`` (too old; may evict leads), each sentence
+    under the log event that reports it; empty when nothing is."""
+    found = {
+        "redis.too_old": version_problem(redis),
+        "redis.eviction_policy": eviction_warning(redis),
+    }
+    return {event: text for event, text in found.items() if text}
+
+
 _DISCARDED_FOR_OOM = "Transaction discarded because of: OOM"
 
 
