@@ -35,14 +35,7 @@ from bridge.exceptions import (
 )
 from bridge.pipeline import LeadResult, map_request
 from bridge.quotas import ADDRESS_QUOTA, Quotas
-from bridge.record import (
-    Delivery,
-    dump_raw,
-    new_delivery_id,
-    raw_body,
-    raw_fields,
-    raw_record,
-)
+from bridge.record import RAW_INLINE_MAX, Delivery, dump_raw, new_delivery_id, raw_body, raw_record
 from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
@@ -193,7 +186,7 @@ class Ingest:
         raw = raw_record(received.req, received.kept_headers, self._hidden)
         stored = dump_raw(raw)
         raw_id = None  # a webhook's only lead keeps the request in its record
-        if len(received.deliveries) > 1 or not raw_fields(stored):
+        if len(received.deliveries) > 1 or len(stored) > RAW_INLINE_MAX:
             raw_id = f"r{secrets.token_hex(8)}"
             with admission.for_leads(leads) as pipe:
                 self.store.add_raw(pipe, raw_id, stored)

@@ -522,9 +522,7 @@ RAW_INLINE_MAX = 36 * RAW_PIECE
 
 
 def raw_fields(stored: bytes) -> dict[str, bytes]:
-    """``stored`` (``dump_raw``) as record fields, when it is short enough (else empty)."""
-    if len(stored) > RAW_INLINE_MAX:
-        return {}
+    """``stored`` (``dump_raw``, at most ``RAW_INLINE_MAX`` bytes) as record fields."""
     return {
         f"{RAW_MARK}{_B36[n]}": stored[at : at + RAW_PIECE]
         for n, at in enumerate(range(0, len(stored), RAW_PIECE))

@@ -567,3 +567,15 @@ def test_a_time_reads_back_exactly_however_it_is_kept(at):
     assert (back.received_at, back.updated_at) == (at, at)
     if at.endswith(".841Z"):
         assert stored["received_at"] == "1796142613841"
+
+
+def test_a_request_too_long_for_the_record_keeps_a_key_of_its_own(make_client):
+    client = make_client(routes=[{"name": "leads", "source": "generic", "audience_name": "A"}])
+    words = " ".join(f"word{n}" for n in range(1500))  # deflates to well over 2,304 bytes
+    body = {"name": "Asha", "phone": "+919876543210", "note": words}
+    r = client.post("/hooks/leads", json=body)
+    assert r.status_code == 202, r.json
+    d = client.store.get(r.json["deliveryId"])
+    assert d.raw_id and d.raw_inline is None
+    assert json.loads(base64.b64decode(client.store.raw(d)["body_b64"])) == body
+    assert d.event.fields["note"] == words
