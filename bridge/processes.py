@@ -144,7 +144,9 @@ class Children:
                 raise ValueError(f"a child named {name!r} is running already")
             self.stop(name)  # reap what is left of the one that exited
         env = env if env is not None else self.env if self.env is not None else os.environ
-        popen: dict[str, Any] = {"env": dict(env), "cwd": self.cwd}
+        # Unbuffered: a child's lines reach its log (or the pipe read for "ready") as they are
+        # written, stdout and stderr in the order written, and none is lost if it is killed.
+        popen: dict[str, Any] = {"env": {**env, "PYTHONUNBUFFERED": "1"}, "cwd": self.cwd}
         if pipe_stdout:
             popen.update(stdout=subprocess.PIPE, text=True)
         log = None
