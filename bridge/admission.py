@@ -24,7 +24,7 @@ import hiredis
 from redis import Redis
 from redis.client import Pipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from bridge import keys
@@ -238,9 +238,12 @@ class Admission:
     on any other, and ``for_leads`` files what they queued under the leads it is for.
     """
 
-    def __init__(self, redis: Redis, script: Any, dedup_ttl: int):
+    def __init__(self, redis: Redis, script: Any, dedup_ttl: int, connection: Any = None):
         self.redis = redis
         self.script = script
+        #: A connection of the caller's own to send on, used by one call at a time (the web
+        #: process's ``GroupCommit`` makes one call at a time); None: one of the pool's.
+        self.connection = connection
         #: Taken once: a call ``run`` sends again is the very same call (same buckets too).
         self.window = Window(dedup_ttl, time.time())
         self.pipe: Pipeline = redis.pipeline(transaction=False)
@@ -259,7 +262,7 @@ class Admission:
         pool = self.redis.connection_pool
         loaded = failures = 0
         while True:
-            conn = pool.get_connection()
+            conn = self.connection or pool.get_connection()
             try:
                 conn.send_packed_command(packed)
                 return conn.read_response()
@@ -274,8 +277,14 @@ class Admission:
                 if failures > SEND_RETRIES:
                     raise
                 time.sleep(0.05 * failures)
+            except ResponseError:
+                raise  # answered: the connection is as good as before
+            except BaseException:
+                conn.disconnect()  # cut short (its greenlet killed): an answer may be unread
+                raise
             finally:
-                pool.release(conn)
+                if self.connection is None:
+                    pool.release(conn)
 
     @staticmethod
     def register(redis: Redis) -> Any:

@@ -1,21 +1,26 @@
 """The web side: ``create_app(settings)`` wires the hooks endpoint, health, metrics and status.
 
-A thin IO layer over ``bridge.ingest``: it turns the Flask request into an ``InboundRequest``
-and the ``Reply`` back into a response. Every error is JSON naming the problem; no traceback,
-no secret, ever reaches a response.
+A thin IO layer over ``bridge.ingest``: it turns the request into an ``InboundRequest`` and the
+``Reply`` back into a response. A webhook is served below Flask (``HookDoor``: the one request
+the bridge exists for, and most of what it answers); everything else, and any webhook whose
+body or method wants more than the usual, goes through the Flask app. Every error is JSON naming
+the problem; no traceback, no secret, ever reaches a response.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
+from urllib.parse import parse_qsl
 
 from flask import Flask, Request, Response, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis import Redis
 from redis.exceptions import RedisError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
+from werkzeug.http import HTTP_STATUS_CODES
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from bridge import logs
@@ -23,7 +28,7 @@ from bridge.event import InboundRequest
 from bridge.ingest import Ingest
 from bridge.metrics import registry_for
 from bridge.queue import make_queue
-from bridge.settings import Settings
+from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.storage import connect_for, is_full, redis_warnings
 from jobs.lanes import IMPORT_HINT_PATH, Lanes, kick_lanes
@@ -48,7 +53,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
     redis = redis if redis is not None else connect_for(settings)
     queue = make_queue(redis, settings.queue_name)
     ingest = Ingest(settings, redis, queue)
-    app.wsgi_app = QuotaGate(app.wsgi_app, ingest)
+    app.wsgi_app = HookDoor(app.wsgi_app, ingest)
     if settings.trusted_proxy_count:
         # The sender's address from X-Forwarded-For, as many entries from the right as there
         # are proxies we run: entries further left are whatever the client wrote.
@@ -69,8 +74,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
     @app.before_request
     def start_request():
         state = g._get_current_object()
-        given = request._get_current_object().headers.get("X-Request-Id")
-        state.request_id = given if logs.sane_request_id(given) else uuid.uuid4().hex
+        state.request_id = request_id(request._get_current_object().headers.get("X-Request-Id"))
         state.started = time.monotonic()
         state.log_token = logs.push(request_id=state.request_id)
 
@@ -80,27 +84,9 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
         if "request_id" not in state:  # a request refused before our first hook ran
             start_request()
         response.headers["X-Request-Id"] = state.request_id
-        status = response.status_code
-        level = logging.WARNING if status >= 500 else logging.INFO
-        if not log.isEnabledFor(level):
-            return response
         req = request._get_current_object()
         route = (req.view_args or {}).get("route") if req.endpoint == "hook" else None
-        log.log(
-            level,
-            '"%s %s" %s',
-            req.method,
-            req.path,  # never the query string: ``?token=`` must not be logged
-            status,
-            extra={
-                "event": "http.request",
-                "method": req.method,
-                "path": req.path,
-                "status": status,
-                "duration_ms": round((time.monotonic() - state.started) * 1000, 1),
-                "route": route[:64] if route else None,
-            },
-        )
+        log_access(req.method, req.path, response.status_code, state.started, route)
         return response
 
     @app.teardown_request
@@ -119,7 +105,7 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
             body=body,
             headers={k.lower(): v for k, v in req.headers.items()},
             query={k: v for k, v in req.args.items()},
-            url=hook_url(req) if reads_url(route) else "",
+            url=hook_url(req) if reads_url(settings.routes.get(route)) else "",
             remote_addr=req.remote_addr,
         )
         reply = ingest.handle(inbound)
@@ -129,11 +115,6 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
         for name, value in reply.headers.items():
             response.headers[name] = value
         return response
-
-    def reads_url(name: str) -> bool:
-        """Whether the route's source reads the URL (werkzeug builds it at some cost)."""
-        route = settings.routes.get(name)
-        return route is not None and get_source(route.source).reads_url
 
     @app.get("/healthz")
     def healthz():
@@ -206,61 +187,201 @@ def create_app(settings: Settings, redis: Redis | None = None) -> Flask:  # noqa
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
-        error, message = HTTP_ERRORS.get(exc.code or 500, ("error", exc.description or ""))
-        if exc.code == 413:
-            message = f"the body is larger than {settings.max_body_bytes} bytes"
-        return _error(exc.code or 500, error, message)
+        return _error(*http_problem(exc, settings.max_body_bytes))
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception):
-        if isinstance(exc, RedisError):
-            log.error(
-                "%s %s: %s: %s",
-                request.method,
-                request.path,
-                "Redis is full (maxmemory reached)" if is_full(exc) else "Redis is unavailable",
-                exc,
-                extra={"event": "redis.unavailable"},
-            )
-            return _error(
-                503,
-                "storage_unavailable",
-                "Redis is unreachable: retry later",
-                {"Retry-After": "30"},
-            )
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return _error(500, "internal_error", "the bridge failed to handle this request")
+        return _error(*failure(request.method, request.path, exc))
 
     return app
 
 
-class QuotaGate:
-    """WSGI middleware: a hook whose route (or sender) this process already knows to be past its
-    quota is answered 429 here, before Flask makes a request of it. The rest of a flood then
-    costs the server little more than reading it; ``Ingest.handle`` decides everything else."""
+class HookDoor:
+    """WSGI middleware: the webhook endpoint, ``POST``/``PUT /hooks/<route>``, served here below
+    Flask, which would spend more on a request than the rest of receiving it. A hook whose route
+    (or sender) this process already knows to be past its quota is answered 429 before anything
+    else, so the rest of a flood costs the server little more than reading it. What wants more
+    than the usual (a handshake ``GET``, another method, a body of unknown length or over the
+    limit, a source that reads the URL, a path that names no route) goes on to the Flask app,
+    which answers it as it answers every other request. Both give the same answers: the
+    request id, the access log line and the JSON errors are this module's either way."""
 
     PREFIX = "/hooks/"
 
     def __init__(self, app, ingest: Ingest):
         self.app = app
         self.ingest = ingest
+        self.routes = ingest.settings.routes
+        self.max_body = ingest.settings.max_body_bytes
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        if path.startswith(self.PREFIX):
-            route = self.ingest.settings.routes.get(path[len(self.PREFIX) :])
-            over = route and self.ingest.quotas.refusal(route, environ.get("REMOTE_ADDR"))
-            if over:
-                reply = self.ingest.over_quota(route, over)
-                body = reply.body_bytes()
-                headers = [
-                    ("Content-Type", reply.content_type),
-                    ("Content-Length", str(len(body))),
-                    *reply.headers.items(),
-                ]
-                start_response("429 Too Many Requests", headers)
-                return [body]
-        return self.app(environ, start_response)
+        if not path.startswith(self.PREFIX):
+            return self.app(environ, start_response)
+        name = path[len(self.PREFIX) :]
+        route = self.routes.get(name)
+        over = route and self.ingest.quotas.refusal(route, environ.get("REMOTE_ADDR"))
+        if over:
+            reply = self.ingest.over_quota(route, over)
+            return _respond(
+                start_response,
+                reply.status,
+                reply.body_bytes(),
+                reply.content_type,
+                reply.headers.items(),
+            )
+        method = environ.get("REQUEST_METHOD", "GET").upper()
+        length = _content_length(environ)
+        if (
+            method not in ("POST", "PUT")
+            or not name
+            or "/" in name
+            or reads_url(route)
+            or length is None
+            or length > self.max_body
+            or "HTTP_TRANSFER_ENCODING" in environ
+        ):
+            return self.app(environ, start_response)
+        started = time.monotonic()
+        rid = request_id(environ.get("HTTP_X_REQUEST_ID"))
+        token = logs.push(request_id=rid)
+        try:
+            status, body, content_type, headers = self._answer(environ, method, path, name, length)
+            log_access(method, path, status, started, name)
+        finally:
+            logs.pop(token)
+        return _respond(
+            start_response, status, body, content_type, [*headers, ("X-Request-Id", rid)]
+        )
+
+    def _answer(self, environ, method: str, path: str, name: str, length: int):
+        """(status, body, content type, headers) for a webhook of ``length`` bytes."""
+        body = environ["wsgi.input"].read(length) if length else b""
+        if len(body) < length:  # the sender hung up part way: as werkzeug answers it
+            return _json_answer(*http_problem(ClientDisconnected(), self.max_body))
+        inbound = InboundRequest(
+            method=method,
+            route=name,
+            body=body,
+            headers=environ_headers(environ),
+            query=query_args(environ.get("QUERY_STRING", "")),
+            remote_addr=environ.get("REMOTE_ADDR"),
+        )
+        try:
+            reply = self.ingest.handle(inbound)
+        except Exception as exc:
+            return _json_answer(*failure(method, path, exc))
+        return reply.status, reply.body_bytes(), reply.content_type, list(reply.headers.items())
+
+
+def reads_url(route: Route | None) -> bool:
+    """Whether the route's source reads the URL (werkzeug builds it at some cost)."""
+    return route is not None and get_source(route.source).reads_url
+
+
+def environ_headers(environ: dict) -> dict[str, str]:
+    """The request's headers by lower-case name, as werkzeug's ``request.headers`` lists them."""
+    headers = {}
+    for key, value in environ.items():
+        if key.startswith("HTTP_"):
+            if key not in ("HTTP_CONTENT_TYPE", "HTTP_CONTENT_LENGTH"):
+                headers[key[5:].replace("_", "-").lower()] = value
+        elif key in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
+            headers[key.replace("_", "-").lower()] = value
+    return headers
+
+
+def query_args(query_string: str) -> dict[str, str]:
+    """The query's arguments, the first value of each, as werkzeug's ``request.args`` has them
+    (a byte no UTF-8 decodes stays percent-encoded)."""
+    args: dict[str, str] = {}
+    pairs = parse_qsl(
+        query_string.encode("latin-1").decode(), keep_blank_values=True, errors="werkzeug.url_quote"
+    )
+    for key, value in pairs:
+        args.setdefault(key, value)
+    return args
+
+
+def _content_length(environ: dict) -> int | None:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or "")
+    except ValueError:
+        return None
+    return length if length >= 0 else None
+
+
+def _respond(start_response, status: int, body: bytes, content_type: str, headers) -> list[bytes]:
+    start_response(
+        f"{status} {HTTP_STATUS_CODES.get(status, 'unknown').upper()}",
+        [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers],
+    )
+    return [body]
+
+
+def request_id(given: str | None) -> str:
+    """The request's id: the sender's ``X-Request-Id`` when it is a sane one, else a new one."""
+    return given if logs.sane_request_id(given) else uuid.uuid4().hex
+
+
+def log_access(method: str, path: str, status: int, started: float, route: str | None) -> None:
+    """The access log line (never the query string: ``?token=`` must not be logged)."""
+    level = logging.WARNING if status >= 500 else logging.INFO
+    if not log.isEnabledFor(level):
+        return
+    log.log(
+        level,
+        '"%s %s" %s',
+        method,
+        path,
+        status,
+        extra={
+            "event": "http.request",
+            "method": method,
+            "path": path,
+            "status": status,
+            "duration_ms": round((time.monotonic() - started) * 1000, 1),
+            "route": route[:64] if route else None,
+        },
+    )
+
+
+def http_problem(exc: HTTPException, max_body: int) -> tuple[int, str, str]:
+    """(status, error, message) for an HTTP error werkzeug raised."""
+    error, message = HTTP_ERRORS.get(exc.code or 500, ("error", exc.description or ""))
+    if exc.code == 413:
+        message = f"the body is larger than {max_body} bytes"
+    return exc.code or 500, error, message
+
+
+def failure(method: str, path: str, exc: Exception) -> tuple[int, str, str, dict]:
+    """(status, error, message, headers) for an exception no handler expected, logged: Redis
+    failing is a 503 to retry; anything else is our bug, a 500 that tells nothing of it."""
+    if isinstance(exc, RedisError):
+        log.error(
+            "%s %s: %s: %s",
+            method,
+            path,
+            "Redis is full (maxmemory reached)" if is_full(exc) else "Redis is unavailable",
+            exc,
+            extra={"event": "redis.unavailable"},
+        )
+        return (
+            503,
+            "storage_unavailable",
+            "Redis is unreachable: retry later",
+            {"Retry-After": "30"},
+        )
+    log.error(
+        "unhandled error on %s %s", method, path, exc_info=(type(exc), exc, exc.__traceback__)
+    )
+    return 500, "internal_error", "the bridge failed to handle this request", {}
+
+
+def _json_answer(status: int, error: str, message: str, headers: dict | None = None):
+    """``_error``'s answer, byte for byte as Flask's ``jsonify`` writes it, outside Flask."""
+    body = (json.dumps({"error": error, "message": message}, separators=(",", ":")) + "\n").encode()
+    return status, body, "application/json", list((headers or {}).items())
 
 
 def hook_url(req: Request) -> str:

@@ -7,8 +7,8 @@ metrics. A refused request (over a quota, unknown route, bad signature, ...) wri
 Redis of its own: its count joins the process's ``Tally``. A 2xx is only ever answered after
 the delivery and its ticket in its lane's pending set are in Redis (one Lua script with the
 dedup claims, ``bridge.admission``; the first lead of an idle lane also starts its drain job,
-``jobs.lanes``); a Redis failure becomes ``StorageUnavailable`` (503 + Retry-After), never a
-2xx.
+``jobs.lanes``); requests stored at the same moment share that call (``bridge.commit``). A Redis
+failure becomes ``StorageUnavailable`` (503 + Retry-After), never a 2xx.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 from redis import Redis
 from redis.exceptions import RedisError
@@ -23,6 +24,7 @@ from rq import Queue
 
 from bridge import metrics
 from bridge.admission import Admission, Claim
+from bridge.commit import GroupCommit
 from bridge.deliveries import DeliveryStore
 from bridge.event import InboundRequest, utcnow_iso
 from bridge.exceptions import (
@@ -63,6 +65,10 @@ class Ingest:
         self.quotas = Quotas(redis, settings)
         #: Refusals, counted here and written at most once a second (``metrics.Tally``).
         self.refusals = metrics.Tally(redis)
+        #: A webhook's leads stored, in one call with those of the requests waiting with it;
+        #: one call at a time, on a connection of its own (no pool to take it from and check).
+        self.commit = GroupCommit(self._store_requests, weight=lambda r: len(r.deliveries))
+        self._commit_connection = redis.connection_pool.make_connection()
 
     def handle(self, req: InboundRequest) -> Reply:
         route = self.settings.routes.get(req.route)
@@ -115,8 +121,7 @@ class Ingest:
         if not prepared:
             return []
         try:
-            received = Received(req, source.kept_headers, prepared, source.dedups_body)
-            return self.store_leads([received])
+            return self.commit(Received(req, source.kept_headers, prepared, source.dedups_body))
         except RedisError as exc:
             why = "Redis is full (maxmemory reached)" if is_full(exc) else "Redis is unavailable"
             log.error(
@@ -130,17 +135,19 @@ class Ingest:
                 "the bridge cannot store this webhook right now (queue unavailable): retry later"
             ) from None
 
-    def store_leads(self, batch: list[Received]) -> list[Accepted]:
+    def store_leads(self, batch: list[Received], connection: Any = None) -> list[Accepted]:
         """Store every delivery of ``batch`` with its request's raw payload and its ticket,
         unless its dedup claim names a stored delivery already (then it is a duplicate of that one).
 
         One request's leads for a webhook, a chunk of rows for ``oliai-bridge import``: the
         dedup claims and the writes of the leads that won them go to Redis together, in one
-        round trip (``bridge.admission``). Returns an ``Accepted`` per delivery, in order. A
+        round trip (``bridge.admission``), on ``connection`` if given (used by one call at a
+        time), else one of the pool's. Returns an ``Accepted`` per delivery, in order. A
         ``RedisError`` leaves nothing written (or, when only the answer was lost, everything:
         a retry is then answered as a duplicate of what was stored).
         """
-        admission = Admission(self.redis, self._admit, self.settings.dedup_ttl_seconds)
+        ttl = self.settings.dedup_ttl_seconds
+        admission = Admission(self.redis, self._admit, ttl, connection)
         kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
         lanes: dict[tuple[str, str], list[int]] = {}
         deliveries: list[Delivery] = []
@@ -171,6 +178,15 @@ class Ingest:
             metrics.count(self.redis, "duplicate", route, amount=amount)
         self._log_stored(deliveries, firsts)
         return accepted
+
+    def _store_requests(self, batch: list[Received]) -> list[list[Accepted]]:
+        """``store_leads`` for requests stored together: each one's ``Accepted``, apart."""
+        accepted = self.store_leads(batch, self._commit_connection)
+        apart, at = [], 0
+        for received in batch:
+            apart.append(accepted[at : at + len(received.deliveries)])
+            at += len(received.deliveries)
+        return apart
 
     def _record(
         self,

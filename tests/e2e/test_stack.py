@@ -146,3 +146,42 @@ def test_sigterm_stops_an_idle_worker_at_once(make_stack, sandbox):
     stack.processes["worker1"].terminate()
     assert stack.processes["worker1"].wait(15) == 0
     assert time.monotonic() - started < 10
+
+
+def test_webhooks_at_the_same_moment_are_each_stored_once_and_answered_apart(make_stack, sandbox):
+    """Many senders at once on ``oliai-bridge web``: requests that reach Redis together share
+    one call (``bridge.commit``), yet each is answered for its own leads, and two copies of one
+    event sent at the same moment are one lead: the other answered as its duplicate."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stack = make_stack(config(sandbox), workers=0)
+    calls_before = stack.redis.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+
+    def post(n: int) -> tuple[int, dict]:
+        lead = {"name": f"Lead {n % 100}", "phone": f"+91 98765 {n % 100:05d}"}
+        headers = {"Idempotency-Key": f"event-{n % 100}"}  # n and n + 100: one event, twice
+        with requests.Session() as session:
+            r = session.post(stack.hook("leads"), json=lead, headers=headers, timeout=30)
+        return n, r.status_code, r.json()
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(post, range(200)))
+    by_event: dict[int, list[tuple[int, dict]]] = {}
+    for n, status, body in answers:
+        by_event.setdefault(n % 100, []).append((status, body))
+    for event, answered in by_event.items():
+        (queued, one), (duplicate, other) = sorted(
+            answered, key=lambda a: a[1]["status"] != "queued"
+        )
+        assert (queued, one["status"], duplicate, other["status"]) == (
+            202,
+            "queued",
+            200,
+            "duplicate",
+        )
+        assert one["deliveryId"] == other["deliveryId"]  # the duplicate names the first
+        delivery = stack.store.get(one["deliveryId"])
+        assert delivery.contact["phoneNumber"] == f"+919876500{event:03d}"
+    assert stack.store.counts()["received"] == 100  # and not one more
+    calls = stack.redis.info("commandstats")["cmdstat_evalsha"]["calls"] - calls_before
+    assert calls < 200  # some requests went together
