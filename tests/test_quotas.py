@@ -308,7 +308,7 @@ def test_a_process_learning_of_the_limit_from_redis_answers_as_one_that_knew(mak
     assert two.post("/hooks/leads", json={"name": "B", "phone": "9876543211"}).status_code == 202
     # process one still counts one: it learns of the other's only from its push to Redis
     learned = one.post("/hooks/leads", json={"name": "C", "phone": "9876543212"})
-    # ... and from then on knows, answering before Flask reads the request (bridge.app.QuotaGate)
+    # ... and from then on knows, answering before it reads the request (bridge.app.HookDoor)
     known = one.post("/hooks/leads", json={"name": "D", "phone": "9876543213"})
     for r in (learned, known):
         assert r.status_code == 429 and r.mimetype == "application/json"
