@@ -4,7 +4,11 @@ leads at 16 and 64 connections, in one run. Each run also says the CPU the app's
 spent per request (from /proc): unlike requests a second, that hardly moves when other work
 shares the machine.
 
-    python -m bench.ingest [--seconds 10] [--connections 16,64] [--server-models]
+    python -m bench.ingest [--seconds 10] [--connections 16,64] [--rounds 2] [--server-models]
+
+The apps run side by side and take turns, ``--rounds`` times, each app's best round counting: a
+busy moment on a shared machine then costs every app a round, not one app its only run. The
+bridge's every accepted webhook is checked to be stored.
 
 ``--server-models`` also runs the bridge and the bare app under gunicorn's threaded worker
 (2 x 4 threads, the model before the slow-client change) to show what the server model costs.
@@ -99,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", default="16,64")
     parser.add_argument("--server-models", action="store_true")
+    parser.add_argument("--rounds", type=int, default=2, help="each app's best round counts")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
         print("wrk is not installed: apt-get install wrk")
@@ -127,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[tuple[str, str | None], dict[int, dict]] = {}
     started = datetime.now(UTC)
     try:
+        apps = {}  # every app up at once; they take turns, so a noisy minute hits them all
         for kind, worker_class in runs:
-            redis.flushall()
             port = free_port()
             extra = ["--worker-class", worker_class] if worker_class else []
             name = f"{kind}-{worker_class or 'default'}"
@@ -136,30 +141,38 @@ def main(argv: list[str] | None = None) -> int:
             wait_for_port(port, timeout=30, watch=children)
             url = f"http://127.0.0.1:{port}"
             wrk(url, script, 4, 1, f"warm{time.time_ns()}")  # imports, connections, caches
+            # the app's own process group (master and workers), for the CPU it spends
+            apps[(kind, worker_class)] = (name, url, children[name].pid)
             results[(kind, worker_class)] = {}
-            pgid = children[name].pid  # the app's own process group: master and workers
+        for round_ in range(args.rounds):
             for c in conns:
-                cpu = group_cpu_seconds(pgid)
-                res = wrk(url, script, c, args.seconds, f"n{time.time_ns()}")
-                res["cpu_ms"] = (group_cpu_seconds(pgid) - cpu) * 1000 / max(res["requests"], 1)
-                results[(kind, worker_class)][c] = res
-                say(
-                    f"{name:<16} c={c:<3} {res['rps']:8.0f} req/s  {res['cpu_ms']:.2f} ms CPU/req"
-                    f"  non-2xx {res['non_2xx']}"
-                )
-            if kind == "bridge":
-                stored = redis.xlen(keys.RECEIVED_STREAM)
-                accepted = sum(
-                    r["requests"] - r["non_2xx"] for r in results[(kind, worker_class)].values()
-                )
-                say(f"{name}: {stored} deliveries stored for {accepted} accepted (+ warm-up)")
-            children.stop(name)
+                for (kind, worker_class), (name, url, pgid) in apps.items():
+                    redis.flushall()  # each run starts from an empty Redis
+                    cpu = group_cpu_seconds(pgid)
+                    res = wrk(url, script, c, args.seconds, f"n{time.time_ns()}")
+                    spent = group_cpu_seconds(pgid) - cpu
+                    res["cpu_ms"] = spent * 1000 / max(res["requests"], 1)
+                    say(
+                        f"round {round_ + 1} {name:<16} c={c:<3} {res['rps']:8.0f} req/s  "
+                        f"{res['cpu_ms']:.2f} ms CPU/req  non-2xx {res['non_2xx']}"
+                    )
+                    if kind == "bridge":
+                        stored = redis.xlen(keys.RECEIVED_STREAM)
+                        accepted = res["requests"] - res["non_2xx"]
+                        if stored < accepted:
+                            raise SystemExit(f"{name}: {stored} stored for {accepted} accepted")
+                    best = results[(kind, worker_class)].get(c)
+                    if best is None or res["rps"] > best["rps"]:
+                        results[(kind, worker_class)][c] = res
     finally:
         children.stop_all()
         redis_server.stop()
     print()
     print(f"ingest benchmark, {started:%Y-%m-%d %H:%M} UTC, {machine()}")
-    print(f"wrk -t2, {args.seconds:g} s per run, distinct ~600-byte leads, gunicorn 2 processes")
+    print(
+        f"wrk -t2, {args.seconds:g} s per run, best of {args.rounds} rounds taken in turn, "
+        "distinct ~600-byte leads, gunicorn 2 processes"
+    )
     print(
         f"{'app':<22}"
         + "".join(f"{f'c={c} req/s':>14}{'ratio':>8}{'CPU ms/req':>12}" for c in conns)
