@@ -449,8 +449,28 @@ def _plain(value: Any) -> str:
 def pack(plain: str, base: bytes) -> bytes:
     """``plain`` deflated with ``base`` as the dictionary: what it shares with the body costs
     a few bytes."""
-    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, zdict=base)
-    return PACKED + squeeze.compress(plain.encode()) + squeeze.flush()
+    data = plain.encode()
+    squeeze = _deflater(len(base) + len(data), len(data), zdict=base)
+    return PACKED + squeeze.compress(data) + squeeze.flush()
+
+
+#: Deflate cannot match further back than its window less this (zlib's ``MIN_LOOKAHEAD``).
+_LOOKAHEAD = 262
+
+
+def _deflater(reach: int, length: int, zdict: bytes = b"") -> Any:
+    """A raw deflater (level 9) for ``length`` bytes that may match anything up to ``reach``
+    bytes back (the dictionary and the data together), sized to them.
+
+    Deflate's largest sizes (a 32 KB window, memory level 9) make zlib allocate and clear
+    ~400 KB for every value, which cost more than deflating a lead's few hundred bytes. A
+    window that still reaches back over all of it, and a symbol buffer that still holds all of
+    it in one block, deflate to the same bytes; an inflater with the full window (``unpack``,
+    ``_unframe``) reads them like any other.
+    """
+    wbits = min(15, max(9, (reach + _LOOKAHEAD).bit_length()))
+    mem_level = min(9, max(1, (length + 1).bit_length() - 6))  # 2 ** (level + 6) symbols
+    return zlib.compressobj(9, zlib.DEFLATED, -wbits, mem_level, zlib.Z_DEFAULT_STRATEGY, zdict)
 
 
 def unpack(stored: bytes, base: bytes | None) -> Any:
@@ -584,7 +604,7 @@ def dump_raw(raw: dict[str, Any]) -> bytes:
     head = {k: v for k, v in raw.items() if k != "body_b64" and RAW_DEFAULTS.get(k) != v}
     body = base64.b64decode(raw.get("body_b64", ""))
     plain = json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
-    squeeze = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    squeeze = _deflater(len(plain), len(plain))
     deflated = squeeze.compress(plain) + squeeze.flush()
     return RAW_DEFLATED_BARE + deflated if len(deflated) < len(plain) else RAW_PLAIN + plain
 
