@@ -242,17 +242,14 @@ def flatten(fields: Any, prefix: str = "", depth: int = 0) -> dict[str, Any]:
 
 
 class KeyNames:
-    """A flattened payload's keys by their ``squash``-ed names, worked out once for all the
-    guesses a mapping makes."""
+    """A flattened payload's keys by their ``squash``-ed names, for all the guesses a mapping
+    makes. The order in which a guess tries the keys depends on the keys alone; a form sends
+    the same keys in every webhook, so it is worked out once per set of keys (``KeyOrders``)."""
 
     def __init__(self, flat: dict[str, Any]):
         self.flat = flat
-        #: Each key's squashed name, in the payload's order.
-        self.squashed = {key: squash(key) for key in flat}
-        #: The keys with each squashed name, in the payload's order.
-        self.keys: dict[str, list[str]] = {}
-        for key, name in self.squashed.items():
-            self.keys.setdefault(name, []).append(key)
+        keys = tuple(flat)
+        self.orders = key_orders(keys) if len(keys) <= REMEMBERED_KEYS else KeyOrders(keys)
 
     def guess(
         self,
@@ -266,22 +263,53 @@ class KeyNames:
         """The value of the best-named key not in ``used`` (which it joins): exact names in
         order, then names containing a part."""
         flat = self.flat
-
-        def ok(key: str) -> bool:
+        for key in self.orders.of(exact, parts, exclude):
             value = flat[key]
-            return key not in used and not _blank(value) and (value_ok is None or value_ok(value))
-
-        for want in exact:
-            for key in self.keys.get(want, ()):
-                if ok(key):
-                    used.add(key)
-                    return flat[key]
-        for part in parts:
-            for key, sq in self.squashed.items():
-                if part in sq and not any(x in sq for x in exclude) and ok(key):
-                    used.add(key)
-                    return flat[key]
+            if key not in used and not _blank(value) and (value_ok is None or value_ok(value)):
+                used.add(key)
+                return value
         return None
+
+
+#: Payloads with at most this many (flattened) keys have their ``KeyOrders`` remembered: forms
+#: have a few dozen fields, and a hostile payload's thousands of keys must not stay in memory.
+REMEMBERED_KEYS = 100
+
+
+class KeyOrders:
+    """The keys of a payload in the order each guess tries them."""
+
+    def __init__(self, keys: tuple[str, ...]):
+        #: Each key's squashed name, in the payload's order.
+        self.squashed = {key: squash(key) for key in keys}
+        #: The keys with each squashed name, in the payload's order.
+        self.keys: dict[str, list[str]] = {}
+        for key, name in self.squashed.items():
+            self.keys.setdefault(name, []).append(key)
+        self._orders: dict[tuple[tuple[str, ...], ...], tuple[str, ...]] = {}
+
+    def of(
+        self, exact: tuple[str, ...], parts: tuple[str, ...], exclude: tuple[str, ...]
+    ) -> tuple[str, ...]:
+        """Keys named one of ``exact`` (in that order), then keys whose name contains one of
+        ``parts`` and none of ``exclude``; each once."""
+        wanted = (exact, parts, exclude)
+        order = self._orders.get(wanted)
+        if order is None:
+            found = [key for name in exact for key in self.keys.get(name, ())]
+            found += [
+                key
+                for part in parts
+                for key, name in self.squashed.items()
+                if part in name and not any(x in name for x in exclude)
+            ]
+            order = self._orders[wanted] = tuple(dict.fromkeys(found))
+        return order
+
+
+@lru_cache(maxsize=256)
+def key_orders(keys: tuple[str, ...]) -> KeyOrders:
+    return KeyOrders(keys)
 
 
 def _phoneish(value: Any) -> bool:
@@ -289,7 +317,7 @@ def _phoneish(value: Any) -> bool:
         return False
     if isinstance(value, (int, float)):
         return True
-    return isinstance(value, str) and sum(c.isdigit() for c in value) >= 6
+    return isinstance(value, str) and sum(map(str.isdigit, value)) >= 6
 
 
 def _blank(value: Any) -> bool:
@@ -298,6 +326,9 @@ def _blank(value: Any) -> bool:
 
 def scalar(value: Any) -> str | int | float | bool | None:
     """A metadata value OliAI accepts: flat string / number / boolean, length-capped."""
+    if type(value) is str:  # most values: asked first
+        value = value.strip()
+        return value[:MAX_METADATA_VALUE_CHARS] if value else None
     if value is None:
         return None
     if isinstance(value, bool | int):

@@ -19,6 +19,8 @@ MAX_ID_CHARS = 100
 
 def text(value: Any) -> str:
     """Any scalar or list as one line of text; ``""`` for None, objects and booleans."""
+    if type(value) is str:  # most values: asked first (a mapping reads a dozen per lead)
+        return " ".join(value.split())
     if value is None or isinstance(value, (dict, bool)):
         return ""
     if isinstance(value, list):
