@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from bridge.redaction import REDACTED, redact
 
 TOKEN = "tok/en+with space&more"
@@ -48,3 +50,29 @@ def test_a_secret_inside_a_longer_one_does_not_leave_the_rest_of_it_behind():
 def test_values_that_are_not_text_pass_through():
     assert redact(12, ["123456"]) == 12
     assert redact(None, ["123456"]) is None
+
+
+@pytest.mark.parametrize(
+    "lead",
+    [
+        {"name": "Asha", "answers": {"utm": {"url": f"https://x/?token={TOKEN}"}}},
+        {"name": "Asha", "url": "https://x/hooks/r?token=tok%2Fen%2Bwith%20space%26more"},
+        {"name": "Asha", "form": "token=tok%2Fen%2Bwith+space%26more"},
+        {"name": "Asha", "list": [1, None, {"deep": [f"{TOKEN}"]}]},
+        {"name": "Asha", TOKEN: "as a key"},
+        {"name": "Asha", "nested": {f"key {TOKEN}": 1}},
+        {"name": "Asha", "raw": f"x{TOKEN}".encode()},
+        [{"phone": "+919876543210"}, f"{TOKEN}"],
+    ],
+)
+def test_a_lead_holding_one_secret_anywhere_has_it_replaced(lead):
+    """Most leads hold no secret and are handed back without a copy; one that holds one,
+    wherever and in whichever form, is not."""
+    out = repr(redact(lead, [TOKEN]))
+    assert REDACTED in out
+    assert "tok/en" not in out and "tok%2F" not in out
+
+
+def test_a_lead_without_a_secret_comes_back_as_it_was():
+    lead = {"name": "Asha", "tags": ["a", 1, None, {"k": 2.5}], 7: "seven", "b": b"bytes"}
+    assert redact(lead, [TOKEN]) == lead
