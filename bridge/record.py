@@ -442,8 +442,11 @@ class RecordUnreadable(Exception):
     """A packed value whose raw body is gone (it cannot be inflated without it)."""
 
 
-def _plain(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+#: A value as packed: compact, other than ASCII as it is. (``json.dumps`` given options builds
+#: an encoder for every call; these are built once.)
+_plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: The head of a raw request (``dump_raw``).
+_compact = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def pack(plain: str, base: bytes) -> bytes:
@@ -603,7 +606,7 @@ def dump_raw(raw: dict[str, Any]) -> bytes:
     makes it smaller."""
     head = {k: v for k, v in raw.items() if k != "body_b64" and RAW_DEFAULTS.get(k) != v}
     body = base64.b64decode(raw.get("body_b64", ""))
-    plain = json.dumps(head, separators=(",", ":")).encode() + b"\n" + body
+    plain = _compact(head).encode() + b"\n" + body
     squeeze = _deflater(len(plain), len(plain))
     deflated = squeeze.compress(plain) + squeeze.flush()
     return RAW_DEFLATED_BARE + deflated if len(deflated) < len(plain) else RAW_PLAIN + plain
