@@ -205,8 +205,9 @@ class Delivery:
         base = self._base
         if base is None:
             return plain
-        # Spelled as most senders spell their JSON, the value is mostly a copy of the body.
-        packed = min(pack(plain, base), pack(json.dumps(value), base), key=len)
+        # Spelled as the body spells its JSON, the value is mostly a copy of it: compact, or
+        # as most senders (and Python's json) write it, with a space after ':' and ','.
+        packed = pack(json.dumps(value) if _SPACED in base else plain, base)
         if len(packed) >= len(plain):
             return plain
         self._packs[name] = (plain, packed)
@@ -445,6 +446,8 @@ class RecordUnreadable(Exception):
 #: A value as packed: compact, other than ASCII as it is. (``json.dumps`` given options builds
 #: an encoder for every call; these are built once.)
 _plain = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+#: What a body spelled with spaces has (``json.dumps``'s default separators).
+_SPACED = b'": '
 #: The head of a raw request (``dump_raw``).
 _compact = json.JSONEncoder(separators=(",", ":")).encode
 
