@@ -252,12 +252,12 @@ class Admission:
         self._leads = 0
 
     def _evalsha(self, args: list[Any]) -> Any:
-        """``self.script`` run with ``args``: the command packed once and sent on one of the
-        client's pooled connections. redis-py's own command path checks and converts each of
-        the 100-odd arguments on the way, which cost this process about as much CPU as the
-        rest of storing a lead (``python -m bench.door``). As redis-py does, a dropped
-        connection is retried (the script run again is safe: its ``done[n]``) and a Redis that
-        lost its scripts is given this one again."""
+        """``self.script`` run with ``args``: the command packed once and sent on
+        ``self.connection``, or else on one of the client's pooled connections. redis-py's own
+        command path checks and converts each of the 100-odd arguments on the way, which cost
+        this process about as much CPU as the rest of storing a lead (``python -m bench.door``).
+        As redis-py does, a dropped connection is retried (the script run again is safe: its
+        ``done[n]``) and a Redis that lost its scripts is given this one again."""
         packed = [hiredis.pack_command(("EVALSHA", self.script.sha, 0, *args))]
         pool = self.redis.connection_pool
         loaded = failures = 0
