@@ -32,6 +32,23 @@ def store(redis) -> DeliveryStore:
     return DeliveryStore(redis, keep_delivered_days=1, keep_failed_days=2)
 
 
+_last_ms = 0
+
+
+def next_id() -> str:
+    """A delivery id from a later millisecond than the one made before it here.
+
+    Ids order by the millisecond they were made in and, within one, by their random part; the
+    tests below that assert an order (newest first) must not depend on that draw.
+    """
+    global _last_ms
+    while int(time.time() * 1000) <= _last_ms:
+        time.sleep(0.0005)
+    made = new_delivery_id()
+    _last_ms = int(made[4:-12], 16)  # dlv_<ms hex><12 random hex>
+    return made
+
+
 def delivery(**changes) -> Delivery:
     now = utcnow_iso()
     event = Event(
@@ -42,7 +59,7 @@ def delivery(**changes) -> Delivery:
         fields={"name": "Asha", "phone": "+919876543210"},
     )
     d = Delivery(
-        id=new_delivery_id(),
+        id=next_id(),
         route="leads",
         source="generic",
         status="queued",
@@ -284,7 +301,6 @@ def test_a_number_is_found_newest_first_across_the_days_its_deliveries_came(stor
     first = failed(store, added(store, of_number(PHONE)), "invalid")
     move_to_earlier_day(store, PHONE)
     second = added(store, of_number(PHONE))
-    time.sleep(0.002)  # ids tell apart only what came in different milliseconds
     third = added(store, of_number(PHONE))
     added(store, of_number("+919876543211"))
     assert store.phone_ids([PHONE], 10) == [[third.id, second.id, first.id]]
