@@ -129,9 +129,13 @@ class DeliveryStore:
         stored = raw if isinstance(raw, bytes) else dump_raw(raw)
         pipe.set(keys.raw(raw_id), stored, ex=self.keep_longest)
 
-    def add(self, pipe: Pipeline, delivery: Delivery, note: str | None = None) -> None:
-        """Queue the writes that store a new delivery on ``pipe`` (the caller executes it)."""
-        now = time.time()
+    def add(
+        self, pipe: Pipeline, delivery: Delivery, note: str | None = None, now: float | None = None
+    ) -> None:
+        """Queue the writes that store a new delivery on ``pipe`` (the caller executes it).
+        ``now``: the time of the writes, for leads stored together (their route's time of last
+        receipt is then written once, ``bridge.admission.compacted``)."""
+        now = time.time() if now is None else now
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
         else:

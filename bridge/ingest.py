@@ -199,6 +199,7 @@ class Ingest:
         of its leads wins, and each lead's record, history, indexes, metrics and ticket when
         that lead wins. ``lanes`` collects the leads queued per lane, whose drains ``Kick``
         starts."""
+        now = admission.window.now
         raw = raw_record(received.req, received.kept_headers, self._hidden)
         stored = dump_raw(raw)
         raw_id = None  # a webhook's only lead keeps the request in its record
@@ -219,7 +220,7 @@ class Ingest:
                     kid = self._lane_kid(delivery.route)
                     requeue(pipe, delivery, kid)  # a ticket in its lane
                     lanes.setdefault((kid, delivery.lane), []).append(lead)
-                self.store.add(pipe, delivery)
+                self.store.add(pipe, delivery, now=now)
                 detail = f"{delivery.lane} lane" if delivery.status == "queued" else delivery.reason
                 self.store.log_on(pipe, delivery.id, delivery.status, detail)
                 metrics.count_on(pipe, delivery.status, delivery.route)

@@ -32,6 +32,7 @@ import zlib
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
+from functools import lru_cache
 from secrets import randbelow, token_hex
 from typing import Any
 
@@ -359,12 +360,26 @@ _ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 def dump_time(iso: str) -> str:
     """A time of the bridge's own (``utcnow_iso``) as epoch milliseconds: Redis keeps a number
-    of 13 digits in 8 bytes, the text in 24. Any other spelling is kept as it is."""
-    if _ISO_MS.fullmatch(iso):
-        ms = round(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
-        if load_time(str(ms)) == iso:
-            return str(ms)
-    return iso
+    of 13 digits in 8 bytes, the text in 24. Any other spelling (or no such time, or one before
+    1970) is kept as it is."""
+    if len(iso) != 24 or not _ISO_MS.fullmatch(iso):
+        return iso
+    day = _day_ms(iso[:10])
+    hours, minutes, seconds = int(iso[11:13]), int(iso[14:16]), int(iso[17:19])
+    if day is None or hours > 23 or minutes > 59 or seconds > 59:
+        return iso
+    return str(day + ((hours * 60 + minutes) * 60 + seconds) * 1000 + int(iso[20:23]))
+
+
+@lru_cache(maxsize=16)
+def _day_ms(date: str) -> int | None:
+    """Epoch milliseconds at the start of a ``YYYY-MM-DD`` day (UTC); None for no such day, or
+    one before 1970."""
+    try:
+        start = datetime.fromisoformat(date).replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+    return int(start) * 1000 if start >= 0 else None
 
 
 def load_time(text: str) -> str:

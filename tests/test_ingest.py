@@ -274,3 +274,112 @@ def test_a_batch_stores_one_delivery_per_dedup_key(client):
     assert accepted[2].delivery_id == accepted[1].delivery_id == batch[1].deliveries[0].id
     assert not client.store.exists(batch[2].deliveries[0].id)
     assert len(lane_tickets(client)) == 2
+
+
+def test_requests_stored_in_one_call_write_what_they_share_once_and_count_each_lead(client):
+    """A busy bridge stores the requests that arrive together in one call (``bridge.commit``):
+    the lane's set, the route's time of last receipt, the counters and their hour's time to
+    live are written once for all of them, and the counters still count every lead stored
+    (not the duplicate)."""
+    from bridge import keys, metrics
+    from bridge.event import InboundRequest
+    from bridge.ingest import Ingest, Received, delivery_for
+    from bridge.pipeline import map_request
+    from bridge.sources import get_source
+    from tests.redis_commands import CommandCount
+
+    earlier = client.post("/hooks/leads", json=LEAD, headers={"Idempotency-Key": "k1"})
+    before = metrics.read_counters(client.redis)
+    route, source = client.settings.routes["leads"], get_source("generic")
+
+    def received(body: dict, key: str) -> Received:
+        headers = {"content-type": "application/json", "idempotency-key": key}
+        req = InboundRequest("POST", "leads", json.dumps(body).encode(), headers)
+        [result] = map_request(req, route, source, "2026-01-01T00:00:00.000Z")
+        return Received(req, source.kept_headers, [delivery_for(result, 0, 1, route, source)])
+
+    batch = [received(LEAD, "k1")]
+    batch += [received({"name": f"Lead {n}", "phone": f"98765{n:05d}"}, f"n{n}") for n in range(4)]
+    ingest = Ingest(
+        client.settings, client.redis, Queue(client.settings.queue_name, connection=client.redis)
+    )
+    with CommandCount(client.redis) as seen:
+        accepted = ingest.store_leads(batch)
+
+    assert [a.status for a in accepted] == ["duplicate"] + ["queued"] * 4
+    assert accepted[0].delivery_id == earlier.json["deliveryId"]
+    after = metrics.read_counters(client.redis)
+    assert after["queued|leads"] - before["queued|leads"] == 4  # the four stored, not five
+    hour = keys.stats_hour(int(time.time() // 3600))
+    assert 0 < client.redis.ttl(hour) and client.redis.hget(hour, "queued|leads") == b"5"
+    assert float(client.redis.hget(keys.route_state("leads"), "last_received")) > time.time() - 60
+    for a in accepted[1:]:
+        stored = client.store.get(a.delivery_id)
+        assert [e["what"] for e in client.store.history(a.delivery_id)] == ["received", "queued"]
+        assert stored.status == "queued" and stored.contact["phoneNumber"].startswith("+919876")
+    assert len(lane_tickets(client)) == 5
+    # once for the call, not once per lead: the lane's SADD, the route's HSET, the two HINCRBYs
+    # and the hour's EXPIRE (and the same two and one for the duplicate, counted after the call)
+    assert (seen.calls["sadd"], seen.calls["hincrby"], seen.calls["expire"]) == (1, 2 + 2, 1 + 1)
+    # a lead's record and its history entries in one HSET; each claim's HSET; the route's
+    assert seen.calls["hset"] == 4 + 4 + 1, seen.calls
+
+
+def test_commands_queued_alike_for_several_leads_run_once_after_the_rest():
+    from bridge.admission import compacted
+
+    def lead(n: int, phone_ttl: int = 99) -> list[tuple]:
+        return [
+            ("ZADD", "pending", 0, f"t{n}"),
+            ("SADD", "lanes", "k:live"),
+            ("HSET", f"d{n}", "route", "leads", "status", "queued"),
+            ("HSET", "route", "last", 7),
+            ("EXPIREAT", "phones", phone_ttl),
+            ("HSET", f"d{n}", "~1", "received"),
+            ("HINCRBY", "stats", "queued|leads", 1),
+            ("EXPIRE", "hour", 60),
+        ]
+
+    groups, _ = compacted([([0], lead(0)), ([1], lead(1)), ([2], lead(2, phone_ttl=98))], set())
+    assert groups == [
+        *(
+            (
+                [n],
+                False,
+                [
+                    ("ZADD", "pending", 0, f"t{n}"),
+                    ("HSET", f"d{n}", "route", "leads", "status", "queued", "~1", "received"),
+                    ("EXPIREAT", "phones", 98 if n == 2 else 99),  # not all alike: in place
+                ],
+            )
+            for n in range(3)
+        ),
+        ([0, 1, 2], False, [("SADD", "lanes", "k:live"), ("HSET", "route", "last", 7)]),
+        ([0, 1, 2], True, [("HINCRBY", "stats", "queued|leads", 1)]),  # once per lead that won
+        ([0, 1, 2], False, [("EXPIRE", "hour", 60)]),  # after the counter that makes the key
+    ]
+
+
+def test_a_command_whose_reply_is_wanted_stays_where_it_is_and_is_found_there():
+    from bridge.admission import compacted
+
+    trigger = ("SET", "trigger", "job", "NX")
+    both = [("SADD", "lanes", "a"), ("HSET", "d", "a", 1), ("HSET", "d", "b", 2), trigger]
+    groups, sent_as = compacted(
+        [([0], [("HSET", "d0", "x", 1), trigger]), ([0, 1], both), ([1], [("SADD", "lanes", "a")])],
+        wanted={1, 5},
+    )
+    assert groups == [
+        ([0], False, [("HSET", "d0", "x", 1), trigger]),
+        ([0, 1], False, [("HSET", "d", "a", 1, "b", 2), trigger]),
+        ([0, 1], False, [("SADD", "lanes", "a")]),
+    ]
+    assert sent_as == {1: 1, 5: 3}
+
+
+def test_an_increment_a_lead_queued_twice_is_not_run_once_per_lead():
+    from bridge.admission import compacted
+
+    twice = [("HINCRBY", "stats", "x", 1), ("HINCRBY", "stats", "x", 1)]
+    groups, _ = compacted([([0], list(twice)), ([1], [("HINCRBY", "stats", "x", 1)])], set())
+    assert groups == [([0], False, twice), ([1], False, [("HINCRBY", "stats", "x", 1)])]

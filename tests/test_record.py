@@ -602,3 +602,42 @@ def test_a_request_too_long_for_the_record_keeps_a_key_of_its_own(make_client):
     assert d.raw_id and d.raw_inline is None
     assert json.loads(base64.b64decode(client.store.raw(d)["body_b64"])) == body
     assert d.event.fields["note"] == words
+
+
+@pytest.mark.parametrize(
+    "iso",
+    [
+        "1970-01-01T00:00:00.000Z",
+        "2024-02-29T23:59:59.999Z",  # a leap day's last millisecond
+        "2026-12-31T23:59:59.001Z",
+        "2026-01-01T00:00:00.000Z",
+        "2099-07-04T12:34:56.789Z",
+    ],
+)
+def test_a_time_of_the_bridge_is_stored_as_its_epoch_milliseconds_and_read_back(iso):
+    from bridge.record import dump_time, load_time
+
+    at = datetime.fromisoformat(iso.replace("Z", "+00:00"))
+    assert dump_time(iso) == str(round(at.timestamp() * 1000))
+    assert load_time(dump_time(iso)) == iso
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "2026-13-01T00:00:00.000Z",  # no 13th month
+        "2026-02-30T00:00:00.000Z",
+        "2026-01-01T24:00:00.000Z",
+        "2026-01-01T23:60:00.000Z",
+        "2026-01-01T23:59:60.000Z",  # a leap second: not a time Python spells
+        "1969-12-31T23:59:59.999Z",  # before 1970: epoch ms would be negative
+        "2026-01-01T00:00:00Z",
+        "2026-01-01T00:00:00.000+00:00",
+        "yesterday",
+    ],
+)
+def test_any_other_time_is_stored_as_it_is_spelled(text):
+    from bridge.record import dump_time, load_time
+
+    assert dump_time(text) == text
+    assert load_time(dump_time(text)) == text
