@@ -67,10 +67,10 @@ end
 #             body is not claimed), lead count, and per lead its claim's field and legacy key
 #             and its delivery id;
 #   groups:   count, then per group: how many leads it belongs to, their numbers (1-based, in
-#             order over all requests), whether it is counted ('1': its commands are
-#             ``HINCRBY key field by`` and add ``by`` once per lead of the group that won, else
-#             '0': they run once when any of them won), how many commands, and per command argc
-#             then the args;
+#             order over all requests), whether it is counted ('1': its ``HINCRBY key field
+#             by`` commands add ``by`` once per lead of the group that won; '0' or other
+#             commands: run once when any of them won), how many commands, and per command
+#             argc then the args;
 #   wanted:   count, then the numbers (1-based, over all commands) whose replies come back.
 # A lead whose claim names its own stored delivery was admitted by an earlier run of this very
 # call (redis-py retries a command whose answer a dropped connection lost): it is answered as
@@ -149,9 +149,9 @@ for _ = 1, tonumber(take()) do
   for _ = 1, tonumber(take()) do
     command = command + 1
     local argc = tonumber(take())
-    if wins > 0 and counted then
+    if wins > 0 and counted and ARGV[at] == 'HINCRBY' then
       local by = tonumber(ARGV[at + 3]) * wins
-      replies[command] = redis.call(ARGV[at], ARGV[at + 1], ARGV[at + 2], by)
+      replies[command] = redis.call('HINCRBY', ARGV[at + 1], ARGV[at + 2], by)
     elseif wins > 0 then
       replies[command] = redis.call(unpack(ARGV, at, at + argc - 1))
     end
@@ -255,7 +255,7 @@ class Admission:
         self.window = Window(dedup_ttl, time.time())
         self.pipe: Pipeline = redis.pipeline(transaction=False)
         self._requests: list[tuple[Claim | None, list[tuple[Claim, str]]]] = []
-        self._groups: list[tuple[list[int], int, int]] = []
+        self._groups: list[tuple[list[int], bool, int, int]] = []
         self._leads = 0
 
     def _evalsha(self, args: list[Any]) -> Any:
@@ -307,28 +307,23 @@ class Admission:
         return list(range(first, self._leads))
 
     @contextmanager
-    def for_leads(self, leads: Sequence[int]) -> Iterator[Pipeline]:
-        """Commands queued on the pipeline inside run when at least one of ``leads`` won."""
+    def for_leads(self, leads: Sequence[int], *, counted: bool = False) -> Iterator[Pipeline]:
+        """Commands queued on the pipeline inside run once when at least one of ``leads`` won.
+        ``counted``: an ``HINCRBY`` among them adds its increment once per lead that won (the
+        counters of leads stored together, one command each)."""
         start = len(self.pipe.command_stack)
         yield self.pipe
         end = len(self.pipe.command_stack)
         if end > start:
-            self._groups.append((list(leads), start, end))
+            self._groups.append((list(leads), counted, start, end))
 
     def run(self, wanted: Sequence[int] = ()) -> tuple[list[str], list[Any]]:
         """Claim and store. Returns the first delivery id of each lead (its own when it won)
         and the replies of the commands at ``wanted`` (positions in the pipeline), as a list
-        as long as the pipeline with ``None`` elsewhere and for commands that did not run.
-
-        What the leads queued goes out ``compacted``: a command several leads queued alike runs
-        once for them, and a lead's writes to one hash go in one ``HSET``."""
+        as long as the pipeline with ``None`` elsewhere and for commands that did not run."""
         stack = self.pipe.command_stack
-        if sum(end - start for _, start, end in self._groups) != len(stack):
+        if sum(end - start for *_, start, end in self._groups) != len(stack):
             raise RuntimeError("a command was queued outside for_leads: it would not be written")
-        groups, sent_as = compacted(
-            [(leads, [c for c, _ in stack[start:end]]) for leads, start, end in self._groups],
-            set(wanted),
-        )
         args: list[Any] = self.window.args
         args += [self.window.expires, keys.delivery(""), len(self._requests)]
         for body, claims in self._requests:
@@ -336,17 +331,17 @@ class Admission:
             args.append(len(claims))
             for claim, delivery_id in claims:
                 args += [claim.field, claim.legacy_key, delivery_id]
-        args.append(len(groups))
-        for leads, counted, commands in groups:
+        args.append(len(self._groups))
+        for leads, counted, start, end in self._groups:
             args.append(len(leads))
             args += [n + 1 for n in leads]
             args.append(1 if counted else 0)
-            args.append(len(commands))
-            for command in commands:
+            args.append(end - start)
+            for command, _options in stack[start:end]:
                 args.append(len(command))
                 args += command
         args.append(len(wanted))
-        args += [sent_as[i] + 1 for i in wanted]
+        args += [i + 1 for i in wanted]
         firsts, replies = self._evalsha(args)
         results: list[Any] = [None] * len(stack)
         callbacks = self.redis.response_callbacks
@@ -355,101 +350,3 @@ class Admission:
             parse = callbacks.get(str(command[0]).upper())
             results[i] = parse(reply, **options) if parse and reply is not None else reply
         return [f.decode() if isinstance(f, bytes) else f for f in firsts], results
-
-
-#: Commands whose repeats add up, in any order: the same one queued for several leads of a call
-#: runs once (``HINCRBY``'s increment then counts once per lead that won).
-COMMUTING = frozenset({"SADD", "HINCRBY"})
-#: Commands that set something whole (the last one run stays): the same one queued for several
-#: leads runs once, when every one of them the call has for that key is the same.
-LAST_WINS = frozenset({"HSET", "EXPIRE", "EXPIREAT"})
-
-Command = tuple[Any, ...]
-Group = tuple[list[int], bool, list[Command]]
-
-
-def compacted(
-    groups: list[tuple[list[int], list[Command]]], wanted: set[int]
-) -> tuple[list[Group], dict[int, int]]:
-    """The groups of leads' commands as ``ADMIT`` runs them, and where each command at a
-    position in ``wanted`` (over all groups, in order) is run (over the groups returned).
-
-    A command queued alike for several leads (a lane's ``SADD``, a route's time of last
-    receipt, the counters and their hour's ``EXPIRE``) leaves their groups for one of its own
-    with all their leads, after the others: a call of a busy bridge carries many leads, and
-    these would otherwise run once per lead. ``HINCRBY`` goes in a counted group (``ADMIT``
-    adds its increment once per lead that won); ``COMMUTING`` and ``LAST_WINS`` say which
-    others may go. An admission only adds (no command of a call deletes what another writes),
-    so what moves to the end writes there what it wrote in its place. Then a group's
-    ``HSET`` commands on one key go in its first (no command between touches that key: a command
-    names its key first). Commands in ``wanted`` stay as they are, where they are.
-    """
-    seen: dict[Command, int] = {}
-    sets: dict[tuple[str, Any], set[Command]] = {}
-    twice: set[Command] = set()  # in one group more than once: an increment stays in place
-    at = 0
-    for _, commands in groups:
-        here: set[Command] = set()
-        for command in commands:
-            if at not in wanted:
-                seen[command] = seen.get(command, 0) + 1
-                if command in here:
-                    twice.add(command)
-                here.add(command)
-                if command[0] in LAST_WINS:
-                    sets.setdefault(_target(command), set()).add(command)
-            at += 1
-    shared = {
-        command
-        for command, count in seen.items()
-        if count > 1
-        and (
-            (command[0] in COMMUTING and not (command[0] == "HINCRBY" and command in twice))
-            or (
-                command[0] in LAST_WINS
-                and (command[0] != "HSET" or len(command) == 4)
-                and len(sets[_target(command)]) == 1
-            )
-        )
-    }
-    out: list[Group] = []
-    sent_as: dict[int, int] = {}
-    moved: dict[Command, list[int]] = {}
-    at = sent = 0
-    for leads, commands in groups:
-        mine: list[Command] = []
-        hsets: dict[Any, int] = {}  # key -> its HSET in ``mine`` that later ones join
-        for command in commands:
-            if at in wanted:
-                sent_as[at] = sent + len(mine)
-                hsets.pop(command[1], None)
-                mine.append(command)
-            elif command in shared:
-                moved.setdefault(command, []).extend(leads)
-            elif command[0] == "HSET" and command[1] in hsets:
-                joined = hsets[command[1]]
-                mine[joined] = mine[joined] + command[2:]
-            else:
-                hsets.pop(command[1], None)
-                if command[0] == "HSET":
-                    hsets[command[1]] = len(mine)
-                mine.append(command)
-            at += 1
-        if mine:
-            out.append((leads, False, mine))
-            sent += len(mine)
-    first_moved = len(out)
-    for command, leads in moved.items():
-        counted = command[0] == "HINCRBY"
-        leads = sorted(set(leads))
-        last = out[-1] if len(out) > first_moved else None
-        if last is not None and last[1] == counted and last[0] == leads:
-            last[2].append(command)  # next to one for the same leads: in its group
-        else:
-            out.append((leads, counted, [command]))
-    return out, sent_as
-
-
-def _target(command: Command) -> tuple[str, Any]:
-    """What a ``LAST_WINS`` command sets: a hash's fields, or a key's time to live."""
-    return ("HSET" if command[0] == "HSET" else "TTL", command[1])

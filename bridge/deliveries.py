@@ -94,6 +94,12 @@ def phone_shard(phone: str) -> str:
     return f"{zlib.crc32(phone.encode()) % PHONE_SHARDS:02x}"
 
 
+def new_history_entry(delivery_id: str, what: str, detail: str | None) -> tuple[str, str]:
+    """A history entry of a delivery written now: its field's name and its text."""
+    text = f"{what} {detail}" if detail else what
+    return history_field(int(time.time() * 1000), delivery_id), text
+
+
 class DeliveryStore:
     """Reads and writes deliveries; every multi-key change is one MULTI/EXEC transaction."""
 
@@ -130,11 +136,19 @@ class DeliveryStore:
         pipe.set(keys.raw(raw_id), stored, ex=self.keep_longest)
 
     def add(
-        self, pipe: Pipeline, delivery: Delivery, note: str | None = None, now: float | None = None
+        self,
+        pipe: Pipeline,
+        delivery: Delivery,
+        note: str | None = None,
+        now: float | None = None,
+        then: tuple[str, str | None] | None = None,
+        route_seen: bool = True,
     ) -> None:
-        """Queue the writes that store a new delivery on ``pipe`` (the caller executes it).
-        ``now``: the time of the writes, for leads stored together (their route's time of last
-        receipt is then written once, ``bridge.admission.compacted``)."""
+        """Queue the writes that store a new delivery on ``pipe`` (the caller executes it): its
+        record with the history entry ``received`` (``note`` its detail) and, when given, the
+        entry ``then`` (what, detail) that follows, in one HSET. ``route_seen=False``: the
+        caller writes the route's time of last receipt itself (``received_on``), once for the
+        leads it stores together."""
         now = time.time() if now is None else now
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
@@ -143,14 +157,21 @@ class DeliveryStore:
         stored = delivery.to_hash()
         if delivery.raw_inline:
             stored.update(raw_fields(delivery.raw_inline))
+        for what, detail in (("received", note), *((then,) if then else ())):
+            name, stored[name] = new_history_entry(delivery.id, what, detail)
+            delivery.history_fields.append(name)
         pipe.hset(keys.delivery(delivery.id), mapping=stored)
         # Redis picks the entry id (its clock, in ms): no score of our own to store.
         pipe.xadd(keys.RECEIVED_STREAM, {RECEIVED_FIELD: delivery.id})
-        pipe.hset(keys.route_state(delivery.route), "last_received", now)
+        if route_seen:
+            self.received_on(pipe, delivery.route, now)
         self._index_phone(pipe, delivery, now)
-        delivery.history_fields.append(self.log_on(pipe, delivery.id, "received", note))
         if delivery.terminal:
             self._expire(pipe, delivery)
+
+    def received_on(self, pipe: Pipeline, route: str, now: float) -> None:
+        """The route's time of last receipt (the admin page's routes)."""
+        pipe.hset(keys.route_state(route), "last_received", now)
 
     def get(self, delivery_id: str) -> Delivery | None:
         return self.read([delivery_id])[0]
@@ -273,8 +294,8 @@ class DeliveryStore:
     def log_on(self, pipe: Pipeline, delivery_id: str, what: str, detail: str | None) -> str:
         """Queue one history entry on ``pipe``: a field of the record named by its time, so
         a lead's history costs no key of its own. Returns the field's name."""
-        name = history_field(int(time.time() * 1000), delivery_id)
-        pipe.hset(keys.delivery(delivery_id), name, f"{what} {detail}" if detail else what)
+        name, entry = new_history_entry(delivery_id, what, detail)
+        pipe.hset(keys.delivery(delivery_id), name, entry)
         return name
 
     def _index_terminal(self, pipe: Pipeline, delivery: Delivery, now: float) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis import Redis
@@ -37,13 +37,13 @@ from bridge.exceptions import (
 )
 from bridge.pipeline import LeadResult, map_request
 from bridge.quotas import ADDRESS_QUOTA, Quotas
-from bridge.record import RAW_INLINE_MAX, Delivery, dump_raw, new_delivery_id, raw_body, raw_record
+from bridge.record import RAW_INLINE_MAX, Delivery, dump_raw_parts, new_delivery_id, raw_parts
 from bridge.redaction import redact
 from bridge.settings import Route, Settings
 from bridge.sources import get_source
 from bridge.sources.base import Accepted, Outcome, Reply, Source, error_reply
 from bridge.storage import is_full
-from jobs.lanes import Kick, lane_kid, requeue
+from jobs.lanes import Kick, announce_lane, lane_kid, requeue
 
 log = logging.getLogger(__name__)
 
@@ -149,17 +149,26 @@ class Ingest:
         ttl = self.settings.dedup_ttl_seconds
         admission = Admission(self.redis, self._admit, ttl, connection)
         kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
-        lanes: dict[tuple[str, str], list[int]] = {}
+        together = _Together()
         deliveries: list[Delivery] = []
         for received in batch:
             leads = admission.request(
                 body_claim(received), [(dedup_claim(d), d.id) for d in received.deliveries]
             )
-            self._record(admission, received, leads, lanes)
+            self._record(admission, received, leads, together)
             deliveries += received.deliveries
-        for (kid, lane), leads in lanes.items():
+        # What the leads share is written once for those of them that won: a call of a busy
+        # bridge carries many leads, and these writes would otherwise be made once per lead.
+        for (kid, lane), leads in together.lanes.items():
             with admission.for_leads(leads) as pipe:
+                announce_lane(pipe, kid, lane)
                 kick.arm(pipe, kid, lane)  # the first ticket for an idle lane starts its drain
+        for route, leads in together.routes.items():
+            with admission.for_leads(leads) as pipe:
+                self.store.received_on(pipe, route, admission.window.now)
+        for (status, route), leads in together.counted.items():
+            with admission.for_leads(leads, counted=True) as pipe:
+                metrics.count_on(pipe, status, route)  # once per lead that won
         firsts, results = admission.run(wanted=[index for index, *_ in kick.armed])
         try:
             kick.fire(results)
@@ -193,21 +202,20 @@ class Ingest:
         admission: Admission,
         received: Received,
         leads: list[int],
-        lanes: dict[tuple[str, str], list[int]],
+        together: _Together,
     ) -> None:
         """Queue on ``admission`` what storing ``received`` writes: its raw request when any
-        of its leads wins, and each lead's record, history, indexes, metrics and ticket when
-        that lead wins. ``lanes`` collects the leads queued per lane, whose drains ``Kick``
-        starts."""
+        of its leads wins, and each lead's record, history, indexes and ticket when that lead
+        wins. ``together`` collects the leads per lane, route and counter, for what they share
+        (``store_leads``)."""
         now = admission.window.now
-        raw = raw_record(received.req, received.kept_headers, self._hidden)
-        stored = dump_raw(raw)
+        head, body = raw_parts(received.req, received.kept_headers, self._hidden)
+        stored = dump_raw_parts(head, body)
         raw_id = None  # a webhook's only lead keeps the request in its record
         if len(received.deliveries) > 1 or len(stored) > RAW_INLINE_MAX:
             raw_id = f"r{secrets.token_hex(8)}"
             with admission.for_leads(leads) as pipe:
                 self.store.add_raw(pipe, raw_id, stored)
-        body = raw_body(raw)
         for delivery, lead in zip(received.deliveries, leads, strict=True):
             delivery.event.fields = redact(delivery.event.fields, self._hidden)
             if delivery.contact is not None:
@@ -218,12 +226,13 @@ class Ingest:
             with admission.for_leads([lead]) as pipe:
                 if delivery.status == "queued":
                     kid = self._lane_kid(delivery.route)
-                    requeue(pipe, delivery, kid)  # a ticket in its lane
-                    lanes.setdefault((kid, delivery.lane), []).append(lead)
-                self.store.add(pipe, delivery, now=now)
+                    requeue(pipe, delivery, kid, announce=False)  # a ticket in its lane
+                    together.lanes.setdefault((kid, delivery.lane), []).append(lead)
                 detail = f"{delivery.lane} lane" if delivery.status == "queued" else delivery.reason
-                self.store.log_on(pipe, delivery.id, delivery.status, detail)
-                metrics.count_on(pipe, delivery.status, delivery.route)
+                then = (delivery.status, detail)
+                self.store.add(pipe, delivery, now=now, then=then, route_seen=False)
+            together.routes.setdefault(delivery.route, []).append(lead)
+            together.counted.setdefault((delivery.status, delivery.route), []).append(lead)
 
     def _lane_kid(self, route: str) -> str:
         """The key id a route's leads queue under, worked out once per route (a hash)."""
@@ -268,6 +277,15 @@ def body_claim(received: Received) -> Claim | None:
     if not received.dedups_body or not received.deliveries:
         return None
     return Claim(received.deliveries[0].route, f"body:{received.req.body_hash}")
+
+
+@dataclass
+class _Together:
+    """The leads of one call per lane, per route and per counter (status, route)."""
+
+    lanes: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+    routes: dict[str, list[int]] = field(default_factory=dict)
+    counted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 
 @dataclass

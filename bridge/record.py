@@ -479,19 +479,29 @@ def pack(plain: str, base: bytes) -> bytes:
 _LOOKAHEAD = 262
 
 
+#: zlib's own default: on a lead's few hundred bytes its output is within a byte or two of
+#: level 9's (``python -m bench.memory``: the same bytes per lead), for three quarters of the
+#: CPU.
+DEFLATE_LEVEL = 6
+
+
 def _deflater(reach: int, length: int, zdict: bytes = b"") -> Any:
-    """A raw deflater (level 9) for ``length`` bytes that may match anything up to ``reach``
-    bytes back (the dictionary and the data together), sized to them.
+    """A raw deflater (``DEFLATE_LEVEL``) for ``length`` bytes that may match anything up to
+    ``reach`` bytes back (the dictionary and the data together), sized to them.
 
     Deflate's largest sizes (a 32 KB window, memory level 9) make zlib allocate and clear
     ~400 KB for every value, which cost more than deflating a lead's few hundred bytes. A
-    window that still reaches back over all of it, and a symbol buffer that still holds all of
-    it in one block, deflate to the same bytes; an inflater with the full window (``unpack``,
-    ``_unframe``) reads them like any other.
+    window that still reaches back over all of it, a symbol buffer that still holds all of it
+    in one block and a hash table as large as what it reaches over (below level 9, a search
+    gives up after fewer tries) deflate to the same bytes; an inflater with the full window
+    (``unpack``, ``_unframe``) reads them like any other.
     """
     wbits = min(15, max(9, (reach + _LOOKAHEAD).bit_length()))
-    mem_level = min(9, max(1, (length + 1).bit_length() - 6))  # 2 ** (level + 6) symbols
-    return zlib.compressobj(9, zlib.DEFLATED, -wbits, mem_level, zlib.Z_DEFAULT_STRATEGY, zdict)
+    # 2 ** (level + 6) symbols, 2 ** (level + 7) hash heads; reach >= length
+    mem_level = min(9, max(1, (reach + 1).bit_length() - 6))
+    return zlib.compressobj(
+        DEFLATE_LEVEL, zlib.DEFLATED, -wbits, mem_level, zlib.Z_DEFAULT_STRATEGY, zdict
+    )
 
 
 def unpack(stored: bytes, base: bytes | None) -> Any:
@@ -588,20 +598,22 @@ def raw_record(
     Route secrets are redacted even from the body: some senders echo the hook URL, token and
     all, inside the payload (Jotform's ``webhookURL``).
     """
+    head, body = raw_parts(req, kept_headers, secrets)
+    return {**head, "body_b64": base64.b64encode(body).decode()}
+
+
+def raw_parts(
+    req: InboundRequest, kept_headers: tuple[str, ...], secrets: list[str] | None = None
+) -> tuple[dict[str, Any], bytes]:
+    """``raw_record``'s (head, body), the body as bytes (``dump_raw_parts`` stores them)."""
     headers = {"content-type": req.header("content-type") or ""}
     for name in kept_headers:
         value = req.header(name)
         if value is not None:
             headers[name] = value
     query = {k: v for k, v in req.query.items() if k != "token"}
-    body = redact(req.body, secrets or [])
-    return {
-        "method": req.method,
-        "route": req.route,
-        "headers": headers,
-        "query": query,
-        "body_b64": base64.b64encode(body).decode(),
-    }
+    head = {"method": req.method, "route": req.route, "headers": headers, "query": query}
+    return head, redact(req.body, secrets or [])
 
 
 #: The first byte of a raw request in the compact layout (earlier versions stored JSON): zlib.
@@ -622,8 +634,13 @@ RAW_DEFAULTS: dict[str, Any] = {
 def dump_raw(raw: dict[str, Any]) -> bytes:
     """The raw request as stored: its head as JSON, a newline, the body; deflated when that
     makes it smaller."""
-    head = {k: v for k, v in raw.items() if k != "body_b64" and RAW_DEFAULTS.get(k) != v}
-    body = base64.b64decode(raw.get("body_b64", ""))
+    head = {k: v for k, v in raw.items() if k != "body_b64"}
+    return dump_raw_parts(head, base64.b64decode(raw.get("body_b64", "")))
+
+
+def dump_raw_parts(head: dict[str, Any], body: bytes) -> bytes:
+    """``dump_raw`` of a raw request's head (all but its body) and body."""
+    head = {k: v for k, v in head.items() if RAW_DEFAULTS.get(k) != v}
     plain = _compact(head).encode() + b"\n" + body
     squeeze = _deflater(len(plain), len(plain))
     deflated = squeeze.compress(plain) + squeeze.flush()
@@ -655,11 +672,6 @@ def _unframe(stored: bytes) -> tuple[dict[str, Any], bytes | None]:
         return json.loads(stored), None
     head, _, body = stored[1:].partition(b"\n")
     return json.loads(head), body
-
-
-def raw_body(raw: dict[str, Any]) -> bytes:
-    """The (redacted) body of a raw request as ``raw_record`` made it."""
-    return base64.b64decode(raw.get("body_b64", ""))
 
 
 def request_from_raw(raw: dict[str, Any]) -> InboundRequest:

@@ -130,19 +130,28 @@ def new_job_id(kid: str, lane: str) -> str:
     return f"drain-{kid}-{lane}-{secrets.token_hex(6)}"
 
 
-def requeue(pipe: Pipeline, delivery: Delivery, kid: str, *, due_ms: int = 0) -> str:
+def requeue(
+    pipe: Pipeline, delivery: Delivery, kid: str, *, due_ms: int = 0, announce: bool = True
+) -> str:
     """Give ``delivery`` a new ticket in its lane's pending set (ready now, or at ``due_ms``).
 
     The caller saves the delivery on the same pipeline; the old ticket, wherever it is, is
-    stale from then on.
+    stale from then on. ``announce=False``: the caller lists the lane itself (``announce``),
+    once for the leads it stores together.
     """
     delivery.lane = delivery.lane or defaults.LIVE_LANE
     delivery.job_seq += 1
     delivery.job_id = ticket_of(delivery)
     delivery.batch_id = None
     pipe.zadd(pending_key(kid, delivery.lane), {delivery.job_id: max(0, int(due_ms))})
-    pipe.sadd(LANES_KEY, f"{kid}:{delivery.lane}")
+    if announce:
+        announce_lane(pipe, kid, delivery.lane)
     return delivery.job_id
+
+
+def announce_lane(pipe: Pipeline, kid: str, lane: str) -> None:
+    """List the lane among those the drains and the reaper look at."""
+    pipe.sadd(LANES_KEY, f"{kid}:{lane}")
 
 
 @dataclass

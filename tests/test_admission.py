@@ -325,3 +325,34 @@ def test_a_connection_redis_dropped_is_replaced_and_the_lead_stored_once(make_cl
     assert again.json["deliveryId"] == r.json["deliveryId"]
     client.redis.script_flush()  # a Redis that lost its scripts (restarted without them)
     assert client.post("/hooks/leads", json=lead(2)).status_code == 202
+
+
+def test_a_counted_group_adds_once_per_lead_that_won_and_runs_the_rest_once(make_client):
+    """The counters of leads stored together are one ``HINCRBY`` each (``for_leads(...,
+    counted=True)``): it adds its increment once per lead of the group that won its claim; the
+    group's other commands run once, as in any group."""
+    from bridge.admission import Admission
+
+    client = make_client()
+    redis = client.redis
+    admission = Admission(redis, Admission.register(redis), 3600)
+    admission.request(None, [(Claim("leads", "e-old"), "dlv_old")])
+    redis.hset(keys.delivery("dlv_old"), "status", "queued")  # e-old's delivery, stored before
+    first, _ = admission.run()
+    assert first == ["dlv_old"]
+
+    admission = Admission(redis, Admission.register(redis), 3600)
+    leads = admission.request(
+        None,
+        [(Claim("leads", e), f"dlv_{e}") for e in ("e-old", "e-1", "e-2", "e-3", "e-1")],
+    )
+    with admission.for_leads(leads, counted=True) as pipe:
+        pipe.hincrby("counters", "stored", 2)
+        pipe.rpush("ran", "once")
+    with admission.for_leads(leads[:1], counted=True) as pipe:
+        pipe.hincrby("counters", "none", 1)  # its only lead is a duplicate: nothing
+    firsts, _ = admission.run()
+
+    assert firsts == ["dlv_old", "dlv_e-1", "dlv_e-2", "dlv_e-3", "dlv_e-1"]
+    assert redis.hgetall("counters") == {b"stored": b"6"}  # three won, by 2 each
+    assert redis.lrange("ran", 0, -1) == [b"once"]

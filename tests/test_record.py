@@ -394,17 +394,19 @@ def test_values_far_back_in_a_long_body_are_packed_as_small_as_deflate_s_largest
 ):
     """The deflater is sized to the body and the value; one that reached back less far than
     the body is long would store the lead's fields at the body's start again."""
-    from bridge.record import _plain, dump_raw, load_raw, pack, unpack
+    from bridge.record import DEFLATE_LEVEL, _plain, dump_raw, load_raw, pack, unpack
 
     words = " ".join(hashlib.sha256(str(n).encode()).hexdigest()[:9] for n in range(filler // 10))
     body = FORM + words.encode()
     for value in (FORM_CONTACT, FORM_FIELDS):
         plain = _plain(value)
-        largest = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, body)
+        largest = zlib.compressobj(
+            DEFLATE_LEVEL, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY, body
+        )
         assert pack(plain, body) == b"\x00" + largest.compress(plain.encode()) + largest.flush()
         assert unpack(pack(plain, body), body) == value
     raw = {**FORM_RAW, "body_b64": base64.b64encode(body).decode()}
-    largest = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    largest = zlib.compressobj(DEFLATE_LEVEL, zlib.DEFLATED, -15, 9)
     head = b'{"route":"leads","headers":{}}\n'
     assert dump_raw(raw) == b"\x03" + largest.compress(head + body) + largest.flush()
     assert load_raw(dump_raw(raw)) == {**raw, "query": {}}
