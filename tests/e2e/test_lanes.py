@@ -156,8 +156,10 @@ def test_two_workers_share_one_budget_per_key(make_stack, sandbox):
     log = [e for e in sandbox.requests(since=started)]
     assert not [e for e in log if e["status"] == 429]
     # 8 a window is our budget for the key (85 % of 10), for both workers together; each on
-    # its own would have taken up to 8 + 6 (a small margin for the two clocks)
-    assert peak([e["ts"] for e in log], WINDOW - 0.1) <= 8
+    # its own would have taken up to 8 + 6. The stamps are the sandbox's, on arrival: a span a
+    # little shorter than the window leaves room for a request the limiter let go at the end of
+    # one window and a loaded machine delivered late (two budgets would let up to 16 through).
+    assert peak([e["ts"] for e in log], WINDOW - 0.4) <= 8
     live_span = [delivered_at(stack, i) for i in live]
     old_span = [delivered_at(stack, i) for i in old]
     assert min(old_span) < max(live_span) and min(live_span) < max(old_span)  # side by side
