@@ -140,7 +140,6 @@ class DeliveryStore:
         pipe: Pipeline,
         delivery: Delivery,
         note: str | None = None,
-        now: float | None = None,
         then: tuple[str, str | None] | None = None,
         route_seen: bool = True,
     ) -> None:
@@ -149,7 +148,7 @@ class DeliveryStore:
         entry ``then`` (what, detail) that follows, in one HSET. ``route_seen=False``: the
         caller writes the route's time of last receipt itself (``received_on``), once for the
         leads it stores together."""
-        now = time.time() if now is None else now
+        now = time.time()
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
         else:

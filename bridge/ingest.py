@@ -163,12 +163,10 @@ class Ingest:
             with admission.for_leads(leads) as pipe:
                 announce_lane(pipe, kid, lane)
                 kick.arm(pipe, kid, lane)  # the first ticket for an idle lane starts its drain
-        for route, leads in together.routes.items():
-            with admission.for_leads(leads) as pipe:
-                self.store.received_on(pipe, route, admission.window.now)
         for (status, route), leads in together.counted.items():
             with admission.for_leads(leads, counted=True) as pipe:
                 metrics.count_on(pipe, status, route)  # once per lead that won
+                self.store.received_on(pipe, route, admission.window.now)
         firsts, results = admission.run(wanted=[index for index, *_ in kick.armed])
         try:
             kick.fire(results)
@@ -206,9 +204,8 @@ class Ingest:
     ) -> None:
         """Queue on ``admission`` what storing ``received`` writes: its raw request when any
         of its leads wins, and each lead's record, history, indexes and ticket when that lead
-        wins. ``together`` collects the leads per lane, route and counter, for what they share
+        wins. ``together`` collects the leads per lane and per counter, for what they share
         (``store_leads``)."""
-        now = admission.window.now
         head, body = raw_parts(received.req, received.kept_headers, self._hidden)
         stored = dump_raw_parts(head, body)
         raw_id = None  # a webhook's only lead keeps the request in its record
@@ -230,8 +227,7 @@ class Ingest:
                     together.lanes.setdefault((kid, delivery.lane), []).append(lead)
                 detail = f"{delivery.lane} lane" if delivery.status == "queued" else delivery.reason
                 then = (delivery.status, detail)
-                self.store.add(pipe, delivery, now=now, then=then, route_seen=False)
-            together.routes.setdefault(delivery.route, []).append(lead)
+                self.store.add(pipe, delivery, then=then, route_seen=False)
             together.counted.setdefault((delivery.status, delivery.route), []).append(lead)
 
     def _lane_kid(self, route: str) -> str:
@@ -281,10 +277,10 @@ def body_claim(received: Received) -> Claim | None:
 
 @dataclass
 class _Together:
-    """The leads of one call per lane, per route and per counter (status, route)."""
+    """The leads of one call per lane, and per counter (status, route): the counter's group
+    also writes its route's time of last receipt."""
 
     lanes: dict[tuple[str, str], list[int]] = field(default_factory=dict)
-    routes: dict[str, list[int]] = field(default_factory=dict)
     counted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
 
 

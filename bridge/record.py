@@ -362,7 +362,7 @@ def dump_time(iso: str) -> str:
     """A time of the bridge's own (``utcnow_iso``) as epoch milliseconds: Redis keeps a number
     of 13 digits in 8 bytes, the text in 24. Any other spelling (or no such time, or one before
     1970) is kept as it is."""
-    if len(iso) != 24 or not _ISO_MS.fullmatch(iso):
+    if not _ISO_MS.fullmatch(iso):
         return iso
     day = _day_ms(iso[:10])
     hours, minutes, seconds = int(iso[11:13]), int(iso[14:16]), int(iso[17:19])

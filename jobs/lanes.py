@@ -136,7 +136,7 @@ def requeue(
     """Give ``delivery`` a new ticket in its lane's pending set (ready now, or at ``due_ms``).
 
     The caller saves the delivery on the same pipeline; the old ticket, wherever it is, is
-    stale from then on. ``announce=False``: the caller lists the lane itself (``announce``),
+    stale from then on. ``announce=False``: the caller lists the lane itself (``announce_lane``),
     once for the leads it stores together.
     """
     delivery.lane = delivery.lane or defaults.LIVE_LANE
