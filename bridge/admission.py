@@ -242,7 +242,8 @@ class Admission:
     collected and then admitted in one round trip (``run``).
 
     ``pipe`` is a redis-py pipeline that is never executed: the store's methods queue on it as
-    on any other, and ``for_leads`` files what they queued under the leads it is for.
+    on any other, and ``for_leads`` files what they queued under the leads it is for. Requests
+    recorded on admissions of their own can be ``merge``d into the one that is ``run``.
     """
 
     def __init__(self, redis: Redis, script: Any, dedup_ttl: int, connection: Any = None):
@@ -305,6 +306,18 @@ class Admission:
         first = self._leads
         self._leads += len(claims)
         return list(range(first, self._leads))
+
+    def merge(self, other: Admission) -> list[int]:
+        """``other``'s requests and the commands of its leads (recorded apart, before this call
+        was made) added to this call's; returns the numbers its leads have here. ``other`` is
+        spent: it is never run itself."""
+        offset, base = self._leads, len(self.pipe.command_stack)
+        self._requests += other._requests
+        self._leads += other._leads
+        self.pipe.command_stack += other.pipe.command_stack
+        for leads, counted, start, end in other._groups:
+            self._groups.append(([n + offset for n in leads], counted, start + base, end + base))
+        return list(range(offset, self._leads))
 
     @contextmanager
     def for_leads(self, leads: Sequence[int], *, counted: bool = False) -> Iterator[Pipeline]:

@@ -120,8 +120,9 @@ class Ingest:
         ]
         if not prepared:
             return []
+        received = Received(req, source.kept_headers, prepared, source.dedups_body)
         try:
-            return self.commit(Received(req, source.kept_headers, prepared, source.dedups_body))
+            return self.commit(self._prepare([received]))
         except RedisError as exc:
             why = "Redis is full (maxmemory reached)" if is_full(exc) else "Redis is unavailable"
             log.error(
@@ -146,17 +147,33 @@ class Ingest:
         ``RedisError`` leaves nothing written (or, when only the answer was lost, everything:
         a retry is then answered as a duplicate of what was stored).
         """
+        return self._store_prepared([self._prepare(batch)], connection)
+
+    def _prepare(self, batch: list[Received]) -> _Prepared:
+        """What storing ``batch`` writes, recorded and not yet sent (``_record``). A webhook
+        records its own before it waits for its call (``_accept``): the call then carries what
+        is ready, and one request's work overlaps another's round trip."""
         ttl = self.settings.dedup_ttl_seconds
-        admission = Admission(self.redis, self._admit, ttl, connection)
+        prepared = _Prepared(Admission(self.redis, self._admit, ttl))
+        for received in batch:
+            leads = prepared.admission.request(
+                body_claim(received), [(dedup_claim(d), d.id) for d in received.deliveries]
+            )
+            self._record(prepared.admission, received, leads, prepared.together)
+            prepared.deliveries += received.deliveries
+        return prepared
+
+    def _store_prepared(self, batch: list[_Prepared], connection: Any = None) -> list[Accepted]:
+        """``store_leads`` of what ``batch`` recorded, in one call: an ``Accepted`` per
+        delivery, in order."""
+        admission = Admission(self.redis, self._admit, self.settings.dedup_ttl_seconds, connection)
         kick = Kick(self.queue, self.settings.delivery.job_timeout_seconds)
         together = _Together()
         deliveries: list[Delivery] = []
-        for received in batch:
-            leads = admission.request(
-                body_claim(received), [(dedup_claim(d), d.id) for d in received.deliveries]
-            )
-            self._record(admission, received, leads, together)
-            deliveries += received.deliveries
+        for prepared in batch:
+            leads = admission.merge(prepared.admission)
+            together.add(prepared.together, offset=leads[0] if leads else 0)
+            deliveries += prepared.deliveries
         # What the leads share is written once for those of them that won: a call of a busy
         # bridge carries many leads, and these writes would otherwise be made once per lead.
         for (kid, lane), leads in together.lanes.items():
@@ -186,13 +203,13 @@ class Ingest:
         self._log_stored(deliveries, firsts)
         return accepted
 
-    def _store_requests(self, batch: list[Received]) -> list[list[Accepted]]:
-        """``store_leads`` for requests stored together: each one's ``Accepted``, apart."""
-        accepted = self.store_leads(batch, self._commit_connection)
+    def _store_requests(self, batch: list[_Prepared]) -> list[list[Accepted]]:
+        """``_store_prepared`` for requests stored together: each one's ``Accepted``, apart."""
+        accepted = self._store_prepared(batch, self._commit_connection)
         apart, at = [], 0
-        for received in batch:
-            apart.append(accepted[at : at + len(received.deliveries)])
-            at += len(received.deliveries)
+        for prepared in batch:
+            apart.append(accepted[at : at + len(prepared.deliveries)])
+            at += len(prepared.deliveries)
         return apart
 
     def _record(
@@ -282,6 +299,23 @@ class _Together:
 
     lanes: dict[tuple[str, str], list[int]] = field(default_factory=dict)
     counted: dict[tuple[str, str], list[int]] = field(default_factory=dict)
+
+    def add(self, other: _Together, offset: int) -> None:
+        """``other``'s leads, numbered from ``offset`` here."""
+        for mine, theirs in ((self.lanes, other.lanes), (self.counted, other.counted)):
+            for key, leads in theirs.items():
+                mine.setdefault(key, []).extend(n + offset for n in leads)
+
+
+@dataclass
+class _Prepared:
+    """Requests ready to store (``Ingest._prepare``): their claims and writes, recorded on an
+    admission of their own, their deliveries in order, and their leads per lane and counter
+    (numbered in that admission)."""
+
+    admission: Admission
+    deliveries: list[Delivery] = field(default_factory=list)
+    together: _Together = field(default_factory=_Together)
 
 
 @dataclass

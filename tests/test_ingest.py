@@ -2,6 +2,7 @@
 
 import base64
 import json
+import threading
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from bridge.app import create_app
 from bridge.storage import connect, free_port
 from jobs.lanes import lane_kid, pending_key
 from tests.bridge_fixtures import route_dict
+from tests.test_commit import wait_for
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210", "city": "Mumbai"}
 
@@ -323,3 +325,65 @@ def test_requests_stored_in_one_call_write_what_they_share_once_and_count_each_l
     assert (seen.calls["sadd"], seen.calls["hincrby"], seen.calls["expire"]) == (1, 2 + 2, 1 + 1)
     # a lead's record with its history entries in one HSET; each claim's HSET; the route's
     assert seen.calls["hset"] == 4 + 4 + 1, seen.calls
+
+
+def test_webhooks_waiting_for_a_call_go_together_in_the_next_each_answered_for_its_own(client):
+    """While one webhook's call is in Redis, the webhooks that arrive wait for it, each having
+    recorded what it writes, and then go together in one call: each is answered for its own
+    lead, a lead sent again among them is a duplicate of its first copy, and every lead stored
+    is counted, ticketed and has its history."""
+    from bridge import metrics
+    from bridge.admission import ADMIT
+    from bridge.event import InboundRequest
+    from bridge.ingest import Ingest
+    from tests.redis_commands import CommandCount
+
+    ingest = Ingest(
+        client.settings, client.redis, Queue(client.settings.queue_name, connection=client.redis)
+    )
+    client.redis.script_load(ADMIT)  # as a running bridge has it: one EVALSHA a call
+    before = metrics.read_counters(client.redis)
+
+    def webhook(body: dict, key: str) -> InboundRequest:
+        headers = {"content-type": "application/json", "idempotency-key": key}
+        return InboundRequest("POST", "leads", json.dumps(body).encode(), headers)
+
+    later = [webhook({"name": f"Lead {n}", "phone": f"98765{n:05d}"}, f"n{n}") for n in range(3)]
+    later.append(webhook({"name": "Lead 1, again", "phone": "9876500001"}, "n1"))
+    replies: dict[int, object] = {}
+
+    def send(n: int, req: InboundRequest) -> None:
+        replies[n] = ingest.handle(req)
+
+    with CommandCount(client.redis) as seen:
+        # Redis holds every script for a while: the first webhook's call waits there
+        client.redis.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
+        threads = [threading.Thread(target=send, args=(0, webhook(LEAD, "first")))]
+        threads[0].start()
+        wait_for(lambda: ingest.commit._busy)
+        threads += [
+            threading.Thread(target=send, args=(n, req)) for n, req in enumerate(later, start=1)
+        ]
+        for thread in threads[1:]:
+            thread.start()
+        wait_for(lambda: len(ingest.commit._line) == len(later))  # all wait for the first
+        for thread in threads:
+            thread.join(10)
+
+    answers = {n: (reply.status, json.loads(reply.body_bytes())) for n, reply in replies.items()}
+    assert [answers[n][0] for n in range(5)] == [202, 202, 202, 202, 200], answers
+    ids = [answers[n][1]["deliveryId"] for n in range(4)]
+    assert len(set(ids)) == 4
+    assert answers[4][1] == {"deliveryId": ids[2], "status": "duplicate", "duplicate": True}
+    assert seen.calls["evalsha"] == 2  # the first alone, then the four together
+    after = metrics.read_counters(client.redis)
+    assert after["queued|leads"] - before.get("queued|leads", 0) == 4
+    assert after["duplicate|leads"] - before.get("duplicate|leads", 0) == 1
+    assert len(lane_tickets(client)) == 4
+    for n, delivery_id in enumerate(ids):
+        stored = client.store.get(delivery_id)
+        assert [e["what"] for e in client.store.history(delivery_id)] == ["received", "queued"]
+        assert stored.status == "queued" and stored.event.fields["name"] in (
+            LEAD["name"],
+            f"Lead {n - 1}",
+        )
