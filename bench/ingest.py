@@ -5,10 +5,15 @@ spent per request (from /proc): unlike requests a second, that hardly moves when
 shares the machine.
 
     python -m bench.ingest [--seconds 10] [--connections 16,64] [--rounds 2] [--server-models]
+                           [--fsync always|everysec]
 
 The apps run side by side and take turns, ``--rounds`` times, each app's best round counting: a
 busy moment on a shared machine then costs every app a round, not one app its only run. The
 bridge's every accepted webhook is checked to be stored.
+
+``--fsync`` sets Redis's ``appendfsync``: ``always``, the embedded server's (a 2xx survives a
+power cut), or ``everysec``, what most managed Redis plans use (up to a second of writes can be
+lost with the host): the bridge's answer waits for Redis's fsync, the bare app's does not.
 
 ``--server-models`` also runs the bridge and the bare app under gunicorn's threaded worker
 (2 x 4 threads, the model before the slow-client change) to show what the server model costs.
@@ -103,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", default="16,64")
     parser.add_argument("--server-models", action="store_true")
+    parser.add_argument("--fsync", choices=("always", "everysec"), default="always")
     parser.add_argument("--rounds", type=int, default=2, help="each app's best round counts")
     args = parser.parse_args(argv)
     if not shutil.which("wrk"):
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     script = tmp / "leads.lua"
     script.write_text(LUA.replace("ROUTE", ROUTE).replace("TOKEN", TOKEN))
     config = write_toml(tmp / "config.toml", {"routes": [bench_route()]})
-    redis_server = EmbeddedRedis(tmp / "redis")
+    redis_server = EmbeddedRedis(tmp / "redis", fsync=args.fsync)
     redis_server.start()
     redis = Redis.from_url(redis_server.url)
     env = {
@@ -171,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ingest benchmark, {started:%Y-%m-%d %H:%M} UTC, {machine()}")
     print(
         f"wrk -t2, {args.seconds:g} s per run, best of {args.rounds} rounds taken in turn, "
-        "distinct ~600-byte leads, gunicorn 2 processes"
+        f"distinct ~600-byte leads, gunicorn 2 processes, Redis appendfsync {args.fsync}"
     )
     print(
         f"{'app':<22}"
