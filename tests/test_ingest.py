@@ -356,17 +356,20 @@ def test_webhooks_waiting_for_a_call_go_together_in_the_next_each_answered_for_i
         replies[n] = ingest.handle(req)
 
     with CommandCount(client.redis) as seen:
-        # Redis holds every script for a while: the first webhook's call waits there
-        client.redis.execute_command("CLIENT", "PAUSE", 1500, "WRITE")
-        threads = [threading.Thread(target=send, args=(0, webhook(LEAD, "first")))]
-        threads[0].start()
-        wait_for(lambda: ingest.commit._busy)
-        threads += [
-            threading.Thread(target=send, args=(n, req)) for n, req in enumerate(later, start=1)
-        ]
-        for thread in threads[1:]:
-            thread.start()
-        wait_for(lambda: len(ingest.commit._line) == len(later))  # all wait for the first
+        # Redis holds every script until told: the first webhook's call waits there
+        client.redis.execute_command("CLIENT", "PAUSE", 20_000, "WRITE")
+        try:
+            threads = [threading.Thread(target=send, args=(0, webhook(LEAD, "first")))]
+            threads[0].start()
+            wait_for(lambda: ingest.commit._busy)
+            threads += [
+                threading.Thread(target=send, args=(n, req)) for n, req in enumerate(later, start=1)
+            ]
+            for thread in threads[1:]:
+                thread.start()
+            wait_for(lambda: len(ingest.commit._line) == len(later))  # all wait for the first
+        finally:
+            client.redis.execute_command("CLIENT", "UNPAUSE")
         for thread in threads:
             thread.join(10)
 
