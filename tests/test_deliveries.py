@@ -21,6 +21,7 @@ from bridge.deliveries import (
     request_from_raw,
 )
 from bridge.event import Event, InboundRequest, utcnow_iso
+from bridge.record import id_ms
 from bridge.redaction import REDACTED, redact
 from bridge.search import Search, find
 
@@ -45,7 +46,7 @@ def next_id() -> str:
     while int(time.time() * 1000) <= _last_ms:
         time.sleep(0.0005)
     made = new_delivery_id()
-    _last_ms = int(made[4:-12], 16)  # dlv_<ms hex><12 random hex>
+    _last_ms = id_ms(made)
     return made
 
 
