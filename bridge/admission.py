@@ -307,17 +307,17 @@ class Admission:
         self._leads += len(claims)
         return list(range(first, self._leads))
 
-    def merge(self, other: Admission) -> list[int]:
+    def merge(self, other: Admission) -> int:
         """``other``'s requests and the commands of its leads (recorded apart, before this call
-        was made) added to this call's; returns the numbers its leads have here. ``other`` is
-        spent: it is never run itself."""
+        was made) added to this call's; returns what its leads' numbers are moved by here (its
+        lead n is lead n + offset). ``other`` is spent: it is never run itself."""
         offset, base = self._leads, len(self.pipe.command_stack)
         self._requests += other._requests
         self._leads += other._leads
         self.pipe.command_stack += other.pipe.command_stack
         for leads, counted, start, end in other._groups:
             self._groups.append(([n + offset for n in leads], counted, start + base, end + base))
-        return list(range(offset, self._leads))
+        return offset
 
     @contextmanager
     def for_leads(self, leads: Sequence[int], *, counted: bool = False) -> Iterator[Pipeline]:

@@ -171,8 +171,7 @@ class Ingest:
         together = _Together()
         deliveries: list[Delivery] = []
         for prepared in batch:
-            leads = admission.merge(prepared.admission)
-            together.add(prepared.together, offset=leads[0] if leads else 0)
+            together.add(prepared.together, offset=admission.merge(prepared.admission))
             deliveries += prepared.deliveries
         # What the leads share is written once for those of them that won: a call of a busy
         # bridge carries many leads, and these writes would otherwise be made once per lead.
