@@ -2,7 +2,9 @@
 the same gunicorn settings, measured with ``wrk`` (Debian package) posting distinct ~600-byte
 leads at 16 and 64 connections, in one run. Each run also says the CPU the app's processes
 spent per request (from /proc): unlike requests a second, that hardly moves when other work
-shares the machine.
+shares the machine; and how often they blocked per request (voluntary context switches): a web
+process that waits for Redis with no other request ready blocks, and on some virtual machines
+each block costs far more CPU than on bare hardware (``python -m bench.stages`` measures it).
 
     python -m bench.ingest [--seconds 10] [--connections 16,64] [--rounds 2] [--server-models]
                            [--fsync always|everysec]
@@ -35,7 +37,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from bench.measure import group_cpu_seconds
+from bench.measure import group_cpu_seconds, group_waits
 from bench.report import cpu_model
 from bench.stack import REPO, ROUTE, TOKEN, bench_route, say
 from bridge import keys
@@ -154,13 +156,15 @@ def main(argv: list[str] | None = None) -> int:
             for c in conns:
                 for (kind, worker_class), (name, url, pgid) in apps.items():
                     redis.flushall()  # each run starts from an empty Redis
-                    cpu = group_cpu_seconds(pgid)
+                    cpu, waits = group_cpu_seconds(pgid), group_waits(pgid)
                     res = wrk(url, script, c, args.seconds, f"n{time.time_ns()}")
                     spent = group_cpu_seconds(pgid) - cpu
                     res["cpu_ms"] = spent * 1000 / max(res["requests"], 1)
+                    res["waits"] = (group_waits(pgid) - waits) / max(res["requests"], 1)
                     say(
                         f"round {round_ + 1} {name:<16} c={c:<3} {res['rps']:8.0f} req/s  "
-                        f"{res['cpu_ms']:.2f} ms CPU/req  non-2xx {res['non_2xx']}"
+                        f"{res['cpu_ms']:.2f} ms CPU/req  {res['waits']:.2f} waits/req  "
+                        f"non-2xx {res['non_2xx']}"
                     )
                     if kind == "bridge":
                         stored = redis.xlen(keys.RECEIVED_STREAM)
@@ -181,7 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'app':<22}"
-        + "".join(f"{f'c={c} req/s':>14}{'ratio':>8}{'CPU ms/req':>12}" for c in conns)
+        + "".join(
+            f"{f'c={c} req/s':>14}{'ratio':>8}{'CPU ms/req':>12}{'waits/req':>11}" for c in conns
+        )
     )
     for (kind, worker_class), per in results.items():
         base = results.get(("bare", worker_class)) or results[("bare", None)]
@@ -189,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         row = f"{label:<22}"
         for c in conns:
             row += f"{per[c]['rps']:>14.0f}{per[c]['rps'] / base[c]['rps']:>8.2f}"
-            row += f"{per[c]['cpu_ms']:>12.2f}"
+            row += f"{per[c]['cpu_ms']:>12.2f}{per[c]['waits']:>11.2f}"
         print(row)
     bare, bridge = results[("bare", None)], results[("bridge", None)]
     ratios = ", ".join(f"c={c} {bare[c]['cpu_ms'] / bridge[c]['cpu_ms']:.2f}" for c in conns)

@@ -54,6 +54,26 @@ def group_cpu_seconds(pgid: int) -> float:
     return total
 
 
+def group_waits(pgid: int) -> int:
+    """How many times the live processes of a process group have blocked (gave up the CPU to
+    wait: their voluntary context switches, Linux /proc). A server that waits for Redis with
+    nothing else to do blocks; one that always has a request ready does not."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+            with open(f"/proc/{entry}/status") as fh:
+                status = fh.read()
+        except OSError:
+            continue
+        if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
+            total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return total
+
+
 def system_busy_seconds() -> float:
     """CPU seconds all CPUs spent busy since boot (/proc/stat: all but idle and iowait)."""
     with open("/proc/stat") as fh:
