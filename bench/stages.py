@@ -163,30 +163,34 @@ def report(per_webhook: dict[str, float], unit: str, header: str) -> None:
         print(f"{name:<18}{per_webhook[name]:>16,.0f}{per_webhook[name] / bare:>16.2f}")
 
 
-def wait_cost(waits: int = 300) -> dict[int, float]:
-    """CPU (µs) this process spends on one socket round trip whose peer, another process,
-    answers at once or after ``delay`` µs: what waiting costs on this machine, beyond the
-    work. Blocking and being woken again cost tens of µs on some virtual machines, where
-    elsewhere they cost a few: a web process that waits for Redis pays it on every wait."""
+def wait_cost(waits: int = 300) -> dict[str, float]:
+    """CPU (us) this process spends on one socket round trip to a peer process that answers
+    at once, or after 1 ms spent busy (as Redis running a call) or asleep: what waiting costs
+    on this machine beyond the work. Blocking and being woken again cost tens or hundreds of us
+    on some virtual machines, where on bare hardware they cost a few: a web process that waits
+    for Redis pays it on every wait."""
     mine, peer = socket.socketpair()
     pid = os.fork()
-    if pid == 0:  # the peer: answers each request after the delay it names
+    if pid == 0:  # the peer: answers each request as it says ("0", "busy", "asleep")
         mine.close()
         while asked := peer.recv(16):
-            until = time.perf_counter() + int(asked) / 1e6
-            while time.perf_counter() < until:
-                pass
+            if asked == b"busy":
+                until = time.perf_counter() + 0.001
+                while time.perf_counter() < until:
+                    pass
+            elif asked == b"asleep":
+                time.sleep(0.001)
             peer.send(b"k")
         os._exit(0)
     peer.close()
     spent = {}
     try:
-        for delay in (0, 1000):
+        for how in ("0", "busy", "asleep"):
             started = time.process_time()
             for _ in range(waits):
-                mine.send(str(delay).encode())
+                mine.send(how.encode())
                 mine.recv(1)
-            spent[delay] = (time.process_time() - started) / waits * 1e6
+            spent[how] = (time.process_time() - started) / waits * 1e6
     finally:
         mine.close()
         os.waitpid(pid, 0)
@@ -311,9 +315,9 @@ def main(argv: list[str] | None = None) -> int:
                 report(found, "CPU us/webhook", header)
                 waits = wait_cost()
                 print(
-                    f"this machine: a socket round trip costs this process {waits[0]:.0f} us of "
-                    f"CPU when its peer answers at once, {waits[1000]:.0f} us when it answers "
-                    "after 1 ms"
+                    f"this machine: a socket round trip costs this process {waits['0']:.0f} us "
+                    f"of CPU when its peer answers at once, {waits['busy']:.0f} us when it "
+                    f"answers after 1 ms busy, {waits['asleep']:.0f} us after 1 ms asleep"
                 )
         finally:
             redis_server.stop()
