@@ -12,6 +12,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import requests
 from redis import Redis
@@ -35,10 +36,9 @@ def iso_epoch(value: str) -> float:
     return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
 
 
-def group_cpu_seconds(pgid: int) -> float:
-    """User+system CPU of every live process in a process group (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0.0
+def group_stats(pgid: int) -> Iterator[tuple[str, list[str]]]:
+    """(pid, the fields of /proc/<pid>/stat after the name) of every live process in a process
+    group (Linux /proc): the state is field 3, the group 5, user and system CPU 14 and 15."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -48,10 +48,14 @@ def group_cpu_seconds(pgid: int) -> float:
         except OSError:
             continue
         fields_ = stat[stat.rindex(")") + 2 :].split()
-        # fields_[0] is state (field 3); pgrp is field 5, utime 14, stime 15
         if int(fields_[2]) == pgid:
-            total += (int(fields_[11]) + int(fields_[12])) / tick
-    return total
+            yield entry, fields_
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User+system CPU of every live process in a process group (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    return sum((int(f[11]) + int(f[12])) / tick for _, f in group_stats(pgid))
 
 
 def group_waits(pgid: int) -> int:
@@ -59,18 +63,13 @@ def group_waits(pgid: int) -> int:
     wait: their voluntary context switches, Linux /proc). A server that waits for Redis with
     nothing else to do blocks; one that always has a request ready does not."""
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, _ in group_stats(pgid):
         try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-            with open(f"/proc/{entry}/status") as fh:
+            with open(f"/proc/{pid}/status") as fh:
                 status = fh.read()
         except OSError:
             continue
-        if int(stat[stat.rindex(")") + 2 :].split()[2]) == pgid:
-            total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
     return total
 
 
