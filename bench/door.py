@@ -38,17 +38,21 @@ from bridge.web import ReadDeadlines
 App = Callable[[dict, Callable], object]
 
 
-def lead_environ(n: int, nonce: str) -> dict:
-    """The WSGI environ of ``bench.ingest``'s n-th lead: a distinct ~600-byte JSON body."""
-    body = (
+def lead_body(n: int, nonce: str) -> str:
+    """``bench.ingest``'s n-th lead: a distinct ~600-byte JSON body."""
+    return (
         f'{{"name":"Lead {n}","phone":"+919{n % 10**9:09d}","email":"lead{n}@example.com",'
         f'"city":"Mumbai","utm_source":"bench","run":"{nonce}","note":"{"x" * PAD}"}}'
     )
+
+
+def lead_environ(n: int, nonce: str) -> dict:
+    """The WSGI environ of ``bench.ingest``'s n-th lead."""
     return EnvironBuilder(
         method="POST",
         path=f"/hooks/{ROUTE}",
         query_string=f"token={TOKEN}",
-        data=body,
+        data=lead_body(n, nonce),
         content_type="application/json",
     ).get_environ()
 

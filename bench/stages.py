@@ -39,8 +39,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.door import App, lead_environ
-from bench.ingest import PAD, machine
+from bench.door import App, lead_body, lead_environ
+from bench.ingest import machine
 from bench.stack import REPO, ROUTE, TOKEN, bench_route
 from bench.webapps import bare_app
 from bridge.processes import write_toml
@@ -77,10 +77,7 @@ class Stages:
     def request(self, n: int, nonce: str):
         from bridge.event import InboundRequest
 
-        body = (
-            f'{{"name":"Lead {n}","phone":"+919{n % 10**9:09d}","email":"lead{n}@example.com",'
-            f'"city":"Mumbai","utm_source":"bench","run":"{nonce}","note":"{"x" * PAD}"}}'
-        ).encode()
+        body = lead_body(n, nonce).encode()
         headers = {"content-type": "application/json", "host": "bench", "user-agent": "wrk"}
         return InboundRequest(
             "POST", ROUTE, body, headers, {"token": TOKEN}, remote_addr="127.0.0.1"
