@@ -139,13 +139,12 @@ class DeliveryStore:
         self,
         pipe: Pipeline,
         delivery: Delivery,
-        note: str | None = None,
         then: tuple[str, str | None] | None = None,
         route_seen: bool = True,
     ) -> None:
         """Queue the writes that store a new delivery on ``pipe`` (the caller executes it): its
-        record with the history entry ``received`` (``note`` its detail) and, when given, the
-        entry ``then`` (what, detail) that follows, in one HSET. ``route_seen=False``: the
+        record with the history entry ``received`` and, when given, the entry ``then`` (what,
+        detail) that follows, in one HSET. ``route_seen=False``: the
         caller writes the route's time of last receipt itself (``received_on``), once for the
         leads it stores together."""
         now = time.time()
@@ -156,7 +155,7 @@ class DeliveryStore:
         stored = delivery.to_hash()
         if delivery.raw_inline:
             stored.update(raw_fields(delivery.raw_inline))
-        for what, detail in (("received", note), *((then,) if then else ())):
+        for what, detail in (("received", None), *((then,) if then else ())):
             name, stored[name] = new_history_entry(delivery.id, what, detail)
             delivery.history_fields.append(name)
         pipe.hset(keys.delivery(delivery.id), mapping=stored)
