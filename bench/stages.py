@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.door import App, lead_body, lead_environ
+from bench.door import App, expect_accepted, lead_body, lead_environ, serve
 from bench.ingest import machine
 from bench.stack import REPO, ROUTE, TOKEN, bench_route
 from bench.webapps import bare_app
@@ -131,19 +131,7 @@ class Stages:
         }
 
         def whole(name: str) -> Callable[[], None]:
-            def run():
-                statuses: list[str] = []
-
-                def start_response(status, headers, exc_info=None):
-                    statuses.append(status)
-
-                for environ in environs[name]:
-                    b"".join(self.apps[name](environ, start_response))
-                refused = [s for s in statuses if not s.startswith("202")]
-                if refused:
-                    raise SystemExit(f"{name}: answered {refused[0]}")
-
-            return run
+            return lambda: expect_accepted(serve(self.apps[name], environs[name]))
 
         steps = [verify, parse, map_, delivery, record, call]
         return [*zip(STAGES, steps, strict=True), *((n, whole(n)) for n in WHOLE)]
@@ -194,13 +182,13 @@ def wait_cost(waits: int = 300) -> dict[str, float]:
     return spent
 
 
-def by_clock(path: Stages, count: int, rounds: int) -> dict[str, float]:
+def by_clock(staged: Stages, count: int, rounds: int) -> dict[str, float]:
     best: dict[str, float] = {}
     nonce = f"stages{time.time_ns()}"
-    for _, run in path.stages(1, 200, nonce):  # imports, the script's load, caches
+    for _, run in staged.stages(1, 200, nonce):  # imports, the script's load, caches
         run()
     for round_ in range(rounds):
-        for stage, run in path.stages((round_ + 1) * 10**6, count, nonce):
+        for stage, run in staged.stages((round_ + 1) * 10**6, count, nonce):
             started = time.process_time()
             run()
             spent = (time.process_time() - started) / count * 1e6
@@ -208,12 +196,12 @@ def by_clock(path: Stages, count: int, rounds: int) -> dict[str, float]:
     return best
 
 
-def child(path: Stages, count: int) -> None:
+def child(staged: Stages, count: int) -> None:
     """Under callgrind: warm up, then each stage followed by a dump named after it."""
     nonce = f"stages{time.time_ns()}"
-    for _, run in path.stages(1, 100, nonce):
+    for _, run in staged.stages(1, 100, nonce):
         run()
-    steps = path.stages(10**6, count, nonce)
+    steps = staged.stages(10**6, count, nonce)
     dump("start")
     for stage, run in steps:
         run()
@@ -304,8 +292,7 @@ def main(argv: list[str] | None = None) -> int:
                 report(found, "instr/webhook", header)
             else:
                 count = args.count or 1000
-                path = Stages(redis_server.url, tmp)
-                found = by_clock(path, count, args.rounds)
+                found = by_clock(Stages(redis_server.url, tmp), count, args.rounds)
                 header = (
                     f"webhook stages in process, CPU, {count} leads, best of {args.rounds}, {where}"
                 )
