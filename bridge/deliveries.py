@@ -144,9 +144,8 @@ class DeliveryStore:
     ) -> None:
         """Queue the writes that store a new delivery on ``pipe`` (the caller executes it): its
         record with the history entry ``received`` and, when given, the entry ``then`` (what,
-        detail) that follows, in one HSET. ``route_seen=False``: the
-        caller writes the route's time of last receipt itself (``received_on``), once for the
-        leads it stores together."""
+        detail) that follows, in one HSET. ``route_seen=False``: the caller writes the route's
+        time of last receipt itself (``received_on``), once for the leads it stores together."""
         now = time.time()
         if delivery.terminal:
             self._index_terminal(pipe, delivery, now)
