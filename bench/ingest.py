@@ -11,7 +11,9 @@ each block costs far more CPU than on bare hardware (``python -m bench.stages`` 
 
 The apps run side by side and take turns, ``--rounds`` times, each app's best round counting: a
 busy moment on a shared machine then costs every app a round, not one app its only run. The
-bridge's every accepted webhook is checked to be stored.
+last line gives each round's bridge / bare (the two seconds apart) and their median: how much
+the best-of ratios owe to the minute. The bridge's every accepted webhook is checked to be
+stored.
 
 ``--fsync`` sets Redis's ``appendfsync``: ``always``, the embedded server's (a 2xx survives a
 power cut), or ``everysec``, what most managed Redis plans use (up to a second of writes can be
@@ -29,6 +31,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import tempfile
 import time
@@ -138,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     children = Children(env=env, cwd=REPO, logdir=tmp / "logs")
     results: dict[tuple[str, str | None], dict[int, dict]] = {}
+    #: Every round's req/s, by app and connections: each app against the bare app's same round.
+    rounds: dict[tuple[str, str | None], dict[int, list[float]]] = {}
     started = datetime.now(UTC)
     try:
         apps = {}  # every app up at once; they take turns, so a noisy minute hits them all
@@ -152,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
             # the app's own process group (master and workers), for the CPU it spends
             apps[(kind, worker_class)] = (name, url, children[name].pid)
             results[(kind, worker_class)] = {}
+            rounds[(kind, worker_class)] = {c: [] for c in conns}
         for round_ in range(args.rounds):
             for c in conns:
                 for (kind, worker_class), (name, url, pgid) in apps.items():
@@ -171,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                         accepted = res["requests"] - res["non_2xx"]
                         if stored < accepted:
                             raise SystemExit(f"{name}: {stored} stored for {accepted} accepted")
+                    rounds[(kind, worker_class)][c].append(res["rps"])
                     best = results[(kind, worker_class)].get(c)
                     if best is None or res["rps"] > best["rps"]:
                         results[(kind, worker_class)][c] = res
@@ -200,11 +207,24 @@ def main(argv: list[str] | None = None) -> int:
     bare, bridge = results[("bare", None)], results[("bridge", None)]
     ratios = ", ".join(f"c={c} {bare[c]['cpu_ms'] / bridge[c]['cpu_ms']:.2f}" for c in conns)
     print(f"by CPU per request, bare / bridge: {ratios}")
+    print(f"round by round, bridge / bare of the same round: {paired(rounds, conns)}")
     if args.server_models:
         bridge, threaded = results[("bridge", None)], results[("bridge", "gthread")]
         ratios = ", ".join(f"c={c} {bridge[c]['rps'] / threaded[c]['rps']:.2f}" for c in conns)
         print(f"server model, bridge gevent / bridge gthread: {ratios}")
     return 0
+
+
+def paired(rounds: dict[tuple[str, str | None], dict[int, list[float]]], conns: list[int]) -> str:
+    """The bridge's req/s over the bare app's in each round, and their median: how much of
+    the best-of figures is the machine's minute (the two run seconds apart in a round)."""
+    bare, bridge = rounds[("bare", None)], rounds[("bridge", None)]
+    out = []
+    for c in conns:
+        each = [b / a for a, b in zip(bare[c], bridge[c], strict=True)]
+        listed = " ".join(f"{r:.2f}" for r in each)
+        out.append(f"c={c} {listed} (median {statistics.median(each):.2f})")
+    return "; ".join(out)
 
 
 if __name__ == "__main__":
