@@ -102,6 +102,15 @@ def make_client(redis, make_settings):
     return make
 
 
+def freeze_quota_clock(*clients: Any) -> None:
+    """The clients' per-minute quotas all see one moment, so a test's requests fall in one
+    window however long they take: with the wall clock, a minute that turns during a flood
+    starts a new window and lets more through."""
+    now = time.time()
+    for client in clients:
+        client.application.extensions["oliai_bridge"]["ingest"].quotas.clock = lambda: now
+
+
 def waiting_leads(redis: Redis, queue_name: str) -> int:
     """Leads waiting for a worker: tickets ready in the lanes' pending sets (``jobs.lanes``),
     plus deliveries queued as their own RQ job."""

@@ -13,7 +13,7 @@ from bridge.config import build_settings
 from bridge.exceptions import ConfigError, QuotaExceeded
 from bridge.quotas import Quotas, sender
 from bridge.storage import free_port
-from tests.bridge_fixtures import route_dict
+from tests.bridge_fixtures import freeze_quota_clock, route_dict
 from tests.redis_commands import CommandCount
 
 LEAD = {"name": "Priya Sharma", "phone": "098765 43210"}
@@ -199,6 +199,7 @@ def test_over_the_quota_the_sender_gets_429_with_retry_after_and_nothing_is_stor
             route_dict(name="other", token="other-token"),
         ]
     )
+    freeze_quota_clock(client)
     for i in range(2):
         lead = {"name": f"Lead {i}", "phone": f"98765432{i:02d}"}
         assert client.post("/hooks/leads", json=lead).status_code == 202
@@ -225,6 +226,7 @@ def test_every_source_gets_the_same_429_even_those_that_answer_200_to_errors(mak
     client = make_client(
         routes=[route_dict(name="lsq", source="leadsquared", token="t", max_requests_per_minute=1)]
     )
+    freeze_quota_clock(client)
     client.post("/hooks/lsq?token=t", json={"Phone": "9876543210"})
     r = client.post("/hooks/lsq?token=t", json={"Phone": "9876543211"})
     assert r.status_code == 429 and r.headers["Retry-After"]
@@ -233,6 +235,7 @@ def test_every_source_gets_the_same_429_even_those_that_answer_200_to_errors(mak
 def test_the_per_address_quota_reads_x_forwarded_for_only_behind_trusted_proxies(make_client):
     routes = [route_dict(max_requests_per_minute_per_ip=1)]
     direct = make_client(routes=routes)
+    freeze_quota_clock(direct)
     # no trusted proxy: X-Forwarded-For is the client's own word, and is ignored
     for i, forwarded in enumerate(("198.51.100.1", "198.51.100.2")):
         r = direct.post(
@@ -304,6 +307,7 @@ def test_a_process_learning_of_the_limit_from_redis_answers_as_one_that_knew(mak
     # two web processes, one Redis: each has admitted one of the route's two requests
     routes = [route_dict(max_requests_per_minute=2)]
     one, two = make_client(routes=routes), make_client(routes=routes)
+    freeze_quota_clock(one, two)
     assert one.post("/hooks/leads", json=LEAD).status_code == 202
     assert two.post("/hooks/leads", json={"name": "B", "phone": "9876543211"}).status_code == 202
     # process one still counts one: it learns of the other's only from its push to Redis

@@ -11,7 +11,7 @@ from redis.retry import Retry
 
 from bridge.metrics import Tally, read_counters
 from bridge.storage import free_port
-from tests.bridge_fixtures import route_dict
+from tests.bridge_fixtures import freeze_quota_clock, route_dict
 from tests.redis_commands import CommandCount
 from tests.sources import test_typeform
 
@@ -73,6 +73,7 @@ def test_a_forged_flood_costs_a_constant_number_of_writes_and_is_counted_exactly
     forged = test_typeform.signed(secret="not-the-secret")
     tally = client.application.extensions["oliai_bridge"]["ingest"].refusals
     tally.clock = Clock()  # no second passes during the flood, as far as the tally knows
+    freeze_quota_clock(client)  # ... or the quota: its minute's 600 are all there are
     answers = Counter()
     with CommandCount(client.redis) as flood:
         for _ in range(2000):
