@@ -40,7 +40,7 @@ from pathlib import Path
 
 from redis import Redis
 
-from bench.measure import group_cpu_seconds, group_waits
+from bench.measure import group_usage
 from bench.report import cpu_model
 from bench.stack import REPO, ROUTE, TOKEN, bench_route, say
 from bridge import keys
@@ -162,11 +162,11 @@ def main(argv: list[str] | None = None) -> int:
             for c in conns:
                 for (kind, worker_class), (name, url, pgid) in apps.items():
                     redis.flushall()  # each run starts from an empty Redis
-                    cpu, waits = group_cpu_seconds(pgid), group_waits(pgid)
+                    cpu, waits = group_usage(pgid)
                     res = wrk(url, script, c, args.seconds, f"n{time.time_ns()}")
-                    spent = group_cpu_seconds(pgid) - cpu
-                    res["cpu_ms"] = spent * 1000 / max(res["requests"], 1)
-                    res["waits"] = (group_waits(pgid) - waits) / max(res["requests"], 1)
+                    cpu_after, waits_after = group_usage(pgid)
+                    res["cpu_ms"] = (cpu_after - cpu) * 1000 / max(res["requests"], 1)
+                    res["waits"] = (waits_after - waits) / max(res["requests"], 1)
                     say(
                         f"round {round_ + 1} {name:<16} c={c:<3} {res['rps']:8.0f} req/s  "
                         f"{res['cpu_ms']:.2f} ms CPU/req  {res['waits']:.2f} waits/req  "

@@ -54,23 +54,29 @@ def group_stats(pgid: int) -> Iterator[tuple[str, list[str]]]:
 
 def group_cpu_seconds(pgid: int) -> float:
     """User+system CPU of every live process in a process group (Linux /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    return sum((int(f[11]) + int(f[12])) / tick for _, f in group_stats(pgid))
+    return sum(_cpu_seconds(fields) for _, fields in group_stats(pgid))
 
 
-def group_waits(pgid: int) -> int:
-    """How many times the live processes of a process group have blocked (gave up the CPU to
-    wait: their voluntary context switches, Linux /proc). A server that waits for Redis with
-    nothing else to do blocks; one that always has a request ready does not."""
-    total = 0
-    for pid, _ in group_stats(pgid):
+def group_usage(pgid: int) -> tuple[float, int]:
+    """``group_cpu_seconds`` and how many times the same processes have blocked (gave up the
+    CPU to wait: their voluntary context switches), read in one pass over /proc. A server that
+    waits for Redis with nothing else to do blocks; one that always has a request ready does
+    not."""
+    cpu, waits = 0.0, 0
+    for pid, fields in group_stats(pgid):
+        cpu += _cpu_seconds(fields)
         try:
             with open(f"/proc/{pid}/status") as fh:
                 status = fh.read()
-        except OSError:
+        except OSError:  # gone since its stat was read
             continue
-        total += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
-    return total
+        waits += int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+    return cpu, waits
+
+
+def _cpu_seconds(fields: list[str]) -> float:
+    """User+system CPU of one process, from ``group_stats``' fields."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def system_busy_seconds() -> float:
