@@ -140,9 +140,9 @@ def main(argv: list[str] | None = None) -> int:
         "LOG_LEVEL": "WARNING",
     }
     children = Children(env=env, cwd=REPO, logdir=tmp / "logs")
-    results: dict[tuple[str, str | None], dict[int, dict]] = {}
-    #: Every round's req/s, by app and connections: each app against the bare app's same round.
-    rounds: dict[tuple[str, str | None], dict[int, list[float]]] = {}
+    #: Every round's run, by app and connections, in order: each app's best counts, and each
+    #: round's bridge goes against the same round's bare app.
+    rounds: dict[tuple[str, str | None], dict[int, list[dict]]] = {}
     started = datetime.now(UTC)
     try:
         apps = {}  # every app up at once; they take turns, so a noisy minute hits them all
@@ -156,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
             wrk(url, script, 4, 1, f"warm{time.time_ns()}")  # imports, connections, caches
             # the app's own process group (master and workers), for the CPU it spends
             apps[(kind, worker_class)] = (name, url, children[name].pid)
-            results[(kind, worker_class)] = {}
             rounds[(kind, worker_class)] = {c: [] for c in conns}
         for round_ in range(args.rounds):
             for c in conns:
@@ -177,13 +176,14 @@ def main(argv: list[str] | None = None) -> int:
                         accepted = res["requests"] - res["non_2xx"]
                         if stored < accepted:
                             raise SystemExit(f"{name}: {stored} stored for {accepted} accepted")
-                    rounds[(kind, worker_class)][c].append(res["rps"])
-                    best = results[(kind, worker_class)].get(c)
-                    if best is None or res["rps"] > best["rps"]:
-                        results[(kind, worker_class)][c] = res
+                    rounds[(kind, worker_class)][c].append(res)
     finally:
         children.stop_all()
         redis_server.stop()
+    results = {
+        app: {c: max(runs, key=lambda res: res["rps"]) for c, runs in per.items()}
+        for app, per in rounds.items()
+    }
     print()
     print(f"ingest benchmark, {started:%Y-%m-%d %H:%M} UTC, {machine()}")
     print(
@@ -215,13 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def paired(rounds: dict[tuple[str, str | None], dict[int, list[float]]], conns: list[int]) -> str:
+def paired(rounds: dict[tuple[str, str | None], dict[int, list[dict]]], conns: list[int]) -> str:
     """The bridge's req/s over the bare app's in each round, and their median: how much of
     the best-of figures is the machine's minute (the two run seconds apart in a round)."""
     bare, bridge = rounds[("bare", None)], rounds[("bridge", None)]
     out = []
     for c in conns:
-        each = [b / a for a, b in zip(bare[c], bridge[c], strict=True)]
+        each = [b["rps"] / a["rps"] for a, b in zip(bare[c], bridge[c], strict=True)]
         listed = " ".join(f"{r:.2f}" for r in each)
         out.append(f"c={c} {listed} (median {statistics.median(each):.2f})")
     return "; ".join(out)
