@@ -83,6 +83,12 @@ class Stages:
             "POST", ROUTE, body, headers, {"token": TOKEN}, remote_addr="127.0.0.1"
         )
 
+    def warm_up(self, count: int, nonce: str) -> None:
+        """Every stage once over ``count`` leads of their own, before any is measured: imports,
+        the script's load, caches."""
+        for _, run in self.stages(1, count, nonce):
+            run()
+
     def stages(self, first: int, count: int, nonce: str) -> list[tuple[str, Callable[[], None]]]:
         """The stages over ``count`` fresh leads, in order (each uses what the one before made)."""
         from bridge.event import utcnow_iso
@@ -185,8 +191,7 @@ def wait_cost(waits: int = 300) -> dict[str, float]:
 def by_clock(staged: Stages, count: int, rounds: int) -> dict[str, float]:
     best: dict[str, float] = {}
     nonce = f"stages{time.time_ns()}"
-    for _, run in staged.stages(1, 200, nonce):  # imports, the script's load, caches
-        run()
+    staged.warm_up(200, nonce)
     for round_ in range(rounds):
         for stage, run in staged.stages((round_ + 1) * 10**6, count, nonce):
             started = time.process_time()
@@ -199,8 +204,7 @@ def by_clock(staged: Stages, count: int, rounds: int) -> dict[str, float]:
 def child(staged: Stages, count: int) -> None:
     """Under callgrind: warm up, then each stage followed by a dump named after it."""
     nonce = f"stages{time.time_ns()}"
-    for _, run in staged.stages(1, 100, nonce):
-        run()
+    staged.warm_up(100, nonce)
     steps = staged.stages(10**6, count, nonce)
     dump("start")
     for stage, run in steps:
